@@ -1,0 +1,50 @@
+# Turnout — one entry point for the common tasks. Every target sets itself up.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PROTOS := protos/model_config.proto protos/inference.proto protos/turnout/admin.proto
+export LD_LIBRARY_PATH := $(shell $(PY) -c 'import nvidia.cuda_runtime, os; print(os.path.join(list(nvidia.cuda_runtime.__path__)[0], "lib"))' 2>/dev/null):$(LD_LIBRARY_PATH)
+
+.PHONY: venv serve test lint typecheck protos protos-check bench demo-models clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+## Start Turnout on the built-in demo repository (HTTP :8000, gRPC :8001, metrics at :8000/metrics)
+serve: venv
+	$(VENV)/bin/turnout serve $(ARGS)
+
+## Lint, type-check, check generated stubs, run the whole test suite
+test: venv protos-check lint typecheck
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check server router model_store drift
+
+typecheck: venv
+	$(VENV)/bin/mypy server router model_store drift
+
+protos: venv
+	$(PY) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+
+protos-check: venv
+	@tmp=$$(mktemp -d); \
+	$(PY) -m grpc_tools.protoc -I . --python_out=$$tmp --pyi_out=$$tmp --grpc_python_out=$$tmp $(PROTOS) && \
+	for f in $$(cd $$tmp && find protos -name '*_pb2*'); do \
+	  cmp -s $$tmp/$$f $$f || { echo "generated stub $$f is stale: run 'make protos'"; rm -rf $$tmp; exit 1; }; \
+	done; rm -rf $$tmp; echo "generated stubs are up to date"
+
+demo-models: venv
+	$(PY) -m model_store.demo.build
+
+bench: venv
+	$(PY) -m benchmarks.run $(ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

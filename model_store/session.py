@@ -1,0 +1,132 @@
+"""One loaded model version: an onnxruntime session, its signature, warm-up and ``run``."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from model_store.config import complete_config, signature_of
+from model_store.datatypes import BY_V2
+from model_store.errors import LoadError
+from model_store.signature import Signature
+from protos.model_config_pb2 import ModelConfig
+
+log = logging.getLogger("turnout.model_store")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionOptions:
+    intra_op_threads: int = 1
+    inter_op_threads: int = 1
+    allow_spinning: bool = False
+    default_max_batch_size: int = 32
+    strict_config: bool = False
+    graph_optimization: str = "all"  # disable | basic | extended | all
+
+
+_OPT_LEVEL = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+def file_digest(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(p.name.encode())
+        with p.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+class ModelSession:
+    """Owns one onnxruntime InferenceSession. ``run`` is thread-safe (onnxruntime's is)."""
+
+    def __init__(self, name: str, version: str, version_dir: Path, config: ModelConfig, options: SessionOptions) -> None:
+        self.name = name
+        self.version = version
+        self.path = version_dir / (config.default_model_filename or "model.onnx")
+        if not self.path.is_file():
+            raise LoadError(f"model '{name}' version {version}: {self.path.name} not found in {version_dir}")
+        self.sha256 = file_digest([p for p in version_dir.iterdir() if p.is_file()])
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = options.intra_op_threads
+        so.inter_op_num_threads = options.inter_op_threads
+        so.graph_optimization_level = _OPT_LEVEL[options.graph_optimization]
+        so.log_severity_level = 3
+        if not options.allow_spinning:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        try:
+            self._sess = ort.InferenceSession(str(self.path), sess_options=so, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for bad graphs
+            raise LoadError(f"model '{name}' version {version}: onnxruntime cannot load {self.path.name}: {exc}") from exc
+        graph_in = [(i.name, i.type, list(i.shape)) for i in self._sess.get_inputs()]
+        graph_out = [(o.name, o.type, list(o.shape)) for o in self._sess.get_outputs()]
+        self.config = complete_config(
+            config, graph_in, graph_out, default_max_batch_size=options.default_max_batch_size, strict=options.strict_config
+        )
+        self.signature: Signature = signature_of(self.config)
+        self._string_inputs = frozenset(s.name for s in self.signature.inputs if s.datatype == "BYTES")
+        self._string_outputs = frozenset(s.name for s in self.signature.outputs if s.datatype == "BYTES")
+        self._output_names = [s.name for s in self.signature.outputs]
+        self._closed = False
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the graph; BYTES tensors go in as bytes and come out as bytes."""
+        if self._string_inputs:
+            feeds = dict(feeds)
+            for name in self._string_inputs:
+                if name in feeds:
+                    feeds[name] = _to_str(feeds[name])
+        results = self._sess.run(self._output_names, feeds)
+        out = dict(zip(self._output_names, results, strict=True))
+        for name in self._string_outputs:
+            out[name] = _to_bytes(out[name])
+        return out
+
+    def warmup(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
+        """Run synthetic inputs (zeros / empty strings) so the first request is not slow."""
+        sig = self.signature
+        sizes = batch_sizes if sig.batching else (0,)
+        for n in sizes:
+            feeds: dict[str, np.ndarray] = {}
+            for spec in sig.inputs:
+                dims = [d if d >= 0 else 1 for d in spec.shape]
+                shape = ([n] if sig.batching else []) + dims
+                dt = BY_V2[spec.datatype].numpy
+                feeds[spec.name] = np.full(shape, b"", dtype=object) if spec.datatype == "BYTES" else np.zeros(shape, dtype=dt)
+            try:
+                self.run(feeds)
+            except Exception as exc:  # a graph that cannot run zeros is still loadable; note it
+                log.info("model %s version %s: synthetic warm-up at batch %d skipped: %s", self.name, self.version, n, exc)
+                return
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            del self._sess
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+def _to_str(arr: np.ndarray) -> np.ndarray:
+    flat = [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in arr.reshape(-1)]
+    return np.array(flat, dtype=object).reshape(arr.shape)
+
+
+def _to_bytes(arr: np.ndarray) -> np.ndarray:
+    flat = [x.encode("utf-8") if isinstance(x, str) else bytes(x) for x in arr.reshape(-1)]
+    out = np.empty(len(flat), dtype=object)
+    out[:] = flat
+    return out.reshape(arr.shape)

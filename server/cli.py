@@ -1,0 +1,123 @@
+"""``turnout`` command line. ``turnout serve`` with no repository serves the built-in demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from server.observe.logs import configure
+from server.settings import DEMO_REPOSITORY, Settings
+
+
+def _bool(v: str) -> bool:
+    if v.lower() in ("1", "true", "yes", "on"):
+        return True
+    if v.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got '{v}'")
+
+
+def serve_parser(sub: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "serve",
+        help="serve a model repository",
+        description="Serve ONNX models over the Open Inference Protocol (gRPC and HTTP). "
+        "Every flag can also be set as an environment variable TURNOUT_<FLAG> (e.g. TURNOUT_HTTP_PORT).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        argument_default=argparse.SUPPRESS,
+    )
+    p.add_argument("repository", nargs="?", type=Path, default=None, help=f"model repository (default: the built-in demo, {DEMO_REPOSITORY})")
+    p.add_argument("--model-repository", type=Path, help="model repository, as tritonserver names it")
+    p.add_argument("--model-control-mode", choices=["none", "poll", "explicit"], help="none: load all at start; poll: also rescan; explicit: only the repository API loads (default none)")
+    p.add_argument("--repository-poll-secs", type=float, help="seconds between rescans in poll mode (default 15)")
+    p.add_argument("--load-model", action="append", help="model to load at start in explicit mode; repeatable; '*' for all")
+    p.add_argument("--strict-model-config", type=_bool, help="require inputs and outputs in config.pbtxt (default false)")
+    p.add_argument("--host", "--http-address", dest="host", help="address to bind (default 0.0.0.0)")
+    p.add_argument("--http-port", type=int, help="HTTP port, 0 for any free port (default 8000)")
+    p.add_argument("--grpc-port", type=int, help="gRPC port, 0 for any free port (default 8001)")
+    p.add_argument("--allow-http", type=_bool, help="serve HTTP (default true)")
+    p.add_argument("--allow-grpc", type=_bool, help="serve gRPC (default true)")
+    p.add_argument("--ports-file", type=Path, help="write the bound ports as JSON to this file once serving")
+    p.add_argument("--tls-cert", type=Path, help="PEM certificate: serve both protocols over TLS")
+    p.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
+    p.add_argument("--max-request-bytes", type=int, help="largest request body / message accepted (default 64 MiB)")
+    p.add_argument("--intra-op-threads", type=int, help="onnxruntime intra-op threads per session (default 1)")
+    p.add_argument("--inter-op-threads", type=int, help="onnxruntime inter-op threads per session (default 1)")
+    p.add_argument("--ort-spinning", type=_bool, help="let onnxruntime threads spin-wait (default false)")
+    p.add_argument("--infer-threads", type=int, help="threads running onnxruntime for all models (default 2)")
+    p.add_argument("--load-threads", type=int, help="threads loading and warming models (default 1)")
+    p.add_argument("--default-max-batch-size", type=int, help="max_batch_size for models without config whose graph has a dynamic batch dim (default 32; 0 = no batching)")
+    p.add_argument("--batching", type=_bool, help="dynamic batching for models that configure it (default true)")
+    p.add_argument("--max-queue-delay-us", type=int, help="override every model's max_queue_delay_microseconds")
+    p.add_argument("--max-queue-size", type=int, help="queue limit for models that set none (default 1024)")
+    p.add_argument("--state-dir", type=Path, help="where traffic policies, rollouts, audit log and drift references persist")
+    p.add_argument("--admin-token", help="bearer token required by the admin API (or TURNOUT_ADMIN_TOKEN)")
+    p.add_argument("--drift", type=_bool, help="drift monitoring (default true)")
+    p.add_argument("--drift-sample", type=float, help="fraction of requests fed to drift monitoring (default 1.0)")
+    p.add_argument("--log-verbose", type=int, help="0 info, 1 more, 2 debug (default 0)")
+    p.add_argument("--log-format", choices=["text", "json"], help="log line format (default text)")
+    return p
+
+
+def settings_from_args(ns: argparse.Namespace) -> Settings:
+    values = {k: v for k, v in vars(ns).items() if k not in ("command", "repository")}
+    repo = getattr(ns, "repository", None)
+    if repo is not None:
+        values["model_repository"] = repo
+    if "load_model" in values:
+        values["load_model"] = tuple(values["load_model"])
+    return Settings(**values)
+
+
+async def run_server(settings: Settings) -> None:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:  # pragma: no cover - non-Linux platforms
+        pass
+    from server.runtime import Runtime
+
+    runtime = Runtime(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, runtime.request_stop)
+    await runtime.start()
+    try:
+        await runtime.wait()
+    finally:
+        await runtime.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="turnout", description="Turnout model serving gateway")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve_parser(sub)
+    from server.admin_cli import add_admin_commands
+
+    add_admin_commands(sub)
+    ns = parser.parse_args(argv)
+    if ns.command != "serve":
+        return int(ns.func(ns))
+    try:
+        settings = settings_from_args(ns)
+    except ValidationError as exc:
+        print(f"turnout: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    configure(settings.log_verbose, settings.log_format)
+    try:
+        import uvloop
+
+        uvloop.run(run_server(settings))
+    except ImportError:  # pragma: no cover
+        asyncio.run(run_server(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

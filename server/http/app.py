@@ -1,0 +1,184 @@
+"""The HTTP/REST endpoints of the Open Inference Protocol (plus Triton's repository and
+statistics extensions) on Starlette: decode, call the core, encode."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from server.core import Core
+from server.errors import InvalidInput, PayloadTooLarge, TurnoutError, public_message, wire_status
+from server.http.codec import HEADER_LENGTH, decode_infer_request, dumps, encode_infer_response, loads
+from server.http.protojson import to_json
+
+log = logging.getLogger("turnout.http")
+JSON = "application/json"
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(dumps(obj), status_code=status, media_type=JSON, headers=headers)
+
+
+def error_response(exc: BaseException) -> Response:
+    status = wire_status(exc)
+    if status.http >= 500 and not isinstance(exc, TurnoutError):
+        log.exception("internal error", exc_info=exc)
+    return json_response({"error": public_message(exc)}, status.http)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refusing one larger than ``limit`` before buffering it."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise InvalidInput("Content-Length is not an integer") from None
+        if size > limit:
+            raise PayloadTooLarge(f"request body of {size} bytes exceeds the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def guarded(fn: Endpoint) -> Endpoint:
+    async def endpoint(request: Request) -> Response:
+        try:
+            return await fn(request)
+        except Exception as exc:
+            return error_response(exc)
+
+    return endpoint
+
+
+class Endpoints:
+    def __init__(self, core: Core, max_request_bytes: int) -> None:
+        self.core = core
+        self.limit = max_request_bytes
+
+    async def live(self, request: Request) -> Response:
+        return Response(status_code=200 if self.core.live else 503)
+
+    async def ready(self, request: Request) -> Response:
+        return Response(status_code=200 if self.core.ready() else 503)
+
+    async def server_metadata(self, request: Request) -> Response:
+        return json_response(self.core.server_metadata())
+
+    async def model_metadata(self, request: Request) -> Response:
+        p = request.path_params
+        return json_response(self.core.model_metadata(p["model"], p.get("version", "")))
+
+    async def model_ready(self, request: Request) -> Response:
+        p = request.path_params
+        return Response(status_code=200 if self.core.model_ready(p["model"], p.get("version", "")) else 503)
+
+    async def model_config(self, request: Request) -> Response:
+        p = request.path_params
+        config = self.core.model_config(p["model"], p.get("version", ""))
+        return json_response(to_json(config))
+
+    async def model_stats(self, request: Request) -> Response:
+        p = request.path_params
+        stats = self.core.statistics(p.get("model", ""), p.get("version", ""))
+        return json_response({"model_stats": [s.to_json() for s in stats]})
+
+    async def infer(self, request: Request) -> Response:
+        p = request.path_params
+        body = await read_body(request, self.limit)
+        req = decode_infer_request(p["model"], p.get("version", ""), body, request.headers.get(HEADER_LENGTH))
+        if req.routing_key is None:
+            req.routing_key = request.headers.get("x-routing-key")
+        resp = await self.core.infer(req)
+        payload, header_len = encode_infer_response(resp, req)
+        headers = {"x-model-version": resp.model_version}
+        if header_len is None:
+            return Response(payload, media_type=JSON, headers=headers)
+        headers["inference-header-content-length"] = str(header_len)
+        return Response(payload, media_type="application/octet-stream", headers=headers)
+
+    async def repository_index(self, request: Request) -> Response:
+        body = await read_body(request, self.limit)
+        ready = False
+        if body.strip():
+            obj = loads(body)
+            if not isinstance(obj, dict):
+                raise InvalidInput("the request body must be a JSON object")
+            ready = bool(obj.get("ready", False))
+        entries = self.core.index(ready)
+        out = []
+        for e in entries:
+            d: dict[str, Any] = {"name": e.name, "state": e.state}
+            if e.version:
+                d["version"] = e.version
+            if e.reason:
+                d["reason"] = e.reason
+            out.append(d)
+        return json_response(out)
+
+    async def load(self, request: Request) -> Response:
+        body = await read_body(request, self.limit)
+        if body.strip():
+            obj = loads(body)
+            if isinstance(obj, dict) and obj.get("parameters"):
+                raise InvalidInput("load parameters (config override, files) are not supported by Turnout")
+        await self.core.load(request.path_params["model"])
+        return Response(status_code=200)
+
+    async def unload(self, request: Request) -> Response:
+        await self.core.unload(request.path_params["model"])
+        return Response(status_code=200)
+
+
+def build_routes(core: Core, max_request_bytes: int, metrics_registry: Any) -> list[BaseRoute]:
+    e = Endpoints(core, max_request_bytes)
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(metrics_registry), media_type=CONTENT_TYPE_LATEST)
+
+    def r(path: str, fn: Endpoint, methods: list[str]) -> Route:
+        return Route(path, guarded(fn), methods=methods)
+
+    routes: list[BaseRoute] = [
+        r("/v2/health/live", e.live, ["GET"]),
+        r("/v2/health/ready", e.ready, ["GET"]),
+        r("/v2", e.server_metadata, ["GET"]),
+        r("/v2/models/stats", e.model_stats, ["GET"]),
+        r("/v2/repository/index", e.repository_index, ["POST"]),
+        r("/v2/repository/models/{model}/load", e.load, ["POST"]),
+        r("/v2/repository/models/{model}/unload", e.unload, ["POST"]),
+        r("/metrics", metrics, ["GET"]),
+    ]
+    for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+        routes += [
+            r(prefix, e.model_metadata, ["GET"]),
+            r(prefix + "/ready", e.model_ready, ["GET"]),
+            r(prefix + "/config", e.model_config, ["GET"]),
+            r(prefix + "/stats", e.model_stats, ["GET"]),
+            r(prefix + "/infer", e.infer, ["POST"]),
+        ]
+    return routes
+
+
+def build_app(routes: list[BaseRoute]) -> Starlette:
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return json_response({"error": f"no route for {request.method} {request.url.path}"}, 404)
+
+    async def bad_method(request: Request, exc: Exception) -> Response:
+        return json_response({"error": f"method {request.method} not allowed on {request.url.path}"}, 405)
+
+    return Starlette(routes=routes, exception_handlers={404: not_found, 405: bad_method})

@@ -1,0 +1,139 @@
+"""How a loaded version executes: through the dynamic batcher, or directly.
+
+Both run onnxruntime in the shared inference thread pool (onnxruntime releases the GIL),
+so the event loop never blocks on a model."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
+
+import numpy as np
+
+from model_store.session import ModelSession
+from protos.model_config_pb2 import ModelConfig
+from server.batching import BatchingConfig, DynamicBatcher
+from server.errors import InferenceFailed, TurnoutError
+from server.observe.metrics import Metrics
+from server.observe.stats import VersionStats
+from server.settings import Settings
+
+
+class Runner(Protocol):
+    stats: VersionStats
+
+    async def run(self, feeds: dict[str, np.ndarray], *, priority: int | None, timeout_s: float | None) -> dict[str, np.ndarray]: ...
+
+    async def close(self) -> None: ...
+
+
+def _execute_sync(session: ModelSession, feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
+    t0 = time.perf_counter_ns()
+    try:
+        out = session.run(feeds)
+    except TurnoutError:
+        raise
+    except Exception as exc:  # onnxruntime's own errors: report, never crash
+        raise InferenceFailed(f"model '{session.name}' version {session.version} failed: {exc}") from exc
+    return out, time.perf_counter_ns() - t0
+
+
+class DirectRunner:
+    """One request, one onnxruntime call; at most ``instance_count`` at a time."""
+
+    def __init__(self, session: ModelSession, pool: ThreadPoolExecutor, instance_count: int, stats: VersionStats) -> None:
+        self.session = session
+        self.stats = stats
+        self._pool = pool
+        self._sem = asyncio.Semaphore(max(instance_count, 1))
+
+    async def run(self, feeds: dict[str, np.ndarray], *, priority: int | None, timeout_s: float | None) -> dict[str, np.ndarray]:
+        loop = asyncio.get_running_loop()
+        t_queue = time.perf_counter_ns()
+        async with self._sem:
+            queued = time.perf_counter_ns() - t_queue
+            out, ns = await loop.run_in_executor(self._pool, _execute_sync, self.session, feeds)
+        rows = next(iter(feeds.values())).shape[0] if self.session.signature.batching and feeds else 1
+        self.stats.record_batch(rows, 1, queued, ns)
+        return out
+
+    async def close(self) -> None:
+        return None
+
+
+class _BatchObserver:
+    """Feeds batcher events into statistics and Prometheus metrics."""
+
+    def __init__(self, stats: VersionStats, metrics: Metrics, model: str, version: str) -> None:
+        self.stats = stats
+        self._batch = metrics.batch_size.labels(model, version)
+        self._queue = metrics.queue_time.labels(model, version)
+        self._compute = metrics.compute_time.labels(model, version)
+        self._depth = metrics.queue_depth.labels(model, version)
+        self._rejected = metrics.rejected
+        self._labels = (model, version)
+
+    def on_batch(self, size_rows: int, n_requests: int, queue_seconds: Sequence[float], compute_seconds: float) -> None:
+        self.stats.record_batch(size_rows, n_requests, int(sum(queue_seconds) * 1e9), int(compute_seconds * 1e9))
+        self._batch.observe(size_rows)
+        self._compute.observe(compute_seconds)
+        for q in queue_seconds:
+            self._queue.observe(q)
+
+    def on_reject(self, reason: str) -> None:
+        self._rejected.labels(*self._labels, reason).inc()
+
+    def on_queue_depth(self, depth: int) -> None:
+        self._depth.set(depth)
+
+
+class BatchingRunner:
+    def __init__(self, session: ModelSession, pool: ThreadPoolExecutor, config: BatchingConfig, stats: VersionStats, metrics: Metrics) -> None:
+        self.session = session
+        self.stats = stats
+        self._pool = pool
+        self.batcher = DynamicBatcher(
+            self._execute,
+            config,
+            observer=_BatchObserver(stats, metrics, session.name, session.version),
+            name=f"{session.name}/{session.version}",
+        )
+
+    async def _execute(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        loop = asyncio.get_running_loop()
+        out, _ = await loop.run_in_executor(self._pool, _execute_sync, self.session, feeds)
+        return out
+
+    async def run(self, feeds: dict[str, np.ndarray], *, priority: int | None, timeout_s: float | None) -> dict[str, np.ndarray]:
+        return await self.batcher.submit(feeds, priority=priority, timeout_s=timeout_s)
+
+    async def close(self) -> None:
+        await self.batcher.close(drain=True)
+
+
+def batching_config(config: ModelConfig, settings: Settings) -> BatchingConfig | None:
+    """The batcher configuration of a model, or None when it should not batch."""
+    if not settings.batching or config.max_batch_size <= 0 or not config.HasField("dynamic_batching"):
+        return None
+    db = config.dynamic_batching
+    qp = db.default_queue_policy
+    delay_us = settings.max_queue_delay_us if settings.max_queue_delay_us is not None else db.max_queue_delay_microseconds
+    levels = max(int(db.priority_levels), 1)
+    return BatchingConfig(
+        max_batch_size=config.max_batch_size,
+        max_queue_delay_s=delay_us / 1e6,
+        preferred_batch_sizes=tuple(int(s) for s in db.preferred_batch_size if 0 < s <= config.max_batch_size),
+        max_queue_size=int(qp.max_queue_size) or settings.max_queue_size,
+        default_timeout_s=(qp.default_timeout_microseconds / 1e6) if qp.default_timeout_microseconds else None,
+        allow_timeout_override=True,
+        priority_levels=levels,
+        default_priority=min(max(int(db.default_priority_level) or levels, 1), levels),
+        instance_count=instance_count(config),
+    )
+
+
+def instance_count(config: ModelConfig) -> int:
+    return max(sum(max(g.count, 1) for g in config.instance_group), 1) if config.instance_group else 1

@@ -1,0 +1,210 @@
+"""Wires the parts together: model store -> runners (batchers) -> core -> transports.
+Starts them in that order and tears them down in reverse."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Generator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+import orjson
+import uvicorn
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
+
+from model_store.registry import ModelRegistry
+from model_store.repository import LocalRepository
+from model_store.session import ModelSession, SessionOptions
+from protos import inference_pb2
+from server.core import Core
+from server.grpc.servicer import SERVICE, make_handler
+from server.http.app import build_app, build_routes
+from server.observe.metrics import Metrics
+from server.observe.stats import VersionStats
+from server.runner import BatchingRunner, DirectRunner, Runner, batching_config, instance_count
+from server.settings import Settings
+
+log = logging.getLogger("turnout")
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn inside our own event loop: the runtime, not uvicorn, owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+class Runtime:
+    def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.prom = registry or CollectorRegistry()
+        self.metrics = Metrics(self.prom)
+        self.pool = ThreadPoolExecutor(max_workers=settings.infer_threads, thread_name_prefix="turnout-infer")
+        options = SessionOptions(
+            intra_op_threads=settings.intra_op_threads,
+            inter_op_threads=settings.inter_op_threads,
+            allow_spinning=settings.ort_spinning,
+            default_max_batch_size=settings.default_max_batch_size,
+            strict_config=settings.strict_model_config,
+        )
+        self.repository = LocalRepository(settings.model_repository)
+        self.models = ModelRegistry(
+            self.repository, options, attach=self._attach, detach=self._detach, load_threads=settings.load_threads
+        )
+        self.core = Core(self.models, self.metrics)
+        self.grpc_server: grpc.aio.Server | None = None
+        self.http_server: _Uvicorn | None = None
+        self._http_task: asyncio.Task[None] | None = None
+        self._http_socket: socket.socket | None = None
+        self.grpc_port = 0
+        self.http_port = 0
+        self._stopped = asyncio.Event()
+        self._background: list[asyncio.Task[Any]] = []
+
+    # ---- model versions -> runners --------------------------------------------------
+
+    async def _attach(self, session: ModelSession) -> Runner:
+        stats = VersionStats(session.name, session.version)
+        self.metrics.model_ready.labels(session.name, session.version).set(1)
+        cfg = batching_config(session.config, self.settings)
+        if cfg is None:
+            return DirectRunner(session, self.pool, instance_count(session.config), stats)
+        return BatchingRunner(session, self.pool, cfg, stats, self.metrics)
+
+    async def _detach(self, runner: Runner) -> None:
+        await runner.close()
+        stats = runner.stats
+        self.metrics.model_ready.labels(stats.name, stats.version).set(0)
+
+    # ---- lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        if s.allow_grpc:
+            await self._start_grpc()
+        if s.allow_http:
+            await self._start_http()
+        await self._load_initial_models()
+        self.core.started = True
+        if s.ports_file is not None:
+            tmp = s.ports_file.with_suffix(".tmp")
+            tmp.write_bytes(orjson.dumps({"http": self.http_port, "grpc": self.grpc_port}))
+            tmp.replace(s.ports_file)
+        log.info(
+            "Turnout serving %s: HTTP on %s:%d, gRPC on %s:%d",
+            s.model_repository, s.host, self.http_port, s.host, self.grpc_port,
+        )
+
+    async def _load_initial_models(self) -> None:
+        s = self.settings
+        if s.model_control_mode == "explicit":
+            names = list(s.load_model)
+            if "*" in names:
+                names = self.repository.model_names()
+        else:
+            names = self.repository.model_names()
+        if not names:
+            log.warning("no models to load from %s", s.model_repository)
+        for name in names:
+            try:
+                await self.models.load(name)
+            except Exception as exc:
+                self.metrics.load_failures.labels(name).inc()
+                log.error("model %s not loaded: %s", name, exc)
+
+    async def _start_grpc(self) -> None:
+        s = self.settings
+        limit = s.max_request_bytes
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        server.add_generic_rpc_handlers((make_handler(self.core),))
+        health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        await health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await health.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        service_names = (
+            inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        )
+        reflection.enable_server_reflection(service_names, server)
+        address = f"{_bracket(s.host)}:{s.grpc_port}"
+        if s.tls_cert and s.tls_key:
+            creds = grpc.ssl_server_credentials([(s.tls_key.read_bytes(), s.tls_cert.read_bytes())])
+            self.grpc_port = server.add_secure_port(address, creds)
+        else:
+            self.grpc_port = server.add_insecure_port(address)
+        await server.start()
+        self.grpc_server = server
+        self._health = health
+
+    async def _start_http(self) -> None:
+        s = self.settings
+        app = build_app(build_routes(self.core, s.max_request_bytes, self.prom))
+        family = socket.AF_INET6 if ":" in s.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((s.host, s.http_port))
+        sock.listen(2048)
+        sock.setblocking(False)
+        self.http_port = sock.getsockname()[1]
+        ssl: dict[str, Any] = {}
+        if s.tls_cert and s.tls_key:
+            ssl = {"ssl_certfile": str(s.tls_cert), "ssl_keyfile": str(s.tls_key)}
+        config = uvicorn.Config(
+            app,
+            loop="none",
+            http="httptools",
+            lifespan="off",
+            access_log=False,
+            log_level="warning",
+            timeout_keep_alive=30,
+            timeout_graceful_shutdown=10,
+            **ssl,
+        )
+        server = _Uvicorn(config)
+        config.load()
+        server.lifespan = config.lifespan_class(config)
+        await server.startup(sockets=[sock])
+        self.http_server = server
+        self._http_socket = sock
+        self._http_task = asyncio.get_running_loop().create_task(server.main_loop())
+
+    def request_stop(self) -> None:
+        self._stopped.set()
+
+    async def wait(self) -> None:
+        await self._stopped.wait()
+
+    async def stop(self, grace: float = 5.0) -> None:
+        log.info("shutting down")
+        self.core.started = False  # readiness goes false first, so load balancers drain us
+        for task in self._background:
+            task.cancel()
+        if self.http_server is not None:
+            self.http_server.should_exit = True
+            if self._http_task is not None:
+                await self._http_task
+            await self.http_server.shutdown(sockets=[self._http_socket] if self._http_socket else None)
+        if self.grpc_server is not None:
+            await self.grpc_server.stop(grace)
+        await self.models.close()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.core.live = False
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host

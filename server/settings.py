@@ -1,0 +1,77 @@
+"""Server settings: one frozen, validated object built at start from flags, ``TURNOUT_*``
+environment variables and defaults (in that order of precedence). Nothing reads settings
+at import time; the object is passed to whatever needs it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEMO_REPOSITORY = Path(__file__).resolve().parent.parent / "model_store" / "demo" / "repository"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TURNOUT_", frozen=True, extra="forbid")
+
+    # repository and model control (names follow tritonserver's flags)
+    model_repository: Path = DEMO_REPOSITORY
+    model_control_mode: Literal["none", "poll", "explicit"] = "none"
+    repository_poll_secs: float = Field(15.0, gt=0)
+    load_model: tuple[str, ...] = ()
+    strict_model_config: bool = False
+
+    # network
+    host: str = "0.0.0.0"
+    http_port: int = Field(8000, ge=0, le=65535)
+    grpc_port: int = Field(8001, ge=0, le=65535)
+    allow_http: bool = True
+    allow_grpc: bool = True
+    ports_file: Path | None = None  # where to write the bound ports (useful with port 0)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    # limits
+    max_request_bytes: int = Field(64 * 1024 * 1024, gt=0)
+
+    # onnxruntime
+    intra_op_threads: int = Field(1, ge=0)
+    inter_op_threads: int = Field(1, ge=0)
+    ort_spinning: bool = False
+    default_max_batch_size: int = Field(32, ge=0)
+    infer_threads: int = Field(2, ge=1)  # threads that run onnxruntime for all models
+    load_threads: int = Field(1, ge=1)  # threads that load and warm models
+
+    # dynamic batching (overrides for every model when set)
+    batching: bool = True
+    max_queue_delay_us: int | None = Field(None, ge=0)
+    max_queue_size: int = Field(1024, gt=0)
+
+    # control plane
+    state_dir: Path | None = None
+    admin_token: SecretStr | None = None
+
+    # drift
+    drift: bool = True
+    drift_sample: float = Field(1.0, ge=0, le=1)
+
+    # logging
+    log_verbose: int = Field(0, ge=0)
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("load_model", mode="before")
+    @classmethod
+    def _split(cls, v: object) -> object:
+        if isinstance(v, str):
+            return tuple(x for x in v.split(",") if x)
+        return v
+
+    @property
+    def is_demo(self) -> bool:
+        return self.model_repository.resolve() == DEMO_REPOSITORY
+
+    def __repr_args__(self):  # type: ignore[no-untyped-def]
+        for k, v in super().__repr_args__():
+            yield k, ("***" if k == "admin_token" and v is not None else v)

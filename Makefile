@@ -19,9 +19,12 @@ venv: $(VENV)/.installed
 serve: venv
 	$(VENV)/bin/turnout serve $(ARGS)
 
-## Lint, type-check, check generated stubs, run the whole test suite
+## Lint, type-check, check generated stubs, run the whole test suite.
+## Unit and integration tests run in two processes: the integration tests import
+## tritonclient's protobuf stubs, which declare the same `inference.*` names as ours.
 test: venv protos-check lint typecheck
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
+	$(PY) -m pytest -q tests/integration $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .

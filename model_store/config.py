@@ -9,7 +9,7 @@ from typing import Any
 
 from google.protobuf import text_format
 
-from model_store.datatypes import BY_CONFIG, BY_ONNX, BY_V2
+from model_store.datatypes import BY_CONFIG, BY_ONNX
 from model_store.errors import LoadError
 from model_store.signature import Signature, TensorSpec
 from protos.model_config_pb2 import DataType, ModelConfig, ModelInput, ModelOutput
@@ -36,12 +36,16 @@ def read_config_file(model_dir: Path, name: str) -> ModelConfig:
         if ignored:
             log.warning("model %s: config fields not used by Turnout ignored: %s", name, ", ".join(ignored))
     if config.name and config.name != name:
-        raise LoadError(f"model '{name}': {CONFIG_FILE} names the model '{config.name}'; it must match the directory")
+        raise LoadError(
+            f"model '{name}': {CONFIG_FILE} names the model '{config.name}'; it must match the directory"
+        )
     config.name = name
     if config.platform and config.platform not in (PLATFORM, "onnxruntime"):
         raise LoadError(f"model '{name}': platform '{config.platform}' is not served by Turnout (ONNX only)")
     if config.backend and config.backend != BACKEND:
-        raise LoadError(f"model '{name}': backend '{config.backend}' is not served by Turnout (onnxruntime only)")
+        raise LoadError(
+            f"model '{name}': backend '{config.backend}' is not served by Turnout (onnxruntime only)"
+        )
     return config
 
 
@@ -86,7 +90,12 @@ def complete_config(
     leading_dynamic = all(len(s) >= 1 and _dim(s[0]) == -1 for _, _, s in onnx_inputs + onnx_outputs)
     if strict and not (config.input and config.output):
         raise LoadError(f"model '{name}': --strict-model-config needs inputs and outputs in {CONFIG_FILE}")
-    if not config.input and not config.output and not config.HasField("dynamic_batching") and config.max_batch_size == 0:
+    if (
+        not config.input
+        and not config.output
+        and not config.HasField("dynamic_batching")
+        and config.max_batch_size == 0
+    ):
         # nothing said about batching: a leading dynamic dimension means the model batches
         if leading_dynamic and default_max_batch_size > 0:
             out.max_batch_size = default_max_batch_size
@@ -103,32 +112,46 @@ def complete_config(
     return out
 
 
-def _merge_tensors(name: str, what: str, declared: Any, graph: list[tuple[str, str, list[Any]]], skip: int, cls: Any) -> None:
+def _merge_tensors(
+    name: str, what: str, declared: Any, graph: list[tuple[str, str, list[Any]]], skip: int, cls: Any
+) -> None:
     by_name = {n: (t, s) for n, t, s in graph}
     if len(declared) == 0:
         for n, t, s in graph:
             dt = BY_ONNX.get(t)
             if dt is None:
                 raise LoadError(f"model '{name}': {what} '{n}' has type {t}, which Turnout cannot serve")
-            declared.append(cls(name=n, data_type=DataType.Value(dt.config), dims=[_dim(d) for d in s[skip:]]))
+            declared.append(
+                cls(name=n, data_type=DataType.Value(dt.config), dims=[_dim(d) for d in s[skip:]])
+            )
         return
     for spec in declared:
         if spec.name not in by_name:
-            raise LoadError(f"model '{name}': {what} '{spec.name}' in {CONFIG_FILE} is not in the ONNX graph ({', '.join(by_name)})")
+            raise LoadError(
+                f"model '{name}': {what} '{spec.name}' in {CONFIG_FILE} is not in the ONNX graph ({', '.join(by_name)})"
+            )
         t, s = by_name[spec.name]
         dt = BY_ONNX.get(t)
         cfg_type = DataType.Name(spec.data_type)
         if dt is None or dt.config != cfg_type:
-            raise LoadError(f"model '{name}': {what} '{spec.name}' is {cfg_type} in {CONFIG_FILE} but {t} in the graph")
+            raise LoadError(
+                f"model '{name}': {what} '{spec.name}' is {cfg_type} in {CONFIG_FILE} but {t} in the graph"
+            )
         graph_dims = [_dim(d) for d in s[skip:]]
         dims = list(spec.dims)
-        if len(dims) != len(graph_dims) or any(g != -1 and c != -1 and g != c for c, g in zip(dims, graph_dims, strict=True)):
-            raise LoadError(f"model '{name}': {what} '{spec.name}' has dims {dims} in {CONFIG_FILE} but {graph_dims} in the graph")
+        if len(dims) != len(graph_dims) or any(
+            g != -1 and c != -1 and g != c for c, g in zip(dims, graph_dims, strict=True)
+        ):
+            raise LoadError(
+                f"model '{name}': {what} '{spec.name}' has dims {dims} in {CONFIG_FILE} but {graph_dims} in the graph"
+            )
 
 
 def signature_of(config: ModelConfig) -> Signature:
     def spec(t: Any, optional: bool = False) -> TensorSpec:
-        return TensorSpec(t.name, BY_CONFIG[DataType.Name(t.data_type)].v2, tuple(int(d) for d in t.dims), optional)
+        return TensorSpec(
+            t.name, BY_CONFIG[DataType.Name(t.data_type)].v2, tuple(int(d) for d in t.dims), optional
+        )
 
     return Signature(
         inputs=tuple(spec(t, t.optional) for t in config.input),
@@ -139,4 +162,3 @@ def signature_of(config: ModelConfig) -> Signature:
 
 def v2_datatype(config_type: int) -> str:
     return BY_CONFIG[DataType.Name(config_type)].v2
-

@@ -118,11 +118,16 @@ class ModelRegistry:
             sv = state.versions.get(version)
             if sv is None:
                 served = ", ".join(state.order) or "none"
-                raise VersionNotFoundError(f"model '{name}' has no version '{version}' being served (serving: {served})")
+                raise VersionNotFoundError(
+                    f"model '{name}' has no version '{version}' being served (serving: {served})"
+                )
             return sv
         latest = state.latest
         if latest is None:
-            raise ModelUnavailableError(f"model '{name}' has no version ready to serve" + (f": {state.reason}" if state.reason else ""))
+            raise ModelUnavailableError(
+                f"model '{name}' has no version ready to serve"
+                + (f": {state.reason}" if state.reason else "")
+            )
         return latest
 
     def get_state(self, name: str) -> ModelState | None:
@@ -200,7 +205,9 @@ class ModelRegistry:
 
     def _load_session(self, source: ModelSource, version: str) -> ModelSession:
         session = ModelSession(source.name, version, source.versions[version], source.config, self.options)
-        sizes = tuple(sorted({1, *(s for s in session.config.dynamic_batching.preferred_batch_size if s > 0)}))
+        sizes = tuple(
+            sorted({1, *(s for s in session.config.dynamic_batching.preferred_batch_size if s > 0)})
+        )
         session.warmup(sizes)
         return session
 

@@ -50,7 +50,9 @@ def file_digest(paths: list[Path]) -> str:
 class ModelSession:
     """Owns one onnxruntime InferenceSession. ``run`` is thread-safe (onnxruntime's is)."""
 
-    def __init__(self, name: str, version: str, version_dir: Path, config: ModelConfig, options: SessionOptions) -> None:
+    def __init__(
+        self, name: str, version: str, version_dir: Path, config: ModelConfig, options: SessionOptions
+    ) -> None:
         self.name = name
         self.version = version
         self.path = version_dir / (config.default_model_filename or "model.onnx")
@@ -66,13 +68,21 @@ class ModelSession:
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
             so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         try:
-            self._sess = ort.InferenceSession(str(self.path), sess_options=so, providers=["CPUExecutionProvider"])
+            self._sess = ort.InferenceSession(
+                str(self.path), sess_options=so, providers=["CPUExecutionProvider"]
+            )
         except Exception as exc:  # onnxruntime raises its own exception types for bad graphs
-            raise LoadError(f"model '{name}' version {version}: onnxruntime cannot load {self.path.name}: {exc}") from exc
+            raise LoadError(
+                f"model '{name}' version {version}: onnxruntime cannot load {self.path.name}: {exc}"
+            ) from exc
         graph_in = [(i.name, i.type, list(i.shape)) for i in self._sess.get_inputs()]
         graph_out = [(o.name, o.type, list(o.shape)) for o in self._sess.get_outputs()]
         self.config = complete_config(
-            config, graph_in, graph_out, default_max_batch_size=options.default_max_batch_size, strict=options.strict_config
+            config,
+            graph_in,
+            graph_out,
+            default_max_batch_size=options.default_max_batch_size,
+            strict=options.strict_config,
         )
         self.signature: Signature = signature_of(self.config)
         self._string_inputs = frozenset(s.name for s in self.signature.inputs if s.datatype == "BYTES")
@@ -103,11 +113,21 @@ class ModelSession:
                 dims = [d if d >= 0 else 1 for d in spec.shape]
                 shape = ([n] if sig.batching else []) + dims
                 dt = BY_V2[spec.datatype].numpy
-                feeds[spec.name] = np.full(shape, b"", dtype=object) if spec.datatype == "BYTES" else np.zeros(shape, dtype=dt)
+                feeds[spec.name] = (
+                    np.full(shape, b"", dtype=object)
+                    if spec.datatype == "BYTES"
+                    else np.zeros(shape, dtype=dt)
+                )
             try:
                 self.run(feeds)
             except Exception as exc:  # a graph that cannot run zeros is still loadable; note it
-                log.info("model %s version %s: synthetic warm-up at batch %d skipped: %s", self.name, self.version, n, exc)
+                log.info(
+                    "model %s version %s: synthetic warm-up at batch %d skipped: %s",
+                    self.name,
+                    self.version,
+                    n,
+                    exc,
+                )
                 return
 
     def close(self) -> None:

@@ -33,12 +33,30 @@ def serve_parser(sub: Any) -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         argument_default=argparse.SUPPRESS,
     )
-    p.add_argument("repository", nargs="?", type=Path, default=None, help=f"model repository (default: the built-in demo, {DEMO_REPOSITORY})")
+    p.add_argument(
+        "repository",
+        nargs="?",
+        type=Path,
+        default=None,
+        help=f"model repository (default: the built-in demo, {DEMO_REPOSITORY})",
+    )
     p.add_argument("--model-repository", type=Path, help="model repository, as tritonserver names it")
-    p.add_argument("--model-control-mode", choices=["none", "poll", "explicit"], help="none: load all at start; poll: also rescan; explicit: only the repository API loads (default none)")
-    p.add_argument("--repository-poll-secs", type=float, help="seconds between rescans in poll mode (default 15)")
-    p.add_argument("--load-model", action="append", help="model to load at start in explicit mode; repeatable; '*' for all")
-    p.add_argument("--strict-model-config", type=_bool, help="require inputs and outputs in config.pbtxt (default false)")
+    p.add_argument(
+        "--model-control-mode",
+        choices=["none", "poll", "explicit"],
+        help="none: load all at start; poll: also rescan; explicit: only the repository API loads (default none)",
+    )
+    p.add_argument(
+        "--repository-poll-secs", type=float, help="seconds between rescans in poll mode (default 15)"
+    )
+    p.add_argument(
+        "--load-model",
+        action="append",
+        help="model to load at start in explicit mode; repeatable; '*' for all",
+    )
+    p.add_argument(
+        "--strict-model-config", type=_bool, help="require inputs and outputs in config.pbtxt (default false)"
+    )
     p.add_argument("--host", "--http-address", dest="host", help="address to bind (default 0.0.0.0)")
     p.add_argument("--http-port", type=int, help="HTTP port, 0 for any free port (default 8000)")
     p.add_argument("--grpc-port", type=int, help="gRPC port, 0 for any free port (default 8001)")
@@ -47,20 +65,40 @@ def serve_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--ports-file", type=Path, help="write the bound ports as JSON to this file once serving")
     p.add_argument("--tls-cert", type=Path, help="PEM certificate: serve both protocols over TLS")
     p.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
-    p.add_argument("--max-request-bytes", type=int, help="largest request body / message accepted (default 64 MiB)")
-    p.add_argument("--intra-op-threads", type=int, help="onnxruntime intra-op threads per session (default 1)")
-    p.add_argument("--inter-op-threads", type=int, help="onnxruntime inter-op threads per session (default 1)")
+    p.add_argument(
+        "--max-request-bytes", type=int, help="largest request body / message accepted (default 64 MiB)"
+    )
+    p.add_argument(
+        "--intra-op-threads", type=int, help="onnxruntime intra-op threads per session (default 1)"
+    )
+    p.add_argument(
+        "--inter-op-threads", type=int, help="onnxruntime inter-op threads per session (default 1)"
+    )
     p.add_argument("--ort-spinning", type=_bool, help="let onnxruntime threads spin-wait (default false)")
     p.add_argument("--infer-threads", type=int, help="threads running onnxruntime for all models (default 2)")
     p.add_argument("--load-threads", type=int, help="threads loading and warming models (default 1)")
-    p.add_argument("--default-max-batch-size", type=int, help="max_batch_size for models without config whose graph has a dynamic batch dim (default 32; 0 = no batching)")
-    p.add_argument("--batching", type=_bool, help="dynamic batching for models that configure it (default true)")
-    p.add_argument("--max-queue-delay-us", type=int, help="override every model's max_queue_delay_microseconds")
+    p.add_argument(
+        "--default-max-batch-size",
+        type=int,
+        help="max_batch_size for models without config whose graph has a dynamic batch dim (default 32; 0 = no batching)",
+    )
+    p.add_argument(
+        "--batching", type=_bool, help="dynamic batching for models that configure it (default true)"
+    )
+    p.add_argument(
+        "--max-queue-delay-us", type=int, help="override every model's max_queue_delay_microseconds"
+    )
     p.add_argument("--max-queue-size", type=int, help="queue limit for models that set none (default 1024)")
-    p.add_argument("--state-dir", type=Path, help="where traffic policies, rollouts, audit log and drift references persist")
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        help="where traffic policies, rollouts, audit log and drift references persist",
+    )
     p.add_argument("--admin-token", help="bearer token required by the admin API (or TURNOUT_ADMIN_TOKEN)")
     p.add_argument("--drift", type=_bool, help="drift monitoring (default true)")
-    p.add_argument("--drift-sample", type=float, help="fraction of requests fed to drift monitoring (default 1.0)")
+    p.add_argument(
+        "--drift-sample", type=float, help="fraction of requests fed to drift monitoring (default 1.0)"
+    )
     p.add_argument("--log-verbose", type=int, help="0 info, 1 more, 2 debug (default 0)")
     p.add_argument("--log-format", choices=["text", "json"], help="log line format (default text)")
     return p

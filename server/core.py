@@ -23,7 +23,14 @@ log = logging.getLogger("turnout.core")
 
 SERVER_NAME = "turnout"
 SERVER_VERSION = "0.1.0"
-EXTENSIONS = ("model_repository", "model_configuration", "statistics", "binary_tensor_data", "parameters", "schedule_policy")
+EXTENSIONS = (
+    "model_repository",
+    "model_configuration",
+    "statistics",
+    "binary_tensor_data",
+    "parameters",
+    "schedule_policy",
+)
 
 
 class RouteHook(Protocol):
@@ -32,19 +39,29 @@ class RouteHook(Protocol):
     def choose(self, req: InferRequest) -> tuple[str, tuple[str, ...]] | None: ...
 
     def after(
-        self, req: InferRequest, sv: ServingVersion, outputs: dict[str, np.ndarray] | None, latency_s: float, ok: bool,
-        shadows: tuple[str, ...], feeds: dict[str, np.ndarray] | None,
+        self,
+        req: InferRequest,
+        sv: ServingVersion,
+        outputs: dict[str, np.ndarray] | None,
+        latency_s: float,
+        ok: bool,
+        shadows: tuple[str, ...],
+        feeds: dict[str, np.ndarray] | None,
     ) -> None: ...
 
 
 class ObserveHook(Protocol):
     """Receives every successful inference (drift monitoring); must not block."""
 
-    def observe(self, sv: ServingVersion, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None: ...
+    def observe(
+        self, sv: ServingVersion, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]
+    ) -> None: ...
 
 
 class Core:
-    def __init__(self, registry: ModelRegistry, metrics: Metrics, *, clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(
+        self, registry: ModelRegistry, metrics: Metrics, *, clock: Callable[[], float] = time.perf_counter
+    ) -> None:
         self.registry = registry
         self.metrics = metrics
         self.clock = clock
@@ -91,13 +108,21 @@ class Core:
         key = (model, version, protocol)
         children = self._labels.get(key)
         if children is None:
-            children = (self.metrics.requests.labels(model, version, protocol, "ok"), self.metrics.latency.labels(model, version, protocol))
+            children = (
+                self.metrics.requests.labels(model, version, protocol, "ok"),
+                self.metrics.latency.labels(model, version, protocol),
+            )
             self._labels[key] = children
         return children
 
     def _succeeded(
-        self, req: InferRequest, sv: ServingVersion, latency: float, feeds: dict[str, np.ndarray],
-        outputs: dict[str, np.ndarray], shadows: tuple[str, ...],
+        self,
+        req: InferRequest,
+        sv: ServingVersion,
+        latency: float,
+        feeds: dict[str, np.ndarray],
+        outputs: dict[str, np.ndarray],
+        shadows: tuple[str, ...],
     ) -> None:
         ok_counter, hist = self._label_children(req.model_name, sv.version, req.protocol)
         ok_counter.inc()
@@ -110,13 +135,17 @@ class Core:
         if self.router is not None:
             self.router.after(req, sv, outputs, latency, True, shadows, feeds)
 
-    def _failed(self, req: InferRequest, sv: ServingVersion, t0: float, exc: BaseException, shadows: tuple[str, ...]) -> None:
+    def _failed(
+        self, req: InferRequest, sv: ServingVersion, t0: float, exc: BaseException, shadows: tuple[str, ...]
+    ) -> None:
         latency = self.clock() - t0
         code = wire_status(exc).grpc.name.lower()
         self.metrics.requests.labels(req.model_name, sv.version, req.protocol, code).inc()
         sv.runner.stats.record_failure(int(latency * 1e9))
         # only server-side failures count against a version in rollouts; bad input is the client's
-        server_fault = not isinstance(exc, InvalidInput) and (not isinstance(exc, TurnoutError) or wire_status(exc).http >= 500)
+        server_fault = not isinstance(exc, InvalidInput) and (
+            not isinstance(exc, TurnoutError) or wire_status(exc).http >= 500
+        )
         if self.router is not None:
             self.router.after(req, sv, None, latency, not server_fault, shadows, None)
 
@@ -128,7 +157,9 @@ class Core:
     def ready(self) -> bool:
         if not self.started:
             return False
-        return all(self.registry.is_ready(name) for name in self.registry.model_names() if self._should_serve(name))
+        return all(
+            self.registry.is_ready(name) for name in self.registry.model_names() if self._should_serve(name)
+        )
 
     def _should_serve(self, name: str) -> bool:
         state = self.registry.get_state(name)
@@ -195,7 +226,9 @@ def _schedule_params(req: InferRequest) -> tuple[int | None, float | None]:
         pr = priority or None
     if timeout is not None:
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
-            raise InvalidInput(f"parameter 'timeout' must be a non-negative number of microseconds, got {timeout!r}")
+            raise InvalidInput(
+                f"parameter 'timeout' must be a non-negative number of microseconds, got {timeout!r}"
+            )
         to = timeout / 1e6 if timeout else None
     return pr, to
 

@@ -25,7 +25,9 @@ from server.settings import Settings
 class Runner(Protocol):
     stats: VersionStats
 
-    async def run(self, feeds: dict[str, np.ndarray], *, priority: int | None, timeout_s: float | None) -> dict[str, np.ndarray]: ...
+    async def run(
+        self, feeds: dict[str, np.ndarray], *, priority: int | None, timeout_s: float | None
+    ) -> dict[str, np.ndarray]: ...
 
     async def close(self) -> None: ...
 
@@ -44,13 +46,17 @@ def _execute_sync(session: ModelSession, feeds: dict[str, np.ndarray]) -> tuple[
 class DirectRunner:
     """One request, one onnxruntime call; at most ``instance_count`` at a time."""
 
-    def __init__(self, session: ModelSession, pool: ThreadPoolExecutor, instance_count: int, stats: VersionStats) -> None:
+    def __init__(
+        self, session: ModelSession, pool: ThreadPoolExecutor, instance_count: int, stats: VersionStats
+    ) -> None:
         self.session = session
         self.stats = stats
         self._pool = pool
         self._sem = asyncio.Semaphore(max(instance_count, 1))
 
-    async def run(self, feeds: dict[str, np.ndarray], *, priority: int | None, timeout_s: float | None) -> dict[str, np.ndarray]:
+    async def run(
+        self, feeds: dict[str, np.ndarray], *, priority: int | None, timeout_s: float | None
+    ) -> dict[str, np.ndarray]:
         loop = asyncio.get_running_loop()
         t_queue = time.perf_counter_ns()
         async with self._sem:
@@ -76,8 +82,12 @@ class _BatchObserver:
         self._rejected = metrics.rejected
         self._labels = (model, version)
 
-    def on_batch(self, size_rows: int, n_requests: int, queue_seconds: Sequence[float], compute_seconds: float) -> None:
-        self.stats.record_batch(size_rows, n_requests, int(sum(queue_seconds) * 1e9), int(compute_seconds * 1e9))
+    def on_batch(
+        self, size_rows: int, n_requests: int, queue_seconds: Sequence[float], compute_seconds: float
+    ) -> None:
+        self.stats.record_batch(
+            size_rows, n_requests, int(sum(queue_seconds) * 1e9), int(compute_seconds * 1e9)
+        )
         self._batch.observe(size_rows)
         self._compute.observe(compute_seconds)
         for q in queue_seconds:
@@ -91,7 +101,14 @@ class _BatchObserver:
 
 
 class BatchingRunner:
-    def __init__(self, session: ModelSession, pool: ThreadPoolExecutor, config: BatchingConfig, stats: VersionStats, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        session: ModelSession,
+        pool: ThreadPoolExecutor,
+        config: BatchingConfig,
+        stats: VersionStats,
+        metrics: Metrics,
+    ) -> None:
         self.session = session
         self.stats = stats
         self._pool = pool
@@ -107,7 +124,9 @@ class BatchingRunner:
         out, _ = await loop.run_in_executor(self._pool, _execute_sync, self.session, feeds)
         return out
 
-    async def run(self, feeds: dict[str, np.ndarray], *, priority: int | None, timeout_s: float | None) -> dict[str, np.ndarray]:
+    async def run(
+        self, feeds: dict[str, np.ndarray], *, priority: int | None, timeout_s: float | None
+    ) -> dict[str, np.ndarray]:
         return await self.batcher.submit(feeds, priority=priority, timeout_s=timeout_s)
 
     async def close(self) -> None:
@@ -120,14 +139,22 @@ def batching_config(config: ModelConfig, settings: Settings) -> BatchingConfig |
         return None
     db = config.dynamic_batching
     qp = db.default_queue_policy
-    delay_us = settings.max_queue_delay_us if settings.max_queue_delay_us is not None else db.max_queue_delay_microseconds
+    delay_us = (
+        settings.max_queue_delay_us
+        if settings.max_queue_delay_us is not None
+        else db.max_queue_delay_microseconds
+    )
     levels = max(int(db.priority_levels), 1)
     return BatchingConfig(
         max_batch_size=config.max_batch_size,
         max_queue_delay_s=delay_us / 1e6,
-        preferred_batch_sizes=tuple(int(s) for s in db.preferred_batch_size if 0 < s <= config.max_batch_size),
+        preferred_batch_sizes=tuple(
+            int(s) for s in db.preferred_batch_size if 0 < s <= config.max_batch_size
+        ),
         max_queue_size=int(qp.max_queue_size) or settings.max_queue_size,
-        default_timeout_s=(qp.default_timeout_microseconds / 1e6) if qp.default_timeout_microseconds else None,
+        default_timeout_s=(qp.default_timeout_microseconds / 1e6)
+        if qp.default_timeout_microseconds
+        else None,
         allow_timeout_override=True,
         priority_levels=levels,
         default_priority=min(max(int(db.default_priority_level) or levels, 1), levels),

@@ -57,7 +57,11 @@ class Runtime:
         )
         self.repository = LocalRepository(settings.model_repository)
         self.models = ModelRegistry(
-            self.repository, options, attach=self._attach, detach=self._detach, load_threads=settings.load_threads
+            self.repository,
+            options,
+            attach=self._attach,
+            detach=self._detach,
+            load_threads=settings.load_threads,
         )
         self.core = Core(self.models, self.metrics)
         self.grpc_server: grpc.aio.Server | None = None
@@ -100,7 +104,11 @@ class Runtime:
             tmp.replace(s.ports_file)
         log.info(
             "Turnout serving %s: HTTP on %s:%d, gRPC on %s:%d",
-            s.model_repository, s.host, self.http_port, s.host, self.grpc_port,
+            s.model_repository,
+            s.host,
+            self.http_port,
+            s.host,
+            self.grpc_port,
         )
 
     async def _load_initial_models(self) -> None:

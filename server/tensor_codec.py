@@ -41,7 +41,9 @@ def decode_raw(name: str, datatype: str, shape: tuple[int, ...], buf: bytes | me
         return decode_bytes_elements(name, shape, count, buf)
     dtype = WIRE_DTYPE.get(datatype)
     if dtype is None:
-        raise InvalidInput(f"input '{name}': unknown datatype '{datatype}'; expected one of {', '.join(BY_V2)}")
+        raise InvalidInput(
+            f"input '{name}': unknown datatype '{datatype}'; expected one of {', '.join(BY_V2)}"
+        )
     expected = count * dtype.itemsize
     if len(buf) != expected:
         raise InvalidInput(
@@ -54,7 +56,9 @@ def decode_raw(name: str, datatype: str, shape: tuple[int, ...], buf: bytes | me
     return arr.reshape(shape)
 
 
-def decode_bytes_elements(name: str, shape: tuple[int, ...], count: int, buf: bytes | memoryview) -> np.ndarray:
+def decode_bytes_elements(
+    name: str, shape: tuple[int, ...], count: int, buf: bytes | memoryview
+) -> np.ndarray:
     mv = memoryview(buf)
     out = np.empty(count, dtype=object)
     pos, end = 0, len(mv)

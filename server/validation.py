@@ -22,10 +22,14 @@ def validate_inputs(model: str, sig: Signature, inputs: list[Tensor]) -> tuple[d
         if t.name in feeds:
             raise InvalidInput(f"input '{t.name}' appears more than once")
         if t.datatype != spec.datatype:
-            raise InvalidInput(f"input '{t.name}' has datatype {t.datatype}, model '{model}' expects {spec.datatype}")
+            raise InvalidInput(
+                f"input '{t.name}' has datatype {t.datatype}, model '{model}' expects {spec.datatype}"
+            )
         shape = t.shape
         dims = shape[1:] if batching else shape
-        if len(dims) != len(spec.shape) or any(e != -1 and e != d for e, d in zip(spec.shape, dims, strict=True)):
+        if len(dims) != len(spec.shape) or any(
+            e != -1 and e != d for e, d in zip(spec.shape, dims, strict=True)
+        ):
             want = spec.metadata_shape(batching)
             raise InvalidInput(f"input '{t.name}' has shape {list(shape)}, model '{model}' expects {want}")
         if batching:
@@ -42,7 +46,9 @@ def validate_inputs(model: str, sig: Signature, inputs: list[Tensor]) -> tuple[d
     if len(feeds) != len(sig.inputs):
         missing = [s.name for s in sig.inputs if s.name not in feeds and not s.optional]
         if missing:
-            raise InvalidInput(f"model '{model}' needs input(s) {', '.join(missing)}, which the request lacks")
+            raise InvalidInput(
+                f"model '{model}' needs input(s) {', '.join(missing)}, which the request lacks"
+            )
     return feeds, max(rows, 0)
 
 

@@ -96,7 +96,9 @@ def start_server(
 
 
 @contextlib.contextmanager
-def running_server(workdir: Path, repo: Path | None = DEMO_REPO, args: Sequence[str] = (), **kw: object) -> Iterator[ServerProc]:
+def running_server(
+    workdir: Path, repo: Path | None = DEMO_REPO, args: Sequence[str] = (), **kw: object
+) -> Iterator[ServerProc]:
     server = start_server(workdir, repo, args, **kw)  # type: ignore[arg-type]
     try:
         yield server

@@ -11,6 +11,7 @@ Models:
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def mlp(dims: list[int], seed: int, name: str) -> onnx.ModelProto:
     rng = np.random.default_rng(seed)
     nodes, inits = [], []
     x = "input"
-    for i, (fi, fo) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+    for i, (fi, fo) in enumerate(itertools.pairwise(dims)):
         w = (rng.standard_normal((fi, fo)) * np.sqrt(2.0 / fi)).astype(np.float32)
         b = (rng.standard_normal(fo) * 0.01).astype(np.float32)
         inits += [numpy_helper.from_array(w, f"W{i}"), numpy_helper.from_array(b, f"B{i}")]

@@ -54,12 +54,16 @@ def encode_param(value: Any, param: pb.InferParameter) -> None:
 def decode_request(msg: pb.ModelInferRequest) -> InferRequest:
     raw = msg.raw_input_contents
     if raw and len(raw) != len(msg.inputs):
-        raise InvalidInput(f"raw_input_contents has {len(raw)} entries for {len(msg.inputs)} inputs; they must match")
+        raise InvalidInput(
+            f"raw_input_contents has {len(raw)} entries for {len(msg.inputs)} inputs; they must match"
+        )
     inputs: list[Tensor] = []
     for i, t in enumerate(msg.inputs):
         name, datatype = t.name, t.datatype
         if datatype not in BY_V2:
-            raise InvalidInput(f"input '{name}': unknown datatype '{datatype}'; expected one of {', '.join(BY_V2)}")
+            raise InvalidInput(
+                f"input '{name}': unknown datatype '{datatype}'; expected one of {', '.join(BY_V2)}"
+            )
         shape = check_shape(name, t.shape)
         if raw:
             if t.HasField("contents"):
@@ -67,8 +71,12 @@ def decode_request(msg: pb.ModelInferRequest) -> InferRequest:
             data = decode_raw(name, datatype, shape, raw[i])
         else:
             data = _decode_contents(name, datatype, shape, t.contents)
-        inputs.append(Tensor(name, datatype, shape, data, decode_params(t.parameters) if t.parameters else {}))
-    outputs = [RequestedOutput(o.name, decode_params(o.parameters) if o.parameters else {}) for o in msg.outputs] or None
+        inputs.append(
+            Tensor(name, datatype, shape, data, decode_params(t.parameters) if t.parameters else {})
+        )
+    outputs = [
+        RequestedOutput(o.name, decode_params(o.parameters) if o.parameters else {}) for o in msg.outputs
+    ] or None
     params = decode_params(msg.parameters) if msg.parameters else {}
     key = params.get("routing_key")
     return InferRequest(
@@ -83,14 +91,20 @@ def decode_request(msg: pb.ModelInferRequest) -> InferRequest:
     )
 
 
-def _decode_contents(name: str, datatype: str, shape: tuple[int, ...], contents: pb.InferTensorContents) -> np.ndarray:
+def _decode_contents(
+    name: str, datatype: str, shape: tuple[int, ...], contents: pb.InferTensorContents
+) -> np.ndarray:
     field = _CONTENTS_FIELD.get(datatype)
     if field is None:
-        raise InvalidInput(f"input '{name}': {datatype} has no typed contents field; send it in raw_input_contents")
+        raise InvalidInput(
+            f"input '{name}': {datatype} has no typed contents field; send it in raw_input_contents"
+        )
     values = getattr(contents, field)
     count = element_count(shape)
     if len(values) != count:
-        raise InvalidInput(f"input '{name}': got {len(values)} elements in {field}, expected {count} for shape {list(shape)}")
+        raise InvalidInput(
+            f"input '{name}': got {len(values)} elements in {field}, expected {count} for shape {list(shape)}"
+        )
     if datatype == "BYTES":
         arr = np.empty(count, dtype=object)
         arr[:] = list(values)

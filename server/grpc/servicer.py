@@ -77,7 +77,9 @@ class InferenceServicer:
         resp = await self.core.infer(request)
         return encode_response(resp)
 
-    async def ModelStreamInfer(self, requests: AsyncIterator[Any], ctx: Any) -> AsyncIterator[pb.ModelStreamInferResponse]:
+    async def ModelStreamInfer(
+        self, requests: AsyncIterator[Any], ctx: Any
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         async for req in requests:
             if isinstance(req, _BadMessage):
                 yield pb.ModelStreamInferResponse(error_message=req.error)
@@ -104,13 +106,17 @@ class InferenceServicer:
             resp.models.add(name=e.name, version=e.version, state=e.state, reason=e.reason)
         return resp
 
-    async def RepositoryModelLoad(self, req: pb.RepositoryModelLoadRequest, ctx: Any) -> pb.RepositoryModelLoadResponse:
+    async def RepositoryModelLoad(
+        self, req: pb.RepositoryModelLoadRequest, ctx: Any
+    ) -> pb.RepositoryModelLoadResponse:
         if req.parameters:
             raise InvalidInput("load parameters (config override, files) are not supported by Turnout")
         await self.core.load(req.model_name)
         return pb.RepositoryModelLoadResponse()
 
-    async def RepositoryModelUnload(self, req: pb.RepositoryModelUnloadRequest, ctx: Any) -> pb.RepositoryModelUnloadResponse:
+    async def RepositoryModelUnload(
+        self, req: pb.RepositoryModelUnloadRequest, ctx: Any
+    ) -> pb.RepositoryModelUnloadResponse:
         await self.core.unload(req.model_name)
         return pb.RepositoryModelUnloadResponse()
 
@@ -122,7 +128,7 @@ def _metadata_key(ctx: Any) -> str | None:
     return None
 
 
-_UNIMPLEMENTED = {
+_UNIMPLEMENTED: dict[str, Any] = {
     "SystemSharedMemoryStatus": pb.SystemSharedMemoryStatusRequest,
     "SystemSharedMemoryRegister": pb.SystemSharedMemoryRegisterRequest,
     "SystemSharedMemoryUnregister": pb.SystemSharedMemoryUnregisterRequest,
@@ -148,7 +154,12 @@ def _unary(fn: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Awa
 
 def _unimplemented(method: str) -> Callable[[Any, Any], Awaitable[Any]]:
     async def handler(req: Any, ctx: grpc.aio.ServicerContext) -> Any:
-        await _abort(ctx, Unimplemented(f"{method} is not implemented by Turnout (no shared-memory, trace or log settings extensions)"))
+        await _abort(
+            ctx,
+            Unimplemented(
+                f"{method} is not implemented by Turnout (no shared-memory, trace or log settings extensions)"
+            ),
+        )
 
     return handler
 
@@ -173,12 +184,16 @@ def make_handler(core: Core) -> grpc.GenericRpcHandler:
         handlers[name] = grpc.unary_unary_rpc_method_handler(
             _unary(fn), request_deserializer=_deserializer(req_cls), response_serializer=_serialize
         )
-    for name, req_cls in _UNIMPLEMENTED.items():
+    for name, unimplemented_cls in _UNIMPLEMENTED.items():
         handlers[name] = grpc.unary_unary_rpc_method_handler(
-            _unimplemented(name), request_deserializer=_deserializer(req_cls), response_serializer=_serialize
+            _unimplemented(name),
+            request_deserializer=_deserializer(unimplemented_cls),
+            response_serializer=_serialize,
         )
     handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
-        s.ModelStreamInfer, request_deserializer=_deserializer(pb.ModelInferRequest), response_serializer=_serialize
+        s.ModelStreamInfer,
+        request_deserializer=_deserializer(pb.ModelInferRequest),
+        response_serializer=_serialize,
     )
     return grpc.method_handlers_generic_handler(SERVICE, handlers)
 

@@ -35,7 +35,9 @@ def decode_infer_request(model: str, version: str, body: bytes, header_length: s
         try:
             n = int(header_length)
         except ValueError:
-            raise InvalidInput(f"Inference-Header-Content-Length must be an integer, got '{header_length}'") from None
+            raise InvalidInput(
+                f"Inference-Header-Content-Length must be an integer, got '{header_length}'"
+            ) from None
         if n < 0 or n > len(body):
             raise InvalidInput(f"Inference-Header-Content-Length is {n} but the body has {len(body)} bytes")
         mv = memoryview(body)
@@ -89,8 +91,12 @@ def _decode_input(item: Any, binary: memoryview, offset: int) -> tuple[Tensor, i
     if not isinstance(name, str) or not name:
         raise InvalidInput("an input is missing its 'name'")
     if not isinstance(datatype, str) or datatype not in BY_V2:
-        raise InvalidInput(f"input '{name}': unknown datatype {datatype!r}; expected one of {', '.join(BY_V2)}")
-    if not isinstance(shape_raw, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape_raw):
+        raise InvalidInput(
+            f"input '{name}': unknown datatype {datatype!r}; expected one of {', '.join(BY_V2)}"
+        )
+    if not isinstance(shape_raw, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) for d in shape_raw
+    ):
         raise InvalidInput(f"input '{name}': 'shape' must be a list of integers")
     shape = check_shape(name, shape_raw)
     params = _dict(item.get("parameters"), f"inputs[{name}].parameters")
@@ -107,7 +113,13 @@ def _decode_input(item: Any, binary: memoryview, offset: int) -> tuple[Tensor, i
         return Tensor(name, datatype, shape, data, params_from_mapping(params)), size
     if "data" not in item:
         raise InvalidInput(f"input '{name}' has neither 'data' nor parameters.binary_data_size")
-    return Tensor(name, datatype, shape, _decode_json_data(name, datatype, shape, item["data"]), params_from_mapping(params)), 0
+    return Tensor(
+        name,
+        datatype,
+        shape,
+        _decode_json_data(name, datatype, shape, item["data"]),
+        params_from_mapping(params),
+    ), 0
 
 
 def _flatten(data: Any) -> list[Any]:
@@ -126,7 +138,9 @@ def _decode_json_data(name: str, datatype: str, shape: tuple[int, ...], data: An
     if datatype == "BYTES":
         flat = _flatten(data)
         if len(flat) != count:
-            raise InvalidInput(f"input '{name}': got {len(flat)} elements, expected {count} for shape {list(shape)}")
+            raise InvalidInput(
+                f"input '{name}': got {len(flat)} elements, expected {count} for shape {list(shape)}"
+            )
         arr = np.empty(count, dtype=object)
         for i, x in enumerate(flat):
             if isinstance(x, str):
@@ -138,9 +152,13 @@ def _decode_json_data(name: str, datatype: str, shape: tuple[int, ...], data: An
     try:
         arr = np.asarray(data, dtype=dtype) if datatype != "BOOL" else _bool_array(name, data)
     except (ValueError, TypeError, OverflowError) as exc:
-        raise InvalidInput(f"input '{name}': data is not a (nested) list of {datatype} values: {exc}") from exc
+        raise InvalidInput(
+            f"input '{name}': data is not a (nested) list of {datatype} values: {exc}"
+        ) from exc
     if arr.size != count:
-        raise InvalidInput(f"input '{name}': got {arr.size} elements, expected {count} for shape {list(shape)}")
+        raise InvalidInput(
+            f"input '{name}': got {arr.size} elements, expected {count} for shape {list(shape)}"
+        )
     return arr.reshape(shape)
 
 
@@ -160,7 +178,11 @@ def _decode_outputs(raw: Any) -> list[RequestedOutput] | None:
     for item in raw:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise InvalidInput("each entry of 'outputs' must be an object with a 'name'")
-        out.append(RequestedOutput(item["name"], params_from_mapping(_dict(item.get("parameters"), "outputs.parameters"))))
+        out.append(
+            RequestedOutput(
+                item["name"], params_from_mapping(_dict(item.get("parameters"), "outputs.parameters"))
+            )
+        )
     return out or None
 
 
@@ -177,7 +199,9 @@ def encode_infer_response(resp: InferResponse, req: InferRequest) -> tuple[bytes
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         elif t.datatype == "BYTES":
-            entry["data"] = [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in t.data.reshape(-1)]
+            entry["data"] = [
+                x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in t.data.reshape(-1)
+            ]
         else:
             entry["data"] = np.ascontiguousarray(t.data).reshape(-1)
         outputs.append(entry)

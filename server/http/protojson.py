@@ -8,8 +8,13 @@ from typing import Any
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-_INT64 = {FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT64,
-          FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED64}
+_INT64 = {
+    FieldDescriptor.TYPE_INT64,
+    FieldDescriptor.TYPE_UINT64,
+    FieldDescriptor.TYPE_SINT64,
+    FieldDescriptor.TYPE_FIXED64,
+    FieldDescriptor.TYPE_SFIXED64,
+}
 
 
 def to_json(msg: Message) -> dict[str, Any]:
@@ -32,7 +37,11 @@ def _scalar(field: FieldDescriptor, value: Any) -> Any:
     if field.type == FieldDescriptor.TYPE_MESSAGE:
         return to_json(value)
     if field.type == FieldDescriptor.TYPE_ENUM:
-        return field.enum_type.values_by_number[value].name if value in field.enum_type.values_by_number else value
+        return (
+            field.enum_type.values_by_number[value].name
+            if value in field.enum_type.values_by_number
+            else value
+        )
     if field.type == FieldDescriptor.TYPE_BYTES:
         return value.decode("latin-1")
     if field.type in _INT64:

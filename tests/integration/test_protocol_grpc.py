@@ -66,16 +66,24 @@ def test_every_datatype_round_trips(demo_server: ServerProc) -> None:
 def test_typed_contents_are_accepted(demo_server: ServerProc) -> None:
     """Requests may carry typed `contents` instead of raw bytes (tritonclient always sends
     raw, so build the protobuf message by hand)."""
-    from tritonclient.grpc import service_pb2, service_pb2_grpc
-
     import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
 
     arrays = echo_arrays(rows=1, cols=2)
     req = service_pb2.ModelInferRequest(model_name="echo")
     fields = {
-        "BOOL": "bool_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
-        "UINT64": "uint64_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
-        "INT64": "int64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
+        "BOOL": "bool_contents",
+        "UINT8": "uint_contents",
+        "UINT16": "uint_contents",
+        "UINT32": "uint_contents",
+        "UINT64": "uint64_contents",
+        "INT8": "int_contents",
+        "INT16": "int_contents",
+        "INT32": "int_contents",
+        "INT64": "int64_contents",
+        "FP32": "fp32_contents",
+        "FP64": "fp64_contents",
+        "BYTES": "bytes_contents",
     }
     for dt in DATATYPES:
         if dt == "FP16":
@@ -136,11 +144,22 @@ def test_statistics_and_repository(demo_server: ServerProc) -> None:
     c.infer("mlp", [i], model_version="1")
     after = c.get_inference_statistics("mlp", "1", as_json=True)["model_stats"][0]
     assert int(after["inference_count"]) == int(before.get("inference_count", 0)) + 3
-    assert int(after["inference_stats"]["success"]["count"]) == int(before["inference_stats"].get("success", {}).get("count", 0)) + 1
+    assert (
+        int(after["inference_stats"]["success"]["count"])
+        == int(before["inference_stats"].get("success", {}).get("count", 0)) + 1
+    )
     all_stats = c.get_inference_statistics(as_json=True)["model_stats"]
-    assert {(s["name"], s["version"]) for s in all_stats} >= {("mlp", "1"), ("mlp", "2"), ("iris", "1"), ("echo", "1")}
+    assert {(s["name"], s["version"]) for s in all_stats} >= {
+        ("mlp", "1"),
+        ("mlp", "2"),
+        ("iris", "1"),
+        ("echo", "1"),
+    }
     index = c.get_model_repository_index(as_json=True)["models"]
-    assert {(m["name"], m.get("version"), m["state"]) for m in index} >= {("mlp", "1", "READY"), ("iris", "1", "READY")}
+    assert {(m["name"], m.get("version"), m["state"]) for m in index} >= {
+        ("mlp", "1", "READY"),
+        ("iris", "1", "READY"),
+    }
 
 
 @pytest.mark.asyncio
@@ -176,9 +195,14 @@ def test_health_service_and_reflection(demo_server: ServerProc) -> None:
 
     with grpc.insecure_channel(demo_server.grpc_url) as ch:
         health = health_pb2_grpc.HealthStub(ch)
-        assert health.Check(health_pb2.HealthCheckRequest(service="")).status == health_pb2.HealthCheckResponse.SERVING
+        assert (
+            health.Check(health_pb2.HealthCheckRequest(service="")).status
+            == health_pb2.HealthCheckResponse.SERVING
+        )
         refl = reflection_pb2_grpc.ServerReflectionStub(ch)
-        resp = next(iter(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))))
+        resp = next(
+            iter(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+        )
         names = {s.name for s in resp.list_services_response.service}
         assert "inference.GRPCInferenceService" in names
         assert "grpc.health.v1.Health" in names

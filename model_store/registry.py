@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from model_store.errors import LoadError, ModelNotFoundError, ModelUnavailableError, VersionNotFoundError
-from model_store.repository import LocalRepository, ModelSource
+from model_store.repository import Fingerprint, LocalRepository, ModelSource, digest, fingerprint, is_settled
 from model_store.session import ModelSession, SessionOptions
 
 log = logging.getLogger("turnout.model_store")
@@ -34,13 +34,24 @@ Detach = Callable[[Any], Awaitable[None]]
 class ServingVersion:
     """A loaded version and whatever the server attached to it (its batcher)."""
 
-    __slots__ = ("_drained", "in_flight", "loaded_at", "retiring", "runner", "session")
+    __slots__ = (
+        "_drained",
+        "fingerprint",
+        "in_flight",
+        "incompatible",
+        "loaded_at",
+        "retiring",
+        "runner",
+        "session",
+    )
 
-    def __init__(self, session: ModelSession, runner: Any) -> None:
+    def __init__(self, session: ModelSession, runner: Any, fp: Fingerprint = ()) -> None:
         self.session = session
         self.runner = runner
+        self.fingerprint = fp
         self.in_flight = 0
         self.retiring = False
+        self.incompatible = ""  # why its signature differs from the model's latest version
         self.loaded_at = time.time()
         self._drained: asyncio.Event | None = None
 
@@ -73,8 +84,11 @@ class ModelState:
     versions: dict[str, ServingVersion] = field(default_factory=dict)  # replaced, never mutated
     order: tuple[str, ...] = ()  # serving versions ascending
     failures: dict[str, str] = field(default_factory=dict)
+    failed_fingerprints: dict[str, Fingerprint] = field(default_factory=dict)
+    pending: dict[str, str] = field(default_factory=dict)  # versions waiting for their files to settle
     reason: str = ""
     loading: bool = False
+    unloaded: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
@@ -88,6 +102,10 @@ class IndexEntry:
     version: str
     state: str
     reason: str
+    sha256: str = ""
+
+
+LoadFailed = Callable[[str, str, str], None]
 
 
 class ModelRegistry:
@@ -99,11 +117,15 @@ class ModelRegistry:
         attach: Attach,
         detach: Detach,
         load_threads: int = 1,
+        settle_secs: float = 0.0,
+        on_load_failure: LoadFailed | None = None,
     ) -> None:
         self.repository = repository
         self.options = options
+        self.settle_secs = settle_secs
         self._attach = attach
         self._detach = detach
+        self._on_failure = on_load_failure
         self._models: dict[str, ModelState] = {}
         self._pool = ThreadPoolExecutor(max_workers=load_threads, thread_name_prefix="turnout-load")
         self._retiring: set[asyncio.Task[None]] = set()
@@ -145,70 +167,127 @@ class ModelRegistry:
 
     # ---- changes --------------------------------------------------------------------
 
-    async def load(self, name: str) -> ModelState:
-        """Bring ``name`` in line with the repository: load new or changed versions, retire
-        versions that left. Raises LoadError when nothing could be loaded."""
+    async def load(self, name: str, *, settle: bool = False) -> ModelState:
+        """Bring ``name`` in line with the repository: load new or changed versions, then
+        retire versions that left. Raises LoadError when the model has nothing to serve.
+
+        With ``settle`` (poll mode) a version whose files changed within ``settle_secs`` is
+        left for a later pass: it may still be being copied."""
         state = self._models.get(name)
         if state is None:
             state = self._models[name] = ModelState(name)
         async with state.lock:
             state.loading = True
+            state.unloaded = False
             try:
-                await self._sync(state)
+                await self._sync(state, settle)
             finally:
                 state.loading = False
         if not state.order:
             raise LoadError(f"failed to load '{name}': {state.reason or 'no version could be loaded'}")
         return state
 
-    async def _sync(self, state: ModelState) -> None:
+    async def poll(self) -> None:
+        """One poll-mode pass: new models load, changed ones sync, vanished ones unload.
+        A failure in one model never stops the pass."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._pool, self.repository.refresh)
+        names = set(await loop.run_in_executor(self._pool, self.repository.model_names))
+        for name in sorted(names | set(self._models)):
+            state = self._models.get(name)
+            if state is not None and state.unloaded and name in names:
+                continue  # explicitly unloaded: stays so until loaded again
+            try:
+                if name in names:
+                    await self.load(name, settle=True)
+                elif state is not None and state.order:
+                    await self.unload(name)
+            except LoadError:
+                pass  # recorded in the index and the log
+            except Exception:
+                log.exception("model %s: poll failed", name)
+
+    async def _sync(self, state: ModelState, settle: bool) -> None:
         loop = asyncio.get_running_loop()
         name = state.name
         try:
             source: ModelSource = await loop.run_in_executor(self._pool, self.repository.read, name)
         except (LoadError, ModelNotFoundError) as exc:
             state.reason = str(exc)
-            log.error("model %s: %s", name, exc)
             if isinstance(exc, ModelNotFoundError):
                 await self._retire_all(state)
+            else:
+                self._failed(name, "", str(exc))
             return
         if not source.selected:
-            state.reason = f"no version directory with {source.config.default_model_filename or 'model.onnx'} found by the version policy"
-            log.error("model %s: %s", name, state.reason)
+            state.reason = "no version directory found by the version policy"
+            if not state.order:
+                log.error("model %s: %s", name, state.reason)
+            await self._retire_all(state)
             return
         new_versions: dict[str, ServingVersion] = {}
         failures: dict[str, str] = {}
+        pending: dict[str, str] = {}
         for version in source.selected:
             old = state.versions.get(version)
+            fp = await loop.run_in_executor(self._pool, fingerprint, source, version)
+            if old is not None and old.fingerprint == fp:
+                new_versions[version] = old
+                continue
+            if state.failed_fingerprints.get(version) == fp:
+                failures[version] = state.failures.get(version, "failed to load")
+                if old is not None:
+                    new_versions[version] = old
+                continue
+            if settle and not is_settled(fp, self.settle_secs):
+                pending[version] = (
+                    "files changed less than the settle time ago; waiting for them to stay unchanged"
+                )
+                if old is not None:
+                    new_versions[version] = old
+                continue
+            sha = await loop.run_in_executor(self._pool, digest, source, version)
+            if old is not None and old.session.sha256 == sha:
+                old.fingerprint = fp
+                new_versions[version] = old
+                continue
             try:
-                session = await loop.run_in_executor(self._pool, self._load_session, source, version)
+                session = await loop.run_in_executor(self._pool, self._load_session, source, version, sha)
             except LoadError as exc:
                 failures[version] = str(exc)
-                log.error("model %s version %s failed to load: %s", name, version, exc)
+                state.failed_fingerprints[version] = fp
+                self._failed(name, version, str(exc))
                 if old is not None:
                     new_versions[version] = old  # keep serving what worked
                 continue
-            if old is not None and old.session.sha256 == session.sha256:
-                session.close()
-                new_versions[version] = old
-                continue
+            state.failed_fingerprints.pop(version, None)
             runner = await self._attach(session)
-            new_versions[version] = ServingVersion(session, runner)
-            log.info("model %s version %s loaded (sha256 %s)", name, version, session.sha256[:12])
+            new_versions[version] = ServingVersion(session, runner, fp)
+            log.info("model %s version %s loaded (sha256 %s)", name, version, sha[:12])
+        if failures or pending:
+            # a new version that could not load never takes the place of what serves now
+            for v, sv in state.versions.items():
+                new_versions.setdefault(v, sv)
+        _mark_compatibility(new_versions)
         retired = [sv for v, sv in state.versions.items() if new_versions.get(v) is not sv]
         state.versions = new_versions
         state.order = tuple(sorted(new_versions, key=int))
         state.failures = failures
+        state.pending = pending
         state.reason = "; ".join(failures.values()) if not state.order else ""
         for sv in retired:
             self._retire(sv)
 
-    def _load_session(self, source: ModelSource, version: str) -> ModelSession:
-        session = ModelSession(source.name, version, source.versions[version], source.config, self.options)
-        sizes = tuple(
-            sorted({1, *(s for s in session.config.dynamic_batching.preferred_batch_size if s > 0)})
+    def _failed(self, name: str, version: str, reason: str) -> None:
+        log.error("model %s%s failed to load: %s", name, f" version {version}" if version else "", reason)
+        if self._on_failure is not None:
+            self._on_failure(name, version, reason)
+
+    def _load_session(self, source: ModelSource, version: str, sha: str) -> ModelSession:
+        session = ModelSession(
+            source.name, version, source.versions[version], source.config, self.options, sha256=sha
         )
-        session.warmup(sizes)
+        session.warmup()
         return session
 
     async def unload(self, name: str) -> None:
@@ -217,6 +296,9 @@ class ModelRegistry:
             raise ModelNotFoundError(f"unknown model '{name}'")
         async with state.lock:
             await self._retire_all(state)
+            state.unloaded = True
+            state.failures = {}
+            state.failed_fingerprints = {}
             state.reason = "unloaded"
 
     async def _retire_all(self, state: ModelState) -> None:
@@ -252,15 +334,27 @@ class ModelRegistry:
                     entries.append(IndexEntry(name, "", UNAVAILABLE, "not loaded"))
                 continue
             for v in state.order:
-                entries.append(IndexEntry(name, v, READY, state.failures.get(v, "")))
+                sv = state.versions[v]
+                notes = [
+                    n
+                    for n in (
+                        state.failures.get(v, ""),
+                        sv.incompatible and f"signature differs: {sv.incompatible}",
+                    )
+                    if n
+                ]
+                entries.append(IndexEntry(name, v, READY, "; ".join(notes), sv.session.sha256))
             if ready_only:
                 continue
             for v, why in sorted(state.failures.items()):
                 if v not in state.versions:
                     entries.append(IndexEntry(name, v, UNAVAILABLE, why))
+            for v, why in sorted(state.pending.items()):
+                if v not in state.versions:
+                    entries.append(IndexEntry(name, v, LOADING, why))
             if state.loading and not state.order:
                 entries.append(IndexEntry(name, "", LOADING, ""))
-            elif not state.order and not state.failures:
+            elif not state.order and not state.failures and not state.pending:
                 entries.append(IndexEntry(name, "", UNAVAILABLE, state.reason or "not loaded"))
         return entries
 
@@ -270,3 +364,12 @@ class ModelRegistry:
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _mark_compatibility(versions: dict[str, ServingVersion]) -> None:
+    """Flag versions whose signature differs from the latest one's (the router refuses them)."""
+    if not versions:
+        return
+    latest = versions[max(versions, key=int)].session.signature
+    for sv in versions.values():
+        sv.incompatible = sv.session.signature.compatible_with(latest) or ""

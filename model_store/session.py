@@ -11,10 +11,10 @@ import numpy as np
 import onnxruntime as ort
 
 from model_store.config import complete_config, signature_of
-from model_store.datatypes import BY_V2
+from model_store.datatypes import BY_CONFIG, BY_V2
 from model_store.errors import LoadError
 from model_store.signature import Signature
-from protos.model_config_pb2 import ModelConfig
+from protos.model_config_pb2 import DataType, ModelConfig, ModelWarmup
 
 log = logging.getLogger("turnout.model_store")
 
@@ -51,14 +51,22 @@ class ModelSession:
     """Owns one onnxruntime InferenceSession. ``run`` is thread-safe (onnxruntime's is)."""
 
     def __init__(
-        self, name: str, version: str, version_dir: Path, config: ModelConfig, options: SessionOptions
+        self,
+        name: str,
+        version: str,
+        version_dir: Path,
+        config: ModelConfig,
+        options: SessionOptions,
+        *,
+        sha256: str = "",
     ) -> None:
         self.name = name
         self.version = version
         self.path = version_dir / (config.default_model_filename or "model.onnx")
         if not self.path.is_file():
             raise LoadError(f"model '{name}' version {version}: {self.path.name} not found in {version_dir}")
-        self.sha256 = file_digest([p for p in version_dir.iterdir() if p.is_file()])
+        self.version_dir = version_dir
+        self.sha256 = sha256 or file_digest([p for p in version_dir.iterdir() if p.is_file()])
         so = ort.SessionOptions()
         so.intra_op_num_threads = options.intra_op_threads
         so.inter_op_num_threads = options.inter_op_threads
@@ -103,21 +111,35 @@ class ModelSession:
             out[name] = _to_bytes(out[name])
         return out
 
-    def warmup(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
-        """Run synthetic inputs (zeros / empty strings) so the first request is not slow."""
+    def warmup(self) -> None:
+        """Run the config's ``model_warmup`` samples, or synthetic zeros at batch 1, the
+        preferred batch sizes and max_batch_size, so the first real request is not slow."""
+        feeds: dict[str, np.ndarray]
+        if self.config.model_warmup:
+            for sample in self.config.model_warmup:
+                feeds = self._warmup_feeds(sample)
+                for _ in range(max(sample.count, 1)):
+                    try:
+                        self.run(feeds)
+                    except Exception as exc:
+                        raise LoadError(
+                            f"model '{self.name}' version {self.version}: warm-up '{sample.name}' failed: {exc}"
+                        ) from exc
+            return
         sig = self.signature
-        sizes = batch_sizes if sig.batching else (0,)
+        if sig.batching:
+            preferred = (
+                s for s in self.config.dynamic_batching.preferred_batch_size if 0 < s <= sig.max_batch_size
+            )
+            sizes: tuple[int, ...] = tuple(sorted({1, *preferred, sig.max_batch_size}))
+        else:
+            sizes = (0,)
         for n in sizes:
-            feeds: dict[str, np.ndarray] = {}
+            feeds = {}
             for spec in sig.inputs:
                 dims = [d if d >= 0 else 1 for d in spec.shape]
                 shape = ([n] if sig.batching else []) + dims
-                dt = BY_V2[spec.datatype].numpy
-                feeds[spec.name] = (
-                    np.full(shape, b"", dtype=object)
-                    if spec.datatype == "BYTES"
-                    else np.zeros(shape, dtype=dt)
-                )
+                feeds[spec.name] = _synthetic(spec.datatype, shape, zero=True)
             try:
                 self.run(feeds)
             except Exception as exc:  # a graph that cannot run zeros is still loadable; note it
@@ -130,6 +152,28 @@ class ModelSession:
                 )
                 return
 
+    def _warmup_feeds(self, sample: ModelWarmup) -> dict[str, np.ndarray]:
+        feeds: dict[str, np.ndarray] = {}
+        batch = [max(sample.batch_size, 1)] if self.signature.batching else []
+        for name, spec in sample.inputs.items():
+            dt = BY_CONFIG[DataType.Name(spec.data_type)]
+            shape = batch + [int(d) for d in spec.dims]
+            kind = spec.WhichOneof("input_data_type")
+            if kind == "input_data_file":
+                path = self.version_dir / "warmup" / spec.input_data_file
+                try:
+                    raw = path.read_bytes()
+                except OSError as exc:
+                    raise LoadError(
+                        f"model '{self.name}': warm-up file {path} cannot be read: {exc}"
+                    ) from exc
+                one = np.frombuffer(raw, dtype=dt.numpy if dt.v2 != "BYTES" else np.uint8)
+                count = int(np.prod(shape)) if shape else 1
+                feeds[name] = np.resize(one, count).reshape(shape)
+            else:
+                feeds[name] = _synthetic(dt.v2, shape, zero=kind != "random_data")
+        return feeds
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
@@ -138,6 +182,20 @@ class ModelSession:
     @property
     def closed(self) -> bool:
         return self._closed
+
+
+def _synthetic(datatype: str, shape: list[int], *, zero: bool) -> np.ndarray:
+    if datatype == "BYTES":
+        return np.full(shape, b"" if zero else b"warmup", dtype=object)
+    dtype = BY_V2[datatype].numpy
+    if zero:
+        return np.zeros(shape, dtype=dtype)
+    rng = np.random.default_rng(0)
+    if dtype.kind == "f":
+        return rng.standard_normal(shape).astype(dtype)
+    if dtype.kind == "b":
+        return rng.integers(0, 2, shape).astype(dtype)
+    return rng.integers(0, 100, shape).astype(dtype)
 
 
 def _to_str(arr: np.ndarray) -> np.ndarray:

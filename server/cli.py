@@ -40,7 +40,16 @@ def serve_parser(sub: Any) -> argparse.ArgumentParser:
         default=None,
         help=f"model repository (default: the built-in demo, {DEMO_REPOSITORY})",
     )
-    p.add_argument("--model-repository", type=Path, help="model repository, as tritonserver names it")
+    p.add_argument(
+        "--model-repository",
+        help="model repository directory or s3://bucket/prefix, as tritonserver names it",
+    )
+    p.add_argument("--s3-endpoint-url", help="endpoint of an S3-compatible store for s3:// repositories")
+    p.add_argument(
+        "--repository-cache-dir",
+        type=Path,
+        help="local mirror of a remote repository (default: a temporary directory)",
+    )
     p.add_argument(
         "--model-control-mode",
         choices=["none", "poll", "explicit"],
@@ -108,7 +117,7 @@ def settings_from_args(ns: argparse.Namespace) -> Settings:
     values = {k: v for k, v in vars(ns).items() if k not in ("command", "repository")}
     repo = getattr(ns, "repository", None)
     if repo is not None:
-        values["model_repository"] = repo
+        values["model_repository"] = str(repo)
     if "load_model" in values:
         values["load_model"] = tuple(values["load_model"])
     return Settings(**values)

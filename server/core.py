@@ -163,7 +163,7 @@ class Core:
 
     def _should_serve(self, name: str) -> bool:
         state = self.registry.get_state(name)
-        return state is not None and state.reason != "unloaded"
+        return state is not None and not state.unloaded
 
     def model_ready(self, name: str, version: str = "") -> bool:
         return self.registry.is_ready(name, version)

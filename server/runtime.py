@@ -7,8 +7,10 @@ import asyncio
 import contextlib
 import logging
 import socket
+import tempfile
 from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -55,7 +57,7 @@ class Runtime:
             default_max_batch_size=settings.default_max_batch_size,
             strict_config=settings.strict_model_config,
         )
-        self.repository = LocalRepository(settings.model_repository)
+        self.repository = open_repository(settings)
         self.models = ModelRegistry(
             self.repository,
             options,
@@ -83,6 +85,18 @@ class Runtime:
             return DirectRunner(session, self.pool, instance_count(session.config), stats)
         return BatchingRunner(session, self.pool, cfg, stats, self.metrics)
 
+    def _load_failed(self, model: str, version: str, reason: str) -> None:
+        self.metrics.load_failures.labels(model).inc()
+
+    async def _poll_forever(self) -> None:
+        interval = self.settings.repository_poll_secs
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.models.poll()
+            except Exception:  # polling must survive anything a repository can do
+                log.exception("repository poll failed")
+
     async def _detach(self, runner: Runner) -> None:
         await runner.close()
         stats = runner.stats
@@ -97,6 +111,8 @@ class Runtime:
         if s.allow_http:
             await self._start_http()
         await self._load_initial_models()
+        if s.model_control_mode == "poll":
+            self._background.append(asyncio.get_running_loop().create_task(self._poll_forever()))
         self.core.started = True
         if s.ports_file is not None:
             tmp = s.ports_file.with_suffix(".tmp")
@@ -113,11 +129,9 @@ class Runtime:
 
     async def _load_initial_models(self) -> None:
         s = self.settings
-        if s.model_control_mode == "explicit":
-            names = list(s.load_model)
-            if "*" in names:
-                names = self.repository.model_names()
-        else:
+        names = list(s.load_model) if s.model_control_mode == "explicit" else ["*"]
+        if "*" in names:
+            await asyncio.get_running_loop().run_in_executor(None, self.repository.refresh)
             names = self.repository.model_names()
         if not names:
             log.warning("no models to load from %s", s.model_repository)
@@ -125,7 +139,6 @@ class Runtime:
             try:
                 await self.models.load(name)
             except Exception as exc:
-                self.metrics.load_failures.labels(name).inc()
                 log.error("model %s not loaded: %s", name, exc)
 
     async def _start_grpc(self) -> None:
@@ -212,6 +225,15 @@ class Runtime:
         await self.models.close()
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.core.live = False
+
+
+def open_repository(settings: Settings) -> LocalRepository:
+    if settings.is_remote:
+        from model_store.remote import S3Repository
+
+        cache = settings.repository_cache_dir or Path(tempfile.mkdtemp(prefix="turnout-repo-"))
+        return S3Repository(settings.model_repository, cache, endpoint_url=settings.s3_endpoint_url)
+    return LocalRepository(Path(settings.model_repository))
 
 
 def _bracket(host: str) -> str:

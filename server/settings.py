@@ -17,9 +17,14 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TURNOUT_", frozen=True, extra="forbid")
 
     # repository and model control (names follow tritonserver's flags)
-    model_repository: Path = DEMO_REPOSITORY
+    model_repository: str = str(DEMO_REPOSITORY)  # a directory or s3://bucket/prefix
+    s3_endpoint_url: str | None = (
+        None  # S3-compatible endpoint (MinIO, Ceph, ...); AWS_* variables also apply
+    )
+    repository_cache_dir: Path | None = None  # where a remote repository is mirrored (default: a temp dir)
     model_control_mode: Literal["none", "poll", "explicit"] = "none"
     repository_poll_secs: float = Field(15.0, gt=0)
+    repository_settle_secs: float = Field(1.0, ge=0)  # poll mode: files must be unchanged this long
     load_model: tuple[str, ...] = ()
     strict_model_config: bool = False
 
@@ -69,8 +74,8 @@ class Settings(BaseSettings):
         return v
 
     @property
-    def is_demo(self) -> bool:
-        return self.model_repository.resolve() == DEMO_REPOSITORY
+    def is_remote(self) -> bool:
+        return self.model_repository.startswith("s3://")
 
     def __repr_args__(self):  # type: ignore[no-untyped-def]
         for k, v in super().__repr_args__():

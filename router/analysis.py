@@ -1,0 +1,409 @@
+"""Per-version request statistics and the gates a canary must pass to be promoted.
+
+A :class:`VersionWindow` counts requests, errors and latencies of one version in constant
+memory: latencies of successful requests go into a fixed histogram with
+:data:`BUCKETS_PER_DECADE` logarithmic buckets per decade from 10 µs to 100 s (plus an
+underflow and an overflow bucket). Because every window uses the same buckets, snapshots
+from several windows (or processes) merge by adding counts. Quantiles are read off the
+histogram with geometric interpolation inside a bucket, so they are within about
+``10 ** (1 / BUCKETS_PER_DECADE) - 1`` (≈ 12%) of the exact value, and clamped to the
+exact minimum and maximum seen.
+
+:func:`evaluate_gates` compares a canary window with the stable window (plus optional
+shadow disagreement and drift status) and returns one :class:`GateResult` per gate, whose
+``passed`` is ``True``, ``False``, or ``None`` for "no verdict" (not enough data, or the
+signal is not available). A ``None`` gate neither fails nor blocks a rollout.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+BUCKETS_PER_DECADE = 20
+LOWEST_LATENCY_S = 1e-5
+HIGHEST_LATENCY_S = 100.0
+_DECADES = 7  # log10(HIGHEST / LOWEST)
+_LOG10_LOWEST = -5.0
+# Bucket 0 is [0, 10 µs); bucket i (1..N) is [edge[i-1], edge[i]); bucket N+1 is [100 s, inf).
+_FINITE_BUCKETS = _DECADES * BUCKETS_PER_DECADE
+NUM_BUCKETS = _FINITE_BUCKETS + 2
+BUCKET_EDGES: tuple[float, ...] = tuple(
+    10.0 ** (_LOG10_LOWEST + i / BUCKETS_PER_DECADE) for i in range(_FINITE_BUCKETS + 1)
+)
+
+# Drift statuses from best to worst (as reported by the drift detector). Any other status,
+# e.g. the detector's "collecting" while it gathers its reference window, gives no verdict.
+DRIFT_LEVELS: tuple[str, ...] = ("ok", "warning", "drift")
+
+# z for a one-sided 95% bound.
+_Z_95_ONE_SIDED = 1.6448536269514722
+
+
+def bucket_index(latency_s: float) -> int:
+    """Index of the histogram bucket that holds ``latency_s`` (NaN and negatives go to 0)."""
+    if not latency_s >= LOWEST_LATENCY_S:  # also catches NaN
+        return 0
+    if latency_s >= HIGHEST_LATENCY_S:
+        return NUM_BUCKETS - 1
+    index = int((math.log10(latency_s) - _LOG10_LOWEST) * BUCKETS_PER_DECADE) + 1
+    return min(index, _FINITE_BUCKETS)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSnapshot:
+    """An immutable copy of a :class:`VersionWindow`; snapshots merge with :meth:`merge`.
+
+    ``requests`` counts every request, ``errors`` the failed ones; the latency fields only
+    describe successful requests (``latency_samples`` of them).
+    """
+
+    requests: int = 0
+    errors: int = 0
+    counts: tuple[int, ...] = (0,) * NUM_BUCKETS
+    latency_sum_s: float = 0.0
+    min_latency_s: float = math.inf
+    max_latency_s: float = 0.0
+
+    @property
+    def latency_samples(self) -> int:
+        return sum(self.counts)
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+    @property
+    def mean_latency_s(self) -> float | None:
+        samples = self.latency_samples
+        return self.latency_sum_s / samples if samples else None
+
+    @property
+    def p50(self) -> float | None:
+        return self.quantile(0.5)
+
+    @property
+    def p99(self) -> float | None:
+        return self.quantile(0.99)
+
+    def quantile(self, q: float) -> float | None:
+        """Estimated ``q``-quantile (0 < q <= 1) of successful-request latency, or None if empty."""
+        if not 0.0 < q <= 1.0:
+            raise ValueError(f"quantile must be in (0, 1], got {q}")
+        total = self.latency_samples
+        if total == 0:
+            return None
+        rank = q * total
+        seen = 0
+        for index, count in enumerate(self.counts):
+            if count == 0:
+                continue
+            if seen + count >= rank:
+                fraction = (rank - seen) / count
+                estimate = _interpolate(index, fraction, self.max_latency_s)
+                return min(max(estimate, self.min_latency_s), self.max_latency_s)
+            seen += count
+        return self.max_latency_s
+
+    def merge(self, other: WindowSnapshot) -> WindowSnapshot:
+        return WindowSnapshot(
+            requests=self.requests + other.requests,
+            errors=self.errors + other.errors,
+            counts=tuple(a + b for a, b in zip(self.counts, other.counts, strict=True)),
+            latency_sum_s=self.latency_sum_s + other.latency_sum_s,
+            min_latency_s=min(self.min_latency_s, other.min_latency_s),
+            max_latency_s=max(self.max_latency_s, other.max_latency_s),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """Summary for status pages (not the full histogram)."""
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "error_rate": self.error_rate,
+            "latency_samples": self.latency_samples,
+            "mean_latency_s": self.mean_latency_s,
+            "p50_s": self.p50,
+            "p99_s": self.p99,
+            "max_latency_s": self.max_latency_s if self.latency_samples else None,
+        }
+
+
+def _interpolate(index: int, fraction: float, max_latency_s: float) -> float:
+    """Latency ``fraction`` of the way through bucket ``index`` (geometric within a bucket;
+    the overflow bucket ends at the largest latency seen)."""
+    if index == 0:
+        return LOWEST_LATENCY_S * fraction
+    if index == NUM_BUCKETS - 1:
+        return HIGHEST_LATENCY_S * (max(max_latency_s, HIGHEST_LATENCY_S) / HIGHEST_LATENCY_S) ** fraction
+    low = BUCKET_EDGES[index - 1]
+    high = BUCKET_EDGES[index]
+    return low * (high / low) ** fraction
+
+
+class VersionWindow:
+    """Mutable request/error/latency accumulator for one version. Constant memory.
+
+    Not thread-safe: call it from one thread (the event loop).
+    """
+
+    __slots__ = ("_counts", "_errors", "_latency_sum", "_max", "_min", "_requests")
+
+    def __init__(self) -> None:
+        self._counts = [0] * NUM_BUCKETS
+        self._requests = 0
+        self._errors = 0
+        self._latency_sum = 0.0
+        self._min = math.inf
+        self._max = 0.0
+
+    @property
+    def requests(self) -> int:
+        return self._requests
+
+    @property
+    def errors(self) -> int:
+        return self._errors
+
+    def record(self, latency_s: float, ok: bool) -> None:
+        """Count one request; the latency of a failed request is not put in the histogram."""
+        self._requests += 1
+        if not ok:
+            self._errors += 1
+            return
+        if not latency_s >= 0.0:  # negative or NaN: a clock hiccup, count it as instant
+            latency_s = 0.0
+        self._counts[bucket_index(latency_s)] += 1
+        self._latency_sum += latency_s
+        if latency_s < self._min:
+            self._min = latency_s
+        if latency_s > self._max:
+            self._max = latency_s
+
+    def reset(self) -> None:
+        self._counts = [0] * NUM_BUCKETS
+        self._requests = 0
+        self._errors = 0
+        self._latency_sum = 0.0
+        self._min = math.inf
+        self._max = 0.0
+
+    def snapshot(self) -> WindowSnapshot:
+        return WindowSnapshot(
+            requests=self._requests,
+            errors=self._errors,
+            counts=tuple(self._counts),
+            latency_sum_s=self._latency_sum,
+            min_latency_s=self._min,
+            max_latency_s=self._max,
+        )
+
+
+def wilson_lower_bound(failures: int, trials: int, z: float = _Z_95_ONE_SIDED) -> float:
+    """One-sided lower confidence bound of a binomial rate (Wilson score interval).
+
+    With the default ``z`` the true rate is above the bound with 95% confidence. For 1
+    failure in 100 trials the bound is about 0.2%; for 5 in 100 about 2.4%.
+    """
+    if trials <= 0:
+        return 0.0
+    p = failures / trials
+    z2 = z * z
+    centre = p + z2 / (2 * trials)
+    spread = z * math.sqrt(p * (1 - p) / trials + z2 / (4 * trials * trials))
+    return max(0.0, (centre - spread) / (1 + z2 / trials))
+
+
+@dataclass(frozen=True, slots=True)
+class Gates:
+    """Thresholds a canary must stay within (see :func:`evaluate_gates`).
+
+    * ``max_error_rate_increase`` — absolute: canary error rate may exceed stable's by this.
+    * ``max_p99_ratio`` — canary p99 latency may be at most this multiple of stable's …
+    * ``p99_slack_s`` — … unless it is within this many seconds of it anyway (so 0.2 ms vs
+      0.1 ms does not count as "twice as slow").
+    * ``max_disagreement`` — share of shadow-compared rows whose top class differs.
+    * ``max_drift_status`` — worst acceptable drift status (``ok`` < ``warning`` < ``drift``).
+    * ``min_requests`` — canary requests needed before the error and latency gates judge.
+    * ``error_rate_z`` — z of the one-sided Wilson bound used by the error gate.
+    """
+
+    max_error_rate_increase: float = 0.01
+    max_p99_ratio: float = 1.5
+    max_disagreement: float = 0.05
+    max_drift_status: str = "warning"
+    min_requests: int = 100
+    p99_slack_s: float = 0.001
+    error_rate_z: float = _Z_95_ONE_SIDED
+
+    def __post_init__(self) -> None:
+        for name in ("max_error_rate_increase", "max_disagreement"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"gate {name} must be between 0 and 1, got {value!r}")
+        for name in ("max_p99_ratio", "p99_slack_s", "error_rate_z"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value < 0
+            ):
+                raise ValueError(f"gate {name} must be a non-negative number, got {value!r}")
+        if self.max_p99_ratio < 1.0:
+            raise ValueError(f"gate max_p99_ratio must be at least 1, got {self.max_p99_ratio!r}")
+        if self.max_drift_status not in DRIFT_LEVELS:
+            raise ValueError(
+                f"gate max_drift_status must be one of {', '.join(DRIFT_LEVELS)}, got {self.max_drift_status!r}"
+            )
+        if (
+            isinstance(self.min_requests, bool)
+            or not isinstance(self.min_requests, int)
+            or self.min_requests < 0
+        ):
+            raise ValueError(f"gate min_requests must be a non-negative integer, got {self.min_requests!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "max_error_rate_increase": self.max_error_rate_increase,
+            "max_p99_ratio": self.max_p99_ratio,
+            "max_disagreement": self.max_disagreement,
+            "max_drift_status": self.max_drift_status,
+            "min_requests": self.min_requests,
+            "p99_slack_s": self.p99_slack_s,
+            "error_rate_z": self.error_rate_z,
+        }
+
+    @classmethod
+    def from_json(cls, obj: object) -> Gates:
+        if obj is None:
+            return cls()
+        if not isinstance(obj, dict):
+            raise ValueError(f"gates must be a JSON object, got {type(obj).__name__}")
+        known = set(cls().to_json())
+        unknown = sorted(str(k) for k in obj if k not in known)
+        if unknown:
+            raise ValueError(
+                f"unknown gate(s): {', '.join(unknown)} (expected some of: {', '.join(sorted(known))})"
+            )
+        return cls(**obj)
+
+
+@dataclass(frozen=True, slots=True)
+class GateResult:
+    """One gate's verdict. ``passed`` is None when there is not enough data to judge."""
+
+    name: str
+    passed: bool | None
+    observed: float | str | None
+    threshold: float | str
+    detail: str
+
+    def to_json(self) -> dict[str, Any]:
+        observed = self.observed
+        if isinstance(observed, float) and not math.isfinite(observed):
+            observed = None
+        return {
+            "name": self.name,
+            "passed": self.passed,
+            "observed": observed,
+            "threshold": self.threshold,
+            "detail": self.detail,
+        }
+
+
+def evaluate_gates(
+    canary: WindowSnapshot,
+    stable: WindowSnapshot,
+    disagreement: float | None,
+    drift_status: str | None,
+    gates: Gates,
+) -> list[GateResult]:
+    """Judge the canary against the stable baseline; always returns the four gates in order
+    ``error_rate``, ``p99_latency``, ``disagreement``, ``drift``.
+
+    *Error rate.* Fails only when we are confident (one-sided Wilson bound at
+    ``gates.error_rate_z``, 95% by default) that the canary's true error rate is above the
+    stable error rate plus ``max_error_rate_increase``. The stable rate is taken as its point
+    estimate (it normally has far more traffic). So 1 error in 100 requests does not fail a
+    1% allowance, while 5 in 100 does.
+
+    *p99 latency.* Fails when canary p99 > ``max_p99_ratio`` times stable p99 *and* the
+    difference exceeds ``p99_slack_s``. No verdict without successful stable requests.
+
+    Both need ``gates.min_requests`` canary requests; below that they give no verdict.
+    Disagreement (a rate in [0, 1] from shadow comparisons) and drift give no verdict when
+    their input is None (or the drift status is not one of :data:`DRIFT_LEVELS`).
+    """
+    enough = canary.requests >= gates.min_requests
+    return [
+        _error_rate_gate(canary, stable, gates, enough),
+        _p99_gate(canary, stable, gates, enough),
+        _disagreement_gate(disagreement, gates),
+        _drift_gate(drift_status, gates),
+    ]
+
+
+def _too_few(canary: WindowSnapshot, gates: Gates) -> str:
+    return f"no verdict: {canary.requests} canary requests, need {gates.min_requests}"
+
+
+def _error_rate_gate(
+    canary: WindowSnapshot, stable: WindowSnapshot, gates: Gates, enough: bool
+) -> GateResult:
+    allowed = stable.error_rate + gates.max_error_rate_increase
+    observed = canary.error_rate
+    if not enough:
+        return GateResult("error_rate", None, observed, allowed, _too_few(canary, gates))
+    lower = wilson_lower_bound(canary.errors, canary.requests, gates.error_rate_z)
+    passed = lower <= allowed
+    detail = (
+        f"canary {canary.errors}/{canary.requests} errors ({observed:.2%}, lower bound {lower:.2%}) "
+        f"{'<=' if passed else '>'} stable {stable.errors}/{stable.requests} ({stable.error_rate:.2%}) "
+        f"+ {gates.max_error_rate_increase:.2%} allowed = {allowed:.2%}"
+    )
+    return GateResult("error_rate", passed, observed, allowed, detail)
+
+
+def _p99_gate(canary: WindowSnapshot, stable: WindowSnapshot, gates: Gates, enough: bool) -> GateResult:
+    threshold = gates.max_p99_ratio
+    if not enough:
+        return GateResult("p99_latency", None, None, threshold, _too_few(canary, gates))
+    canary_p99 = canary.p99
+    stable_p99 = stable.p99
+    if canary_p99 is None:
+        return GateResult("p99_latency", None, None, threshold, "no verdict: no successful canary requests")
+    if stable_p99 is None:
+        return GateResult("p99_latency", None, None, threshold, "no verdict: no successful stable requests")
+    ratio = canary_p99 / stable_p99 if stable_p99 > 0 else (math.inf if canary_p99 > 0 else 1.0)
+    slower_by = canary_p99 - stable_p99
+    passed = not (ratio > threshold and slower_by > gates.p99_slack_s)
+    detail = (
+        f"canary p99 {canary_p99 * 1e3:.3f} ms vs stable {stable_p99 * 1e3:.3f} ms: ratio {ratio:.2f} "
+        f"{'within' if passed else 'exceeds'} {threshold:g} (slack {gates.p99_slack_s * 1e3:g} ms)"
+    )
+    return GateResult("p99_latency", passed, ratio, threshold, detail)
+
+
+def _disagreement_gate(disagreement: float | None, gates: Gates) -> GateResult:
+    threshold = gates.max_disagreement
+    if disagreement is None:
+        return GateResult("disagreement", None, None, threshold, "no verdict: no shadow comparisons")
+    passed = disagreement <= threshold
+    detail = f"shadow disagreement {disagreement:.2%} {'<=' if passed else '>'} {threshold:.2%}"
+    return GateResult("disagreement", passed, disagreement, threshold, detail)
+
+
+def _drift_gate(drift_status: str | None, gates: Gates) -> GateResult:
+    threshold = gates.max_drift_status
+    if drift_status is None:
+        return GateResult("drift", None, None, threshold, "no verdict: no drift status")
+    status = drift_status.lower()
+    if status not in DRIFT_LEVELS:
+        return GateResult(
+            "drift", None, drift_status, threshold, f"no verdict: drift status {drift_status!r}"
+        )
+    passed = DRIFT_LEVELS.index(status) <= DRIFT_LEVELS.index(threshold)
+    detail = f"drift status {status!r} {'is within' if passed else 'is worse than'} {threshold!r}"
+    return GateResult("drift", passed, status, threshold, detail)

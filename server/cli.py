@@ -59,6 +59,11 @@ def serve_parser(sub: Any) -> argparse.ArgumentParser:
         "--repository-poll-secs", type=float, help="seconds between rescans in poll mode (default 15)"
     )
     p.add_argument(
+        "--repository-settle-secs",
+        type=float,
+        help="poll mode: a version's files must be unchanged this long before it loads (default 1)",
+    )
+    p.add_argument(
         "--load-model",
         action="append",
         help="model to load at start in explicit mode; repeatable; '*' for all",

@@ -64,6 +64,8 @@ class Runtime:
             attach=self._attach,
             detach=self._detach,
             load_threads=settings.load_threads,
+            settle_secs=settings.repository_settle_secs,
+            on_load_failure=self._load_failed,
         )
         self.core = Core(self.models, self.metrics)
         self.grpc_server: grpc.aio.Server | None = None

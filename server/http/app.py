@@ -127,6 +127,8 @@ class Endpoints:
                 d["version"] = e.version
             if e.reason:
                 d["reason"] = e.reason
+            if e.sha256:
+                d["sha256"] = e.sha256
             out.append(d)
         return json_response(out)
 

@@ -253,7 +253,8 @@ class TrafficController:
 
         During a rollout: stop it (status ``rolled_back``) and route everything to its stable
         version. Otherwise: the stable version becomes ``previous_stable`` and canaries and
-        shadows are cleared; the replaced version becomes the new ``previous_stable``.
+        shadows are cleared; the replaced version becomes the new ``previous_stable``. A policy
+        with canaries but no previous stable version drops its canaries instead.
         """
 
         def build(current: TrafficPolicy | None, rollout: RolloutState | None) -> _Change:
@@ -277,6 +278,24 @@ class TrafficController:
                 )
             if current is None:
                 raise NotConfigured(f"model {model!r} has no traffic policy to roll back")
+            if current.previous_stable is None and current.canaries:
+                policy = TrafficPolicy(
+                    model=model,
+                    stable=current.stable,
+                    previous_stable=current.previous_stable,
+                    generation=current.generation + 1,
+                )
+                detail = {
+                    "dropped_canaries": [c.version for c in current.canaries],
+                    "to": current.stable,
+                    "before": current.to_json(),
+                    "after": policy.to_json(),
+                }
+                return _Change(
+                    set_policy=True,
+                    policy=policy,
+                    audit=[self._audit_record(who, "rollback", model, detail, reason)],
+                )
             target = current.previous_stable
             if target is None:
                 raise PolicyRefused(f"model {model!r} has no previous stable version to roll back to")

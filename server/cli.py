@@ -108,6 +108,11 @@ def serve_parser(sub: Any) -> argparse.ArgumentParser:
         type=Path,
         help="where traffic policies, rollouts, audit log and drift references persist",
     )
+    p.add_argument(
+        "--shadow-max-in-flight",
+        type=int,
+        help="mirrored (shadow) requests in flight before more are dropped (default 64)",
+    )
     p.add_argument("--admin-token", help="bearer token required by the admin API (or TURNOUT_ADMIN_TOKEN)")
     p.add_argument("--drift", type=_bool, help="drift monitoring (default true)")
     p.add_argument(

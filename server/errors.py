@@ -13,6 +13,10 @@ from dataclasses import dataclass
 import grpc
 
 from model_store.errors import LoadError, ModelNotFoundError, ModelUnavailableError, VersionNotFoundError
+from router.controller import NotConfigured, PolicyRefused
+from router.policy import PolicyError
+from router.rollout import RolloutError
+from router.store import StoreConflict, StoreError
 
 
 class TurnoutError(Exception):
@@ -110,6 +114,12 @@ ERROR_TABLE: dict[type[BaseException], WireStatus] = {
     VersionNotFoundError: WireStatus(404, grpc.StatusCode.NOT_FOUND),
     ModelUnavailableError: WireStatus(503, grpc.StatusCode.UNAVAILABLE),
     LoadError: WireStatus(400, grpc.StatusCode.INVALID_ARGUMENT),
+    PolicyError: WireStatus(400, grpc.StatusCode.INVALID_ARGUMENT),
+    PolicyRefused: WireStatus(409, grpc.StatusCode.FAILED_PRECONDITION),
+    RolloutError: WireStatus(409, grpc.StatusCode.FAILED_PRECONDITION),
+    NotConfigured: WireStatus(404, grpc.StatusCode.NOT_FOUND),
+    StoreConflict: WireStatus(503, grpc.StatusCode.UNAVAILABLE),
+    StoreError: WireStatus(503, grpc.StatusCode.UNAVAILABLE),
 }
 
 INTERNAL = WireStatus(500, grpc.StatusCode.INTERNAL)

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import socket
 import tempfile
+import time
 from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,13 +27,21 @@ from model_store.registry import ModelRegistry
 from model_store.repository import LocalRepository
 from model_store.session import ModelSession, SessionOptions
 from protos import inference_pb2
+from protos.turnout import admin_pb2, admin_pb2_grpc
+from router.controller import TrafficController
+from router.shadow import ShadowMirror
+from router.store import ControlPlaneStore
+from server.auth import AdminAuth
 from server.core import Core
+from server.grpc.admin import AdminServicer
 from server.grpc.servicer import SERVICE, make_handler
+from server.http.admin import admin_routes
 from server.http.app import build_app, build_routes
 from server.observe.metrics import Metrics
 from server.observe.stats import VersionStats
 from server.runner import BatchingRunner, DirectRunner, Runner, batching_config, instance_count
 from server.settings import Settings
+from server.traffic import TrafficRouting, servable
 
 log = logging.getLogger("turnout")
 
@@ -68,6 +78,14 @@ class Runtime:
             on_load_failure=self._load_failed,
         )
         self.core = Core(self.models, self.metrics)
+        store = ControlPlaneStore(settings.state_dir / "control") if settings.state_dir else None
+        self.controller = TrafficController(
+            store, clock=time.time, rng=random.Random(), validate=servable(self.models)
+        )
+        self.mirror = ShadowMirror(self.controller.shadow_stats, max_in_flight=settings.shadow_max_in_flight)
+        self.traffic = TrafficRouting(self.controller, self.mirror, self.models, self.metrics)
+        self.core.router = self.traffic
+        self.auth = AdminAuth(settings.admin_token)
         self.grpc_server: grpc.aio.Server | None = None
         self.http_server: _Uvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
@@ -115,6 +133,7 @@ class Runtime:
         await self._load_initial_models()
         if s.model_control_mode == "poll":
             self._background.append(asyncio.get_running_loop().create_task(self._poll_forever()))
+        self._background.append(asyncio.get_running_loop().create_task(self.traffic.tick_forever()))
         self.core.started = True
         if s.ports_file is not None:
             tmp = s.ports_file.with_suffix(".tmp")
@@ -154,6 +173,7 @@ class Runtime:
             ],
         )
         server.add_generic_rpc_handlers((make_handler(self.core),))
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self.controller, self.auth, None), server)
         health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         await health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -161,6 +181,7 @@ class Runtime:
         service_names = (
             inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
             reflection.SERVICE_NAME,
         )
         reflection.enable_server_reflection(service_names, server)
@@ -176,7 +197,9 @@ class Runtime:
 
     async def _start_http(self) -> None:
         s = self.settings
-        app = build_app(build_routes(self.core, s.max_request_bytes, self.prom))
+        app = build_app(
+            build_routes(self.core, s.max_request_bytes, self.prom) + admin_routes(self.controller, self.auth)
+        )
         family = socket.AF_INET6 if ":" in s.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -224,6 +247,8 @@ class Runtime:
             await self.http_server.shutdown(sockets=[self._http_socket] if self._http_socket else None)
         if self.grpc_server is not None:
             await self.grpc_server.stop(grace)
+        await self.mirror.close()
+        self.controller.close()
         await self.models.close()
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.core.live = False

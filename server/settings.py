@@ -57,6 +57,7 @@ class Settings(BaseSettings):
     # control plane
     state_dir: Path | None = None
     admin_token: SecretStr | None = None
+    shadow_max_in_flight: int = Field(64, ge=1)  # mirrored requests beyond this are dropped and counted
 
     # drift
     drift: bool = True

@@ -75,6 +75,7 @@ class InferenceServicer:
         if request.routing_key is None:
             request.routing_key = _metadata_key(ctx)
         resp = await self.core.infer(request)
+        ctx.set_trailing_metadata((("x-model-version", resp.model_version),))
         return encode_response(resp)
 
     async def ModelStreamInfer(

@@ -1,0 +1,156 @@
+"""The control plane over gRPC (turnout.admin.v1.Admin): the same operations as /admin."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from protos.turnout import admin_pb2 as pb
+from protos.turnout import admin_pb2_grpc
+from router.controller import NotConfigured, TrafficController
+from router.policy import TrafficPolicy
+from server.auth import AdminAuth, grpc_peer_host
+from server.errors import InvalidInput, public_message, wire_status
+
+DriftReport = Callable[[str, str], dict[str, Any]]
+
+
+def _policy_msg(p: TrafficPolicy) -> pb.TrafficPolicy:
+    return pb.TrafficPolicy(
+        model=p.model,
+        stable=p.stable,
+        canaries=[pb.Canary(version=c.version, weight=c.weight) for c in p.canaries],
+        shadows=[pb.Shadow(version=s.version, fraction=s.fraction) for s in p.shadows],
+        previous_stable=p.previous_stable or "",
+        generation=p.generation,
+    )
+
+
+def _status_msg(model: str, status: dict[str, Any] | None) -> pb.RolloutStatus:
+    if status is None:
+        return pb.RolloutStatus(model=model, status="none")
+    r = status["rollout"]
+    return pb.RolloutStatus(
+        model=model,
+        stable=str(r.get("stable", "")),
+        canary=str(r.get("canary", "")),
+        status=str(r.get("status", "")),
+        step_index=int(r.get("step_index", 0)),
+        weight=float(r.get("weight", 0.0)),
+        reason=str(r.get("reason", "")),
+        detail_json=json.dumps(status, default=str),
+    )
+
+
+def _guard(fn: Callable[[Any, Any, Any, str], Awaitable[Any]]) -> Callable[[Any, Any, Any], Awaitable[Any]]:
+    async def method(self: AdminServicer, req: Any, ctx: grpc.aio.ServicerContext) -> Any:
+        try:
+            md = {k: v for k, v in (ctx.invocation_metadata() or ())}
+            who = self.auth.check(
+                md.get("authorization"), grpc_peer_host(ctx.peer()), md.get("x-turnout-user")
+            )
+            return await fn(self, req, ctx, who)
+        except Exception as exc:
+            await ctx.abort(wire_status(exc).grpc, public_message(exc))
+
+    return method
+
+
+class AdminServicer(admin_pb2_grpc.AdminServicer):
+    def __init__(self, controller: TrafficController, auth: AdminAuth, drift: DriftReport | None) -> None:
+        self.c = controller
+        self.auth = auth
+        self.drift = drift
+
+    @_guard
+    async def GetTraffic(self, req: pb.ModelRef, ctx: Any, who: str) -> pb.TrafficPolicy:
+        p = self.c.get_policy(req.model)
+        if p is None:
+            raise NotConfigured(f"model '{req.model}' has no traffic policy")
+        return _policy_msg(p)
+
+    @_guard
+    async def SetTraffic(self, req: pb.SetTrafficRequest, ctx: Any, who: str) -> pb.TrafficPolicy:
+        p = req.policy
+        body: dict[str, Any] = {"stable": p.stable}
+        if p.canaries:
+            body["canaries"] = [{"version": c.version, "weight": c.weight} for c in p.canaries]
+        if p.shadows:
+            body["shadows"] = [{"version": s.version, "fraction": s.fraction} for s in p.shadows]
+        return _policy_msg(self.c.set_policy(p.model, body, who, req.reason))
+
+    @_guard
+    async def Rollback(self, req: pb.ChangeRequest, ctx: Any, who: str) -> pb.TrafficPolicy:
+        return _policy_msg(self.c.rollback(req.model, who, req.reason))
+
+    @_guard
+    async def StartRollout(self, req: pb.StartRolloutRequest, ctx: Any, who: str) -> pb.RolloutStatus:
+        plan: dict[str, Any] | None = None
+        if req.HasField("plan"):
+            plan = {}
+            if req.plan.steps:
+                plan["steps"] = list(req.plan.steps)
+            if req.plan.hold_seconds:
+                plan["hold_seconds"] = req.plan.hold_seconds
+            if req.plan.min_requests:
+                plan["min_requests"] = req.plan.min_requests
+            if req.plan.HasField("gates"):
+                g = req.plan.gates
+                gates = {
+                    "max_error_rate_increase": g.max_error_rate_increase or None,
+                    "max_p99_ratio": g.max_p99_ratio or None,
+                    "max_disagreement": g.max_disagreement or None,
+                    "max_drift_status": g.max_drift_status or None,
+                    "min_requests": g.min_requests or None,
+                }
+                plan["gates"] = {k: v for k, v in gates.items() if v is not None}
+        self.c.start_rollout(req.model, req.canary, plan, who, req.reason)
+        return _status_msg(req.model, self.c.rollout_status(req.model))
+
+    @_guard
+    async def GetRollout(self, req: pb.ModelRef, ctx: Any, who: str) -> pb.RolloutStatus:
+        return _status_msg(req.model, self.c.rollout_status(req.model))
+
+    @_guard
+    async def ControlRollout(self, req: pb.ControlRolloutRequest, ctx: Any, who: str) -> pb.RolloutStatus:
+        a = pb.ControlRolloutRequest
+        if req.action == a.PAUSE:
+            self.c.pause_rollout(req.model, who, req.reason)
+        elif req.action == a.RESUME:
+            self.c.resume_rollout(req.model, who, req.reason)
+        elif req.action == a.ABORT:
+            self.c.abort_rollout(req.model, who, req.reason)
+        elif req.action == a.PROMOTE:
+            self.c.promote_rollout(req.model, who, req.reason)
+        else:
+            raise InvalidInput("action must be PAUSE, RESUME, ABORT or PROMOTE")
+        return _status_msg(req.model, self.c.rollout_status(req.model))
+
+    @_guard
+    async def GetAudit(self, req: pb.AuditRequest, ctx: Any, who: str) -> pb.AuditResponse:
+        records = self.c.audit(req.limit or 100)
+        return pb.AuditResponse(
+            entries=[
+                pb.AuditEntry(
+                    ts=r.ts,
+                    who=r.who,
+                    action=r.action,
+                    model=r.model,
+                    detail_json=json.dumps(r.detail, default=str),
+                    reason=r.reason,
+                )
+                for r in records
+            ]
+        )
+
+    @_guard
+    async def GetDrift(self, req: pb.DriftRequest, ctx: Any, who: str) -> pb.DriftReport:
+        if self.drift is None:
+            raise NotConfigured("drift monitoring is off")
+        report = self.drift(req.model, req.version)
+        return pb.DriftReport(
+            status=str(report.get("status", "")), report_json=json.dumps(report, default=str)
+        )

@@ -1,0 +1,113 @@
+"""Start, probe and stop one Turnout server for a benchmark run.
+
+The server runs in its own session (``setsid``) so its whole process group can be measured
+(:mod:`benchmarks.cpu`) and stopped; ports are ephemeral unless given, read from ``--ports-file``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import PYTHON
+
+TURNOUT = Path(PYTHON).with_name("turnout")
+
+
+def http_json(url: str, timeout: float = 5.0) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def http_status(url: str, timeout: float = 2.0) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+    except OSError:
+        return 0
+
+
+@dataclass
+class Turnout:
+    repo: Path
+    workdir: Path
+    http_port: int = 0
+    grpc_port: int = 0
+    extra_args: tuple[str, ...] = ()
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def http(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def pgid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid  # setsid: the server leads its own process group
+
+    @property
+    def cmd(self) -> list[str]:
+        return [
+            str(TURNOUT), "serve", str(self.repo), "--host", "127.0.0.1",
+            "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
+            "--ports-file", str(self.workdir / "ports.json"), *self.extra_args,
+        ]  # fmt: skip
+
+    def start(self, timeout: float = 120.0) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        ports = self.workdir / "ports.json"
+        ports.unlink(missing_ok=True)
+        log = (self.workdir / "turnout.log").open("wb")
+        self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"turnout exited with {self.proc.returncode}; see {self.workdir}/turnout.log"
+                )
+            if ports.exists() and not self.http_port:
+                try:
+                    p = json.loads(ports.read_text())
+                    self.http_port, self.grpc_port = int(p["http"]), int(p["grpc"])
+                except (ValueError, KeyError):
+                    pass
+            if self.http_port and http_status(f"http://{self.http}/v2/health/ready") == 200:
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"turnout not ready after {timeout:.0f} s; see {self.workdir}/turnout.log")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.pgid, signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.pgid, signal.SIGKILL)
+            self.proc.wait(5)
+
+    def stats(self, model: str) -> dict[str, int]:
+        """inference_count (rows) and execution_count (batches) summed over the model's versions."""
+        s = http_json(f"http://{self.http}/v2/models/{model}/stats")["model_stats"]
+        return {k: sum(int(v[k]) for v in s) for k in ("inference_count", "execution_count")}
+
+
+def avg_batch(before: dict[str, int], after: dict[str, int]) -> float | None:
+    """Average formed batch (rows per model execution) between two stats snapshots."""
+    ex = after["execution_count"] - before["execution_count"]
+    return round((after["inference_count"] - before["inference_count"]) / ex, 2) if ex > 0 else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,6 +98,7 @@ class ModelSession:
         self._string_outputs = frozenset(s.name for s in self.signature.outputs if s.datatype == "BYTES")
         self._output_names = [s.name for s in self.signature.outputs]
         self._closed = False
+        self.row_ns = 0.0  # measured cost of one row (batch-1 warm-up); 0 until measured
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the graph; BYTES tensors go in as bytes and come out as bytes."""
@@ -142,6 +144,10 @@ class ModelSession:
                 feeds[spec.name] = _synthetic(spec.datatype, shape, zero=True)
             try:
                 self.run(feeds)
+                if n <= 1:
+                    t0 = time.perf_counter_ns()
+                    self.run(feeds)
+                    self.row_ns = float(time.perf_counter_ns() - t0)
             except Exception as exc:  # a graph that cannot run zeros is still loadable; note it
                 log.info(
                     "model %s version %s: synthetic warm-up at batch %d skipped: %s",

@@ -89,6 +89,11 @@ def serve_parser(sub: Any) -> argparse.ArgumentParser:
         "--inter-op-threads", type=int, help="onnxruntime inter-op threads per session (default 1)"
     )
     p.add_argument("--ort-spinning", type=_bool, help="let onnxruntime threads spin-wait (default false)")
+    p.add_argument(
+        "--inline-compute-us",
+        type=float,
+        help="run a batch on the event loop instead of a thread when it is expected to take less than this (default 50; 0 = always a thread)",
+    )
     p.add_argument("--infer-threads", type=int, help="threads running onnxruntime for all models (default 2)")
     p.add_argument("--load-threads", type=int, help="threads loading and warming models (default 1)")
     p.add_argument(

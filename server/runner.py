@@ -43,26 +43,55 @@ def _execute_sync(session: ModelSession, feeds: dict[str, np.ndarray]) -> tuple[
     return out, time.perf_counter_ns() - t0
 
 
+class Compute:
+    """Runs one version's session: on the event loop thread when the expected run time is
+    below ``inline_ns`` (a tiny model costs less to run than a hand-off to a thread), in the
+    inference thread pool otherwise. The expectation is a moving average of the cost per row."""
+
+    __slots__ = ("_pool", "inline_ns", "row_ns", "session")
+
+    def __init__(self, session: ModelSession, pool: ThreadPoolExecutor, inline_ns: float) -> None:
+        self.session = session
+        self._pool = pool
+        self.inline_ns = inline_ns
+        self.row_ns = session.row_ns or inline_ns  # unmeasured: assume it is not tiny
+
+    async def __call__(self, feeds: dict[str, np.ndarray], rows: int) -> tuple[dict[str, np.ndarray], int]:
+        rows = max(rows, 1)
+        if self.row_ns * rows < self.inline_ns:
+            out, ns = _execute_sync(self.session, feeds)
+        else:
+            loop = asyncio.get_running_loop()
+            out, ns = await loop.run_in_executor(self._pool, _execute_sync, self.session, feeds)
+        self.row_ns += 0.05 * (ns / rows - self.row_ns)
+        return out, ns
+
+
+def _rows(session: ModelSession, feeds: dict[str, np.ndarray]) -> int:
+    if session.signature.batching and feeds:
+        return int(next(iter(feeds.values())).shape[0])
+    return 1
+
+
 class DirectRunner:
     """One request, one onnxruntime call; at most ``instance_count`` at a time."""
 
     def __init__(
-        self, session: ModelSession, pool: ThreadPoolExecutor, instance_count: int, stats: VersionStats
+        self, session: ModelSession, compute: Compute, instance_count: int, stats: VersionStats
     ) -> None:
         self.session = session
         self.stats = stats
-        self._pool = pool
+        self._compute = compute
         self._sem = asyncio.Semaphore(max(instance_count, 1))
 
     async def run(
         self, feeds: dict[str, np.ndarray], *, priority: int | None, timeout_s: float | None
     ) -> dict[str, np.ndarray]:
-        loop = asyncio.get_running_loop()
+        rows = _rows(self.session, feeds)
         t_queue = time.perf_counter_ns()
         async with self._sem:
             queued = time.perf_counter_ns() - t_queue
-            out, ns = await loop.run_in_executor(self._pool, _execute_sync, self.session, feeds)
-        rows = next(iter(feeds.values())).shape[0] if self.session.signature.batching and feeds else 1
+            out, ns = await self._compute(feeds, rows)
         self.stats.record_batch(rows, 1, queued, ns)
         return out
 
@@ -104,14 +133,14 @@ class BatchingRunner:
     def __init__(
         self,
         session: ModelSession,
-        pool: ThreadPoolExecutor,
+        compute: Compute,
         config: BatchingConfig,
         stats: VersionStats,
         metrics: Metrics,
     ) -> None:
         self.session = session
         self.stats = stats
-        self._pool = pool
+        self._compute = compute
         self.batcher = DynamicBatcher(
             self._execute,
             config,
@@ -120,8 +149,7 @@ class BatchingRunner:
         )
 
     async def _execute(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        loop = asyncio.get_running_loop()
-        out, _ = await loop.run_in_executor(self._pool, _execute_sync, self.session, feeds)
+        out, _ = await self._compute(feeds, _rows(self.session, feeds))
         return out
 
     async def run(

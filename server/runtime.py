@@ -34,12 +34,12 @@ from router.store import ControlPlaneStore
 from server.auth import AdminAuth
 from server.core import Core
 from server.grpc.admin import AdminServicer
-from server.grpc.servicer import SERVICE, make_handler
+from server.grpc.servicer import SERVICE, make_handlers
 from server.http.admin import admin_routes
 from server.http.app import build_app, build_routes
 from server.observe.metrics import Metrics
 from server.observe.stats import VersionStats
-from server.runner import BatchingRunner, DirectRunner, Runner, batching_config, instance_count
+from server.runner import BatchingRunner, Compute, DirectRunner, Runner, batching_config, instance_count
 from server.settings import Settings
 from server.traffic import TrafficRouting, servable
 
@@ -101,9 +101,10 @@ class Runtime:
         stats = VersionStats(session.name, session.version)
         self.metrics.model_ready.labels(session.name, session.version).set(1)
         cfg = batching_config(session.config, self.settings)
+        compute = Compute(session, self.pool, self.settings.inline_compute_us * 1000.0)
         if cfg is None:
-            return DirectRunner(session, self.pool, instance_count(session.config), stats)
-        return BatchingRunner(session, self.pool, cfg, stats, self.metrics)
+            return DirectRunner(session, compute, instance_count(session.config), stats)
+        return BatchingRunner(session, compute, cfg, stats, self.metrics)
 
     def _load_failed(self, model: str, version: str, reason: str) -> None:
         self.metrics.load_failures.labels(model).inc()
@@ -172,7 +173,9 @@ class Runtime:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        server.add_generic_rpc_handlers((make_handler(self.core),))
+        handlers = make_handlers(self.core)
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+        server.add_registered_method_handlers(SERVICE, handlers)  # faster dispatch than the generic lookup
         admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self.controller, self.auth, None), server)
         health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)

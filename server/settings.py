@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     inter_op_threads: int = Field(1, ge=0)
     ort_spinning: bool = False
     default_max_batch_size: int = Field(32, ge=0)
+    inline_compute_us: float = Field(50.0, ge=0)  # run batches expected to take less on the event loop
     infer_threads: int = Field(2, ge=1)  # threads that run onnxruntime for all models
     load_threads: int = Field(1, ge=1)  # threads that load and warm models
 

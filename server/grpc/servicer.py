@@ -165,7 +165,7 @@ def _unimplemented(method: str) -> Callable[[Any, Any], Awaitable[Any]]:
     return handler
 
 
-def make_handler(core: Core) -> grpc.GenericRpcHandler:
+def make_handlers(core: Core) -> dict[str, grpc.RpcMethodHandler]:
     s = InferenceServicer(core)
     unary = {
         "ServerLive": (s.ServerLive, pb.ServerLiveRequest),
@@ -196,7 +196,7 @@ def make_handler(core: Core) -> grpc.GenericRpcHandler:
         request_deserializer=_deserializer(pb.ModelInferRequest),
         response_serializer=_serialize,
     )
-    return grpc.method_handlers_generic_handler(SERVICE, handlers)
+    return handlers
 
 
 def _serialize(msg: Any) -> bytes:

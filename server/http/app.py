@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -152,6 +153,11 @@ def build_routes(core: Core, max_request_bytes: int, metrics_registry: Any) -> l
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(metrics_registry), media_type=CONTENT_TYPE_LATEST)
 
+    dashboard_html = (Path(__file__).parent / "static" / "dashboard.html").read_bytes()
+
+    async def dashboard(request: Request) -> Response:
+        return Response(dashboard_html, media_type="text/html; charset=utf-8")
+
     def r(path: str, fn: Endpoint, methods: list[str]) -> Route:
         return Route(path, guarded(fn), methods=methods)
 
@@ -164,6 +170,8 @@ def build_routes(core: Core, max_request_bytes: int, metrics_registry: Any) -> l
         r("/v2/repository/models/{model}/load", e.load, ["POST"]),
         r("/v2/repository/models/{model}/unload", e.unload, ["POST"]),
         r("/metrics", metrics, ["GET"]),
+        r("/dashboard", dashboard, ["GET"]),
+        r("/", dashboard, ["GET"]),
     ]
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
         routes += [

@@ -105,7 +105,9 @@ def test_version_pinned_url(demo_server: ServerProc) -> None:
 def test_repository_index_http(demo_server: ServerProc) -> None:
     r = httpx.post(f"{demo_server.base}/v2/repository/index", json={"ready": True})
     assert r.status_code == 200
-    assert {"name": "iris", "version": "1", "state": "READY"} in r.json()
+    entry = next(e for e in r.json() if e["name"] == "iris")
+    assert (entry["version"], entry["state"]) == ("1", "READY")
+    assert len(entry["sha256"]) == 64
 
 
 def test_metrics_endpoint(demo_server: ServerProc) -> None:
@@ -114,3 +116,10 @@ def test_metrics_endpoint(demo_server: ServerProc) -> None:
     text = httpx.get(f"{demo_server.base}/metrics").text
     assert 'turnout_requests_total{code="ok",model="iris",protocol="http",version="1"}' in text
     assert "turnout_request_duration_seconds_bucket" in text
+
+
+def test_dashboard_page(demo_server: ServerProc) -> None:
+    r = httpx.get(f"{demo_server.base}/dashboard")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    for part in ('id="models"', 'id="traffic"', 'id="shadow"', 'id="audit"', "/v2/models/stats"):
+        assert part in r.text

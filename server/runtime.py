@@ -37,6 +37,7 @@ from server.grpc.admin import AdminServicer
 from server.grpc.servicer import SERVICE, make_handlers
 from server.http.admin import admin_routes
 from server.http.app import build_app, build_routes
+from server.http.infer_route import InferRoute
 from server.observe.metrics import Metrics
 from server.observe.stats import VersionStats
 from server.runner import BatchingRunner, Compute, DirectRunner, Runner, batching_config, instance_count
@@ -200,9 +201,10 @@ class Runtime:
 
     async def _start_http(self) -> None:
         s = self.settings
-        app = build_app(
+        app: Any = build_app(
             build_routes(self.core, s.max_request_bytes, self.prom) + admin_routes(self.controller, self.auth)
         )
+        app = InferRoute(app, self.core, s.max_request_bytes)
         family = socket.AF_INET6 if ":" in s.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

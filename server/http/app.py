@@ -16,7 +16,7 @@ from starlette.routing import BaseRoute, Route
 
 from server.core import Core
 from server.errors import InvalidInput, PayloadTooLarge, TurnoutError, public_message, wire_status
-from server.http.codec import HEADER_LENGTH, decode_infer_request, dumps, encode_infer_response, loads
+from server.http.codec import dumps, loads
 from server.http.protojson import to_json
 
 log = logging.getLogger("turnout.http")
@@ -98,20 +98,6 @@ class Endpoints:
         stats = self.core.statistics(p.get("model", ""), p.get("version", ""))
         return json_response({"model_stats": [s.to_json() for s in stats]})
 
-    async def infer(self, request: Request) -> Response:
-        p = request.path_params
-        body = await read_body(request, self.limit)
-        req = decode_infer_request(p["model"], p.get("version", ""), body, request.headers.get(HEADER_LENGTH))
-        if req.routing_key is None:
-            req.routing_key = request.headers.get("x-routing-key")
-        resp = await self.core.infer(req)
-        payload, header_len = encode_infer_response(resp, req)
-        headers = {"x-model-version": resp.model_version}
-        if header_len is None:
-            return Response(payload, media_type=JSON, headers=headers)
-        headers["inference-header-content-length"] = str(header_len)
-        return Response(payload, media_type="application/octet-stream", headers=headers)
-
     async def repository_index(self, request: Request) -> Response:
         body = await read_body(request, self.limit)
         ready = False
@@ -179,7 +165,6 @@ def build_routes(core: Core, max_request_bytes: int, metrics_registry: Any) -> l
             r(prefix + "/ready", e.model_ready, ["GET"]),
             r(prefix + "/config", e.model_config, ["GET"]),
             r(prefix + "/stats", e.model_stats, ["GET"]),
-            r(prefix + "/infer", e.infer, ["POST"]),
         ]
     return routes
 

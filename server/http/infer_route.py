@@ -1,0 +1,105 @@
+"""The inference endpoint as a bare ASGI handler in front of the Starlette app.
+
+``POST /v2/models/{m}[/versions/{v}]/infer`` is the request that matters for throughput, so
+it skips the router, the middleware stack and the Request/Response objects: the path is
+split once, the body read with the size limit enforced before buffering, and the reply
+sent as two ASGI messages. Every other path goes to the Starlette app unchanged."""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from server.core import Core
+from server.errors import InvalidInput, PayloadTooLarge, public_message, wire_status
+from server.http.codec import decode_infer_request, dumps, encode_infer_response
+
+_PREFIX = "/v2/models/"
+_SUFFIX = "/infer"
+_JSON = b"application/json"
+_BINARY = b"application/octet-stream"
+
+
+def parse_infer_path(path: str) -> tuple[str, str] | None:
+    """(model, version) for an inference path, else None."""
+    if not path.startswith(_PREFIX) or not path.endswith(_SUFFIX):
+        return None
+    parts = path[len(_PREFIX) : -len(_SUFFIX)].split("/")
+    if len(parts) == 1 and parts[0]:
+        return parts[0], ""
+    if len(parts) == 3 and parts[1] == "versions" and parts[0] and parts[2]:
+        return parts[0], parts[2]
+    return None
+
+
+class InferRoute:
+    def __init__(self, app: ASGIApp, core: Core, max_request_bytes: int) -> None:
+        self.app = app
+        self.core = core
+        self.limit = max_request_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            target = parse_infer_path(scope["path"])
+            if target is not None:
+                await self.infer(scope, receive, send, target[0], target[1])
+                return
+        await self.app(scope, receive, send)
+
+    async def infer(self, scope: Scope, receive: Receive, send: Send, model: str, version: str) -> None:
+        header_length = routing_key = content_length = None
+        for k, v in scope["headers"]:
+            if k == b"content-length":
+                content_length = v
+            elif k == b"inference-header-content-length":
+                header_length = v.decode("latin-1")
+            elif k == b"x-routing-key":
+                routing_key = v.decode("latin-1")
+        try:
+            body = await self._body(receive, content_length)
+            req = decode_infer_request(model, version, body, header_length)
+            if req.routing_key is None:
+                req.routing_key = routing_key
+            resp = await self.core.infer(req)
+            payload, json_length = encode_infer_response(resp, req)
+        except Exception as exc:
+            status = wire_status(exc)
+            await _reply(send, status.http, dumps({"error": public_message(exc)}), _JSON, ())
+            return
+        extra: tuple[tuple[bytes, bytes], ...] = ((b"x-model-version", resp.model_version.encode()),)
+        if json_length is None:
+            await _reply(send, 200, payload, _JSON, extra)
+        else:
+            extra += ((b"inference-header-content-length", str(json_length).encode()),)
+            await _reply(send, 200, payload, _BINARY, extra)
+
+    async def _body(self, receive: Receive, content_length: bytes | None) -> bytes:
+        limit = self.limit
+        if content_length is not None:
+            try:
+                size = int(content_length)
+            except ValueError:
+                raise InvalidInput("Content-Length is not an integer") from None
+            if size > limit:
+                raise PayloadTooLarge(f"request body of {size} bytes exceeds the limit of {limit} bytes")
+        message = await receive()
+        body: bytes = message.get("body", b"")
+        if not message.get("more_body", False):
+            return body
+        chunks = [body]
+        total = len(body)
+        while message.get("more_body", False):
+            message = await receive()
+            chunk = message.get("body", b"")
+            total += len(chunk)
+            if total > limit:
+                raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+async def _reply(
+    send: Send, status: int, body: bytes, content_type: bytes, extra: tuple[tuple[bytes, bytes], ...]
+) -> None:
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *extra]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -71,6 +71,10 @@ def serve_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--strict-model-config", type=_bool, help="require inputs and outputs in config.pbtxt (default false)"
     )
+    p.add_argument(
+        "--workers", type=int, help="server processes sharing the ports via SO_REUSEPORT (default 1)"
+    )
+    p.add_argument("--worker-id", type=int, help=argparse.SUPPRESS)
     p.add_argument("--host", "--http-address", dest="host", help="address to bind (default 0.0.0.0)")
     p.add_argument("--http-port", type=int, help="HTTP port, 0 for any free port (default 8000)")
     p.add_argument("--grpc-port", type=int, help="gRPC port, 0 for any free port (default 8001)")
@@ -81,6 +85,11 @@ def serve_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
     p.add_argument(
         "--max-request-bytes", type=int, help="largest request body / message accepted (default 64 MiB)"
+    )
+    p.add_argument(
+        "--max-inflight",
+        type=int,
+        help="requests in progress per protocol before new ones get RESOURCE_EXHAUSTED / 503 at once (default 512)",
     )
     p.add_argument(
         "--intra-op-threads", type=int, help="onnxruntime intra-op threads per session (default 1)"
@@ -172,6 +181,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"turnout: invalid settings:\n{exc}", file=sys.stderr)
         return 2
     configure(settings.log_verbose, settings.log_format)
+    if settings.workers > 1:
+        from server.supervisor import Supervisor
+
+        args = list(argv if argv is not None else sys.argv[1:])
+        return Supervisor(settings, args[args.index("serve") + 1 :]).run()
     try:
         import uvloop
 

@@ -14,6 +14,7 @@ from model_store.registry import IndexEntry, ModelRegistry, ServingVersion
 from model_store.signature import Signature
 from protos.model_config_pb2 import ModelConfig
 from server.errors import InvalidInput, NotFound, TurnoutError, wire_status
+from server.model_ops import ModelOpsLog
 from server.observe.metrics import Metrics
 from server.observe.stats import VersionStats
 from server.types import InferRequest, InferResponse, Tensor
@@ -67,6 +68,7 @@ class Core:
         self.clock = clock
         self.router: RouteHook | None = None
         self.observers: list[ObserveHook] = []
+        self.model_ops: ModelOpsLog | None = None  # set when several workers share the server
         self.live = True
         self.started = False
         self._labels: dict[tuple[str, str, str], tuple[Any, Any]] = {}
@@ -206,10 +208,16 @@ class Core:
         return self.registry.index(ready_only)
 
     async def load(self, name: str) -> None:
-        await self.registry.load(name)
+        try:
+            await self.registry.load(name)
+        finally:
+            if self.model_ops is not None:
+                self.model_ops.append("load", name)  # the other workers follow, even a failed load's state
 
     async def unload(self, name: str) -> None:
         await self.registry.unload(name)
+        if self.model_ops is not None:
+            self.model_ops.append("unload", name)
 
 
 def _schedule_params(req: InferRequest) -> tuple[int | None, float | None]:

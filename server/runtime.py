@@ -38,6 +38,7 @@ from server.grpc.servicer import SERVICE, make_handlers
 from server.http.admin import admin_routes
 from server.http.app import build_app, build_routes
 from server.http.infer_route import InferRoute
+from server.model_ops import ModelOpsLog
 from server.observe.metrics import Metrics
 from server.observe.stats import VersionStats
 from server.runner import BatchingRunner, Compute, DirectRunner, Runner, batching_config, instance_count
@@ -86,6 +87,8 @@ class Runtime:
         self.mirror = ShadowMirror(self.controller.shadow_stats, max_in_flight=settings.shadow_max_in_flight)
         self.traffic = TrafficRouting(self.controller, self.mirror, self.models, self.metrics)
         self.core.router = self.traffic
+        if settings.worker_id is not None and settings.state_dir is not None:
+            self.core.model_ops = ModelOpsLog(settings.state_dir / "model-ops.jsonl", settings.worker_id)
         self.auth = AdminAuth(settings.admin_token)
         self.grpc_server: grpc.aio.Server | None = None
         self.http_server: _Uvicorn | None = None
@@ -119,6 +122,24 @@ class Runtime:
             except Exception:  # polling must survive anything a repository can do
                 log.exception("repository poll failed")
 
+    async def _follow_model_ops(self) -> None:
+        """Replay explicit loads and unloads that other workers received."""
+        ops = self.core.model_ops
+        assert ops is not None
+        while True:
+            await asyncio.sleep(0.25)
+            for op in ops.pending():
+                await self._apply_model_op(op.op, op.model)
+
+    async def _apply_model_op(self, op: str, model: str) -> None:
+        try:
+            if op == "load":
+                await self.models.load(model)
+            else:
+                await self.models.unload(model)
+        except Exception as exc:  # a failed load is in the index already; keep following
+            log.warning("model %s: %s from another worker: %s", model, op, exc)
+
     async def _detach(self, runner: Runner) -> None:
         await runner.close()
         stats = runner.stats
@@ -136,6 +157,8 @@ class Runtime:
         if s.model_control_mode == "poll":
             self._background.append(asyncio.get_running_loop().create_task(self._poll_forever()))
         self._background.append(asyncio.get_running_loop().create_task(self.traffic.tick_forever()))
+        if self.core.model_ops is not None:
+            self._background.append(asyncio.get_running_loop().create_task(self._follow_model_ops()))
         self.core.started = True
         if s.ports_file is not None:
             tmp = s.ports_file.with_suffix(".tmp")
@@ -163,15 +186,19 @@ class Runtime:
                 await self.models.load(name)
             except Exception as exc:
                 log.error("model %s not loaded: %s", name, exc)
+        if self.core.model_ops is not None:  # catch up with loads/unloads the other workers received
+            for model, op in self.core.model_ops.desired().items():
+                await self._apply_model_op(op, model)
 
     async def _start_grpc(self) -> None:
         s = self.settings
         limit = s.max_request_bytes
         server = grpc.aio.server(
+            maximum_concurrent_rpcs=s.max_inflight,  # excess answered RESOURCE_EXHAUSTED by the C core, cheaply
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", 1 if s.worker_id is not None else 0),
             ],
         )
         handlers = make_handlers(self.core)
@@ -208,6 +235,8 @@ class Runtime:
         family = socket.AF_INET6 if ":" in s.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if s.worker_id is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((s.host, s.http_port))
         sock.listen(2048)
         sock.setblocking(False)
@@ -224,6 +253,7 @@ class Runtime:
             log_level="warning",
             timeout_keep_alive=30,
             timeout_graceful_shutdown=10,
+            limit_concurrency=s.max_inflight,  # excess answered 503 before the app runs
             **ssl,
         )
         server = _Uvicorn(config)

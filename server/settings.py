@@ -28,6 +28,10 @@ class Settings(BaseSettings):
     load_model: tuple[str, ...] = ()
     strict_model_config: bool = False
 
+    # processes
+    workers: int = Field(1, ge=1)  # server processes sharing the ports (SO_REUSEPORT)
+    worker_id: int | None = None  # set by the supervisor for each worker
+
     # network
     host: str = "0.0.0.0"
     http_port: int = Field(8000, ge=0, le=65535)
@@ -40,6 +44,9 @@ class Settings(BaseSettings):
 
     # limits
     max_request_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    max_inflight: int = Field(
+        512, gt=0
+    )  # concurrent RPCs (gRPC) / connections+requests (HTTP) before 'busy' answers
 
     # onnxruntime
     intra_op_threads: int = Field(1, ge=0)

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -18,6 +18,7 @@ from server.core import Core
 from server.errors import InvalidInput, PayloadTooLarge, TurnoutError, public_message, wire_status
 from server.http.codec import dumps, loads
 from server.http.protojson import to_json
+from server.observe.metrics import exposition
 
 log = logging.getLogger("turnout.http")
 JSON = "application/json"
@@ -137,7 +138,7 @@ def build_routes(core: Core, max_request_bytes: int, metrics_registry: Any) -> l
     e = Endpoints(core, max_request_bytes)
 
     async def metrics(request: Request) -> Response:
-        return Response(generate_latest(metrics_registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(exposition(metrics_registry), media_type=CONTENT_TYPE_LATEST)
 
     dashboard_html = (Path(__file__).parent / "static" / "dashboard.html").read_bytes()
 

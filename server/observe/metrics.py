@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 LATENCY_BUCKETS = (
     0.0001,
@@ -75,7 +77,11 @@ class Metrics:
             registry=registry,
         )
         self.model_ready = Gauge(
-            "turnout_model_ready", "1 when the version serves", ["model", "version"], registry=registry
+            "turnout_model_ready",
+            "1 when the version serves",
+            ["model", "version"],
+            registry=registry,
+            multiprocess_mode="max",
         )
         self.load_failures = Counter(
             "turnout_model_load_failures", "Failed model version loads", ["model"], registry=registry
@@ -97,19 +103,32 @@ class Metrics:
             "Share of mirrored rows whose output disagrees",
             ["model", "primary", "shadow"],
             registry=registry,
+            multiprocess_mode="max",
         )
         self.drift_status = Gauge(
             "turnout_drift_status",
             "Drift status: 0 collecting, 1 ok, 2 warning, 3 drift",
             ["model", "version"],
             registry=registry,
+            multiprocess_mode="max",
         )
         self.drift_score = Gauge(
             "turnout_drift_score",
             "Drift score per feature",
             ["model", "version", "feature"],
             registry=registry,
+            multiprocess_mode="max",
         )
         self.drift_dropped = Counter(
             "turnout_drift_dropped", "Observations dropped by the drift queue", registry=registry
         )
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The text exposition: this process's registry, or every worker's when the server runs
+    several processes (PROMETHEUS_MULTIPROC_DIR set by the supervisor)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged)
+        return generate_latest(merged)
+    return generate_latest(registry)

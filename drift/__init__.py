@@ -1,0 +1,35 @@
+"""Data and prediction drift detection for served models (numpy / scipy only).
+
+* :mod:`drift.histogram` - fixed-edge integer histograms (mergeable, JSON / npz serialisable);
+* :mod:`drift.reference` - per model-version reference (from training rows, a shipped
+  ``reference.npz``, or captured from traffic), persisted atomically;
+* :mod:`drift.stats` - binned KS, chi-square, Fisher, JS distance, PSI, BH / Bonferroni;
+* :mod:`drift.evaluation` - one window against the reference, one multiple-testing family;
+* :mod:`drift.detector` - tumbling / sliding windows and statuses;
+* :mod:`drift.monitor` - bounded queue + background thread, off the request path.
+"""
+
+from drift.detector import DriftConfig, DriftDetector, Status
+from drift.evaluation import ColumnResult, WindowEvaluation, evaluate_window
+from drift.histogram import Binning, BinningConfig, ColumnSpec, HistogramSet, SchemaMismatch, category_key
+from drift.monitor import DriftMonitor
+from drift.reference import OutputLayout, Reference, ReferenceCapture
+
+__all__ = [
+    "Binning",
+    "BinningConfig",
+    "ColumnResult",
+    "ColumnSpec",
+    "DriftConfig",
+    "DriftDetector",
+    "DriftMonitor",
+    "HistogramSet",
+    "OutputLayout",
+    "Reference",
+    "ReferenceCapture",
+    "SchemaMismatch",
+    "Status",
+    "WindowEvaluation",
+    "category_key",
+    "evaluate_window",
+]

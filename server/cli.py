@@ -132,6 +132,21 @@ def serve_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--drift-sample", type=float, help="fraction of requests fed to drift monitoring (default 1.0)"
     )
+    p.add_argument("--drift-window-rows", type=int, help="rows per drift test window (default 500)")
+    p.add_argument(
+        "--drift-window-seconds", type=float, help="also close a drift window after this many seconds"
+    )
+    p.add_argument(
+        "--drift-reference-rows",
+        type=int,
+        help="rows captured as the drift reference when none is shipped (default 10000)",
+    )
+    p.add_argument(
+        "--drift-alpha", type=float, help="drift false-alarm rate per window for a whole model (default 0.01)"
+    )
+    p.add_argument(
+        "--drift-webhook", help="URL that receives a JSON POST when a version's drift status changes"
+    )
     p.add_argument("--log-verbose", type=int, help="0 info, 1 more, 2 debug (default 0)")
     p.add_argument("--log-format", choices=["text", "json"], help="log line format (default text)")
     return p

@@ -23,6 +23,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
+from drift import DriftConfig
 from model_store.registry import ModelRegistry
 from model_store.repository import LocalRepository
 from model_store.session import ModelSession, SessionOptions
@@ -39,6 +40,7 @@ from server.http.admin import admin_routes
 from server.http.app import build_app, build_routes
 from server.http.infer_route import InferRoute
 from server.model_ops import ModelOpsLog
+from server.observe.drift import DriftWiring
 from server.observe.metrics import Metrics
 from server.observe.stats import VersionStats
 from server.runner import BatchingRunner, Compute, DirectRunner, Runner, batching_config, instance_count
@@ -81,8 +83,28 @@ class Runtime:
         )
         self.core = Core(self.models, self.metrics)
         store = ControlPlaneStore(settings.state_dir / "control") if settings.state_dir else None
+        self.drift: DriftWiring | None = None
+        if settings.drift:
+            self.drift = DriftWiring(
+                self.models,
+                self.metrics,
+                state_dir=settings.state_dir,
+                config=DriftConfig(
+                    alpha=settings.drift_alpha,
+                    window_rows=settings.drift_window_rows,
+                    window_seconds=settings.drift_window_seconds,
+                    reference_rows=settings.drift_reference_rows,
+                ),
+                sample=settings.drift_sample,
+                webhook=settings.drift_webhook,
+            )
+            self.core.observers.append(self.drift)
         self.controller = TrafficController(
-            store, clock=time.time, rng=random.Random(), validate=servable(self.models)
+            store,
+            clock=time.time,
+            rng=random.Random(),
+            validate=servable(self.models),
+            drift=self.drift.status if self.drift is not None else None,
         )
         self.mirror = ShadowMirror(self.controller.shadow_stats, max_in_flight=settings.shadow_max_in_flight)
         self.traffic = TrafficRouting(self.controller, self.mirror, self.models, self.metrics)
@@ -143,6 +165,8 @@ class Runtime:
     async def _detach(self, runner: Runner) -> None:
         await runner.close()
         stats = runner.stats
+        if self.drift is not None:
+            self.drift.forget(stats.name, stats.version)
         self.metrics.model_ready.labels(stats.name, stats.version).set(0)
 
     # ---- lifecycle ------------------------------------------------------------------
@@ -204,7 +228,9 @@ class Runtime:
         handlers = make_handlers(self.core)
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
         server.add_registered_method_handlers(SERVICE, handlers)  # faster dispatch than the generic lookup
-        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self.controller, self.auth, None), server)
+        admin_pb2_grpc.add_AdminServicer_to_server(
+            AdminServicer(self.controller, self.auth, self.drift.report if self.drift else None), server
+        )
         health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         await health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -229,7 +255,8 @@ class Runtime:
     async def _start_http(self) -> None:
         s = self.settings
         app: Any = build_app(
-            build_routes(self.core, s.max_request_bytes, self.prom) + admin_routes(self.controller, self.auth)
+            build_routes(self.core, s.max_request_bytes, self.prom, self.drift)
+            + admin_routes(self.controller, self.auth)
         )
         app = InferRoute(app, self.core, s.max_request_bytes)
         family = socket.AF_INET6 if ":" in s.host else socket.AF_INET
@@ -283,6 +310,8 @@ class Runtime:
         if self.grpc_server is not None:
             await self.grpc_server.stop(grace)
         await self.mirror.close()
+        if self.drift is not None:
+            self.drift.stop()
         self.controller.close()
         await self.models.close()
         self.pool.shutdown(wait=True, cancel_futures=True)

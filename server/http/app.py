@@ -15,7 +15,14 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from server.core import Core
-from server.errors import InvalidInput, PayloadTooLarge, TurnoutError, public_message, wire_status
+from server.errors import (
+    InvalidInput,
+    PayloadTooLarge,
+    TurnoutError,
+    Unimplemented,
+    public_message,
+    wire_status,
+)
 from server.http.codec import dumps, loads
 from server.http.protojson import to_json
 from server.observe.metrics import exposition
@@ -134,8 +141,20 @@ class Endpoints:
         return Response(status_code=200)
 
 
-def build_routes(core: Core, max_request_bytes: int, metrics_registry: Any) -> list[BaseRoute]:
+def build_routes(
+    core: Core, max_request_bytes: int, metrics_registry: Any, drift: Any = None
+) -> list[BaseRoute]:
     e = Endpoints(core, max_request_bytes)
+
+    async def drift_report(request: Request) -> Response:
+        p = request.path_params
+        if drift is None:
+            raise Unimplemented("drift monitoring is off (--drift false)")
+        q = request.query_params
+        histograms = q.get("histograms", "true").lower() not in ("0", "false", "no")
+        return json_response(
+            drift.report(p["model"], p.get("version", ""), q.get("view", "window"), histograms)
+        )
 
     async def metrics(request: Request) -> Response:
         return Response(exposition(metrics_registry), media_type=CONTENT_TYPE_LATEST)
@@ -166,6 +185,7 @@ def build_routes(core: Core, max_request_bytes: int, metrics_registry: Any) -> l
             r(prefix + "/ready", e.model_ready, ["GET"]),
             r(prefix + "/config", e.model_config, ["GET"]),
             r(prefix + "/stats", e.model_stats, ["GET"]),
+            r(prefix + "/drift", drift_report, ["GET"]),
         ]
     return routes
 

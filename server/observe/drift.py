@@ -1,0 +1,217 @@
+"""Drift monitoring wired into the server: what each request contributes, where references
+come from and persist, and how statuses reach metrics, logs, a webhook and the router.
+
+Features are a version's numeric inputs, flattened per row and concatenated in signature
+order; the monitored output is the first float output with several columns (scores or
+probabilities, whose argmax becomes the predicted class), else the first numeric output.
+BYTES tensors are not monitored. The reference of a version is, in this order: one persisted
+earlier under ``<state-dir>/drift`` (so a restart keeps it), a ``reference.npz`` shipped in the
+version directory, or the first ``--drift-reference-rows`` rows served (then frozen and persisted).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from drift import DriftConfig, DriftDetector, DriftMonitor, Reference
+from model_store.registry import ModelRegistry, ServingVersion
+from model_store.signature import Signature
+from server.observe.metrics import Metrics
+
+log = logging.getLogger("turnout.drift")
+
+STATUS_CODE = {"collecting": 0, "ok": 1, "warning": 2, "drift": 3}
+
+
+class _Layout:
+    """Which tensors of a version feed drift, decided once per version."""
+
+    __slots__ = ("feature_names", "inputs", "output", "output_names")
+
+    def __init__(self, sig: Signature) -> None:
+        self.inputs = [s.name for s in sig.inputs if s.datatype != "BYTES"]
+        numeric_out = [s for s in sig.outputs if s.datatype != "BYTES"]
+        wide = [s for s in numeric_out if s.datatype.startswith("FP") and _width(s.shape) > 1]
+        chosen = wide[0] if wide else (numeric_out[0] if numeric_out else None)
+        self.output = chosen.name if chosen else None
+        self.feature_names = tuple(
+            n for s in sig.inputs if s.datatype != "BYTES" for n in _names(s.name, s.shape)
+        )
+        self.output_names = tuple(_names(chosen.name, chosen.shape)) if chosen else None
+
+
+def _width(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d if d > 0 else 1
+    return n
+
+
+def _names(name: str, shape: tuple[int, ...]) -> list[str]:
+    if any(d < 0 for d in shape):
+        return []  # variable width: names are assigned when the reference is captured
+    w = _width(shape)
+    return [name] if w == 1 and not shape else [f"{name}[{i}]" for i in range(w)]
+
+
+class DriftWiring:
+    """The core's ObserveHook plus the monitor's factory and callbacks."""
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        metrics: Metrics,
+        *,
+        state_dir: Path | None,
+        config: DriftConfig,
+        sample: float,
+        webhook: str | None,
+    ) -> None:
+        self.registry = registry
+        self.metrics = metrics
+        self.state_dir = state_dir
+        self.config = config
+        self.webhook = webhook
+        self._layouts: dict[tuple[str, str], _Layout] = {}
+        self.monitor = DriftMonitor(
+            self._factory,
+            sample_fraction=sample,
+            on_status_change=self._status_changed,
+            on_window=self._window_closed,
+        )
+
+    # ---- request path (ObserveHook) ---------------------------------------------------
+
+    def observe(
+        self, sv: ServingVersion, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]
+    ) -> None:
+        key = (sv.name, sv.version)
+        layout = self._layouts.get(key)
+        if layout is None:
+            layout = self._layouts[key] = _Layout(sv.session.signature)
+        if not layout.inputs:
+            return
+        batching = sv.session.signature.batching
+        parts = [_rows(feeds[n], batching) for n in layout.inputs if n in feeds]
+        x = parts[0] if len(parts) == 1 else np.hstack(parts)
+        y = _rows(outputs[layout.output], batching) if layout.output is not None else None
+        if not self.monitor.offer(sv.name, sv.version, x, y):
+            self.metrics.drift_dropped.inc()
+
+    # ---- monitor thread ----------------------------------------------------------------
+
+    def _reference_path(self, sv: ServingVersion) -> Path | None:
+        if self.state_dir is None:
+            return None
+        return self.state_dir / "drift" / sv.name / sv.version / sv.session.sha256[:16] / "reference.npz"
+
+    def _factory(self, model: str, version: str) -> DriftDetector | None:
+        try:
+            sv = self.registry.resolve(model, version)
+        except Exception:
+            return None  # unloaded meanwhile
+        layout = self._layouts.get((model, version)) or _Layout(sv.session.signature)
+        persisted = self._reference_path(sv)
+        shipped = sv.session.version_dir / "reference.npz"
+        reference: Reference | None = None
+        if persisted is not None and persisted.is_file():
+            reference = Reference.load(persisted)
+            log.info("model %s version %s: drift reference restored from %s", model, version, persisted)
+        elif shipped.is_file():
+            reference = Reference.from_npz(shipped, binning=self.config.binning)
+            log.info("model %s version %s: drift reference from the shipped %s", model, version, shipped.name)
+        cfg = self.config
+        if reference is None:
+            from dataclasses import replace
+
+            cfg = replace(
+                cfg,
+                feature_names=layout.feature_names or None,
+                output_names=layout.output_names or None,
+            )
+
+        def frozen(ref: Reference) -> None:
+            log.info("model %s version %s: drift reference captured from %d rows", model, version, ref.n_rows)
+            if persisted is not None:
+                ref.save(persisted)
+
+        return DriftDetector(
+            reference, cfg, clock=time.time, on_reference_frozen=frozen, name=f"{model}/{version}"
+        )
+
+    def _window_closed(self, model: str, version: str, report: dict[str, Any]) -> None:
+        self.metrics.drift_status.labels(model, version).set(STATUS_CODE.get(report.get("status", ""), 0))
+        for col in report.get("features", []) + report.get("outputs", []):
+            score = col.get("score")
+            if score is not None:
+                self.metrics.drift_score.labels(model, version, col["name"]).set(float(score))
+
+    def _status_changed(self, model: str, version: str, old: str, new: str, report: dict[str, Any]) -> None:
+        event = {"event": "drift_status", "model": model, "version": version, "old": old, "new": new}
+        log.warning(
+            "model %s version %s: drift status %s -> %s", model, version, old, new, extra={"event": event}
+        )
+        self.metrics.drift_status.labels(model, version).set(STATUS_CODE.get(new, 0))
+        if self.webhook:
+            body = {
+                **event,
+                "window": report.get("window"),
+                "features": report.get("features"),
+                "outputs": report.get("outputs"),
+            }
+            threading.Thread(target=_post, args=(self.webhook, body), daemon=True).start()
+
+    # ---- queries -----------------------------------------------------------------------
+
+    def status(self, model: str, version: str) -> str | None:
+        return self.monitor.statuses().get((model, version))
+
+    def report(
+        self, model: str, version: str, view: str = "window", histograms: bool = True
+    ) -> dict[str, Any]:
+        sv = self.registry.resolve(model, version)  # NotFound for unknown versions
+        rep = self.monitor.report(
+            model, sv.version, "sliding" if view == "sliding" else "window", histograms=histograms
+        )
+        if rep is None:
+            rep = {
+                "status": "collecting",
+                "window": {"rows": 0, "reference_ready": False},
+                "features": [],
+                "outputs": [],
+            }
+        rep["model_name"] = model
+        rep["model_version"] = sv.version
+        rep["monitor"] = self.monitor.stats()
+        return rep
+
+    def forget(self, model: str, version: str) -> None:
+        self.monitor.remove(model, version)
+        self._layouts.pop((model, version), None)
+
+    def stop(self) -> None:
+        self.monitor.stop(timeout=5.0, drain=False)
+
+
+def _rows(arr: np.ndarray, batching: bool) -> np.ndarray:
+    if batching:
+        return arr.reshape(arr.shape[0], -1) if arr.ndim != 2 else arr
+    return arr.reshape(1, -1)
+
+
+def _post(url: str, body: dict[str, Any]) -> None:
+    try:
+        req = urllib.request.Request(url, data=json.dumps(body, default=str).encode(), method="POST")
+        req.add_header("content-type", "application/json")
+        with urllib.request.urlopen(req, timeout=5):
+            pass
+    except Exception as exc:  # a webhook that is down must not affect serving
+        log.warning("drift webhook %s failed: %s", url, exc)

@@ -55,7 +55,7 @@ def iris_like(rng: np.random.Generator, n: int, shift: float = 0.0) -> np.ndarra
 class _Hook(BaseHTTPRequestHandler):
     events: list[dict] = []
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         n = int(self.headers["content-length"])
         _Hook.events.append(json.loads(self.rfile.read(n)))
         self.send_response(204)

@@ -181,7 +181,11 @@ class DriftWiring:
         if view == "live":  # the counts of the window being filled: mergeable across workers and replicas
             self.monitor.flush(timeout=5.0)
             detector = self.monitor.detector(model, sv.version)
-            live = detector.current_histograms() if detector is not None else {"rows": 0, "features": [], "outputs": []}
+            live = (
+                detector.current_histograms()
+                if detector is not None
+                else {"rows": 0, "features": [], "outputs": []}
+            )
             return {"model_name": model, "model_version": sv.version, "view": "live", **live}
         rep = self.monitor.report(
             model, sv.version, "sliding" if view == "sliding" else "window", histograms=histograms

@@ -92,6 +92,9 @@ def serve_parser(sub: Any) -> argparse.ArgumentParser:
         help="requests in progress per protocol before new ones get RESOURCE_EXHAUSTED / 503 at once (default 512)",
     )
     p.add_argument(
+        "--max-connections", type=int, help="HTTP connections before uvicorn answers 503 (default 10000)"
+    )
+    p.add_argument(
         "--intra-op-threads", type=int, help="onnxruntime intra-op threads per session (default 1)"
     )
     p.add_argument(

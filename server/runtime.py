@@ -258,7 +258,7 @@ class Runtime:
             build_routes(self.core, s.max_request_bytes, self.prom, self.drift)
             + admin_routes(self.controller, self.auth)
         )
-        app = InferRoute(app, self.core, s.max_request_bytes)
+        app = InferRoute(app, self.core, s.max_request_bytes, s.max_inflight)
         family = socket.AF_INET6 if ":" in s.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -280,7 +280,7 @@ class Runtime:
             log_level="warning",
             timeout_keep_alive=30,
             timeout_graceful_shutdown=10,
-            limit_concurrency=s.max_inflight,  # excess answered 503 before the app runs
+            limit_concurrency=s.max_connections,  # a backstop; inference requests are limited by InferRoute
             **ssl,
         )
         server = _Uvicorn(config)

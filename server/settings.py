@@ -44,9 +44,10 @@ class Settings(BaseSettings):
 
     # limits
     max_request_bytes: int = Field(64 * 1024 * 1024, gt=0)
-    max_inflight: int = Field(
-        512, gt=0
-    )  # concurrent RPCs (gRPC) / connections+requests (HTTP) before 'busy' answers
+    # inference requests in progress per protocol before new ones get 'busy' answers
+    max_inflight: int = Field(512, gt=0)
+    # HTTP connections + requests before uvicorn itself answers 503 (a backstop)
+    max_connections: int = Field(10_000, gt=0)
 
     # onnxruntime
     intra_op_threads: int = Field(1, ge=0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.core import Core
-from server.errors import InvalidInput, PayloadTooLarge, public_message, wire_status
+from server.errors import InvalidInput, PayloadTooLarge, QueueFull, public_message, wire_status
 from server.http.codec import decode_infer_request, dumps, encode_infer_response
 
 _PREFIX = "/v2/models/"
@@ -32,16 +32,30 @@ def parse_infer_path(path: str) -> tuple[str, str] | None:
 
 
 class InferRoute:
-    def __init__(self, app: ASGIApp, core: Core, max_request_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, core: Core, max_request_bytes: int, max_inflight: int) -> None:
         self.app = app
         self.core = core
         self.limit = max_request_bytes
+        self.max_inflight = max_inflight
+        self.inflight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             target = parse_infer_path(scope["path"])
             if target is not None:
-                await self.infer(scope, receive, send, target[0], target[1])
+                if self.inflight >= self.max_inflight:  # shed before reading or decoding anything
+                    exc = QueueFull(
+                        f"server busy: {self.inflight} inference requests in progress (--max-inflight)"
+                    )
+                    await _reply(
+                        send, wire_status(exc).http, dumps({"error": public_message(exc)}), _JSON, ()
+                    )
+                    return
+                self.inflight += 1
+                try:
+                    await self.infer(scope, receive, send, target[0], target[1])
+                finally:
+                    self.inflight -= 1
                 return
         await self.app(scope, receive, send)
 

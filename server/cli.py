@@ -135,9 +135,11 @@ def serve_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--drift-sample", type=float, help="fraction of requests fed to drift monitoring (default 1.0)"
     )
-    p.add_argument("--drift-window-rows", type=int, help="rows per drift test window (default 500)")
+    p.add_argument("--drift-window-rows", type=int, help="rows per drift test window (default 10000)")
     p.add_argument(
-        "--drift-window-seconds", type=float, help="also close a drift window after this many seconds"
+        "--drift-window-seconds",
+        type=float,
+        help="also close a drift window after this many seconds (default 60)",
     )
     p.add_argument(
         "--drift-reference-rows",

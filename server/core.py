@@ -37,6 +37,8 @@ EXTENSIONS = (
 class RouteHook(Protocol):
     """Chooses the version for requests that name none (the traffic router)."""
 
+    def has_policy(self, model: str) -> bool: ...
+
     def choose(self, req: InferRequest) -> tuple[str, tuple[str, ...]] | None: ...
 
     def after(
@@ -74,6 +76,10 @@ class Core:
         self._labels: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     # ---- inference ------------------------------------------------------------------
+
+    def routed(self, model: str) -> bool:
+        """Whether a traffic policy chooses the version of ``model``'s unpinned requests."""
+        return self.router is not None and self.router.has_policy(model)
 
     async def infer(self, req: InferRequest) -> InferResponse:
         t0 = self.clock()

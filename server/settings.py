@@ -71,8 +71,8 @@ class Settings(BaseSettings):
     # drift
     drift: bool = True
     drift_sample: float = Field(1.0, ge=0, le=1)  # share of requests fed to drift monitoring
-    drift_window_rows: int = Field(500, ge=1)  # rows per tumbling test window
-    drift_window_seconds: float | None = Field(None, gt=0)  # also close windows after this long
+    drift_window_rows: int = Field(10_000, ge=1)  # rows per tumbling test window
+    drift_window_seconds: float | None = Field(60.0, gt=0)  # also close windows after this long
     drift_reference_rows: int = Field(10_000, ge=1)  # rows captured as reference when none is shipped
     drift_alpha: float = Field(0.01, gt=0, lt=1)  # false-alarm rate per window, whole model
     drift_webhook: str | None = None  # POSTed a JSON event when a version's drift status changes

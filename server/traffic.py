@@ -30,6 +30,9 @@ class TrafficRouting:
 
     # ---- the core's RouteHook ---------------------------------------------------------
 
+    def has_policy(self, model: str) -> bool:
+        return self.controller.get_policy(model) is not None
+
     def choose(self, req: InferRequest) -> tuple[str, tuple[str, ...]] | None:
         d = self.controller.route(req.model_name, req.routing_key)
         if d is None:

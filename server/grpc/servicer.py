@@ -72,10 +72,12 @@ class InferenceServicer:
 
     async def ModelInfer(self, req: pb.ModelInferRequest, ctx: Any) -> pb.ModelInferResponse:
         request = decode_request(req)
-        if request.routing_key is None:
+        routed = self.core.routed(request.model_name)  # metadata work only where a policy decides
+        if routed and request.routing_key is None:
             request.routing_key = _metadata_key(ctx)
         resp = await self.core.infer(request)
-        ctx.set_trailing_metadata((("x-model-version", resp.model_version),))
+        if routed:
+            ctx.set_trailing_metadata((("x-model-version", resp.model_version),))
         return encode_response(resp)
 
     async def ModelStreamInfer(
@@ -200,4 +202,4 @@ def make_handlers(core: Core) -> dict[str, grpc.RpcMethodHandler]:
 
 
 def _serialize(msg: Any) -> bytes:
-    return bytes(msg.SerializeToString())
+    return msg.SerializeToString()

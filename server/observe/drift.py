@@ -11,8 +11,10 @@ version directory, or the first ``--drift-reference-rows`` rows served (then fro
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import random
 import threading
 import time
 import urllib.request
@@ -81,9 +83,17 @@ class DriftWiring:
         self.config = config
         self.webhook = webhook
         self._layouts: dict[tuple[str, str], _Layout] = {}
+        # per-version lists of (features, outputs) filled on the request path and handed to the
+        # monitor in one concatenated batch per flush interval: a list append per request
+        self._buffers: dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray | None]]] = {}
+        self.max_buffered = 20_000
+        self.sample = sample
+        self._rand = random.Random().random
         self.monitor = DriftMonitor(
             self._factory,
-            sample_fraction=sample,
+            queue_size=1024,
+            max_coalesce=256,
+            sample_fraction=1.0,
             on_status_change=self._status_changed,
             on_window=self._window_closed,
         )
@@ -99,12 +109,40 @@ class DriftWiring:
             layout = self._layouts[key] = _Layout(sv.session.signature)
         if not layout.inputs:
             return
+        if self.sample < 1.0 and self._rand() >= self.sample:
+            return
+        buf = self._buffers.get(key)
+        if buf is None:
+            buf = self._buffers[key] = []
+        if len(buf) >= self.max_buffered:
+            self.metrics.drift_dropped.inc()
+            return
         batching = sv.session.signature.batching
         parts = [_rows(feeds[n], batching) for n in layout.inputs if n in feeds]
         x = parts[0] if len(parts) == 1 else np.hstack(parts)
         y = _rows(outputs[layout.output], batching) if layout.output is not None else None
-        if not self.monitor.offer(sv.name, sv.version, x, y):
-            self.metrics.drift_dropped.inc()
+        buf.append((x, y))
+
+    def flush(self) -> None:
+        """Hand what the requests left in the buffers to the monitor thread (on the event loop)."""
+        for key, buf in self._buffers.items():
+            if not buf:
+                continue
+            self._buffers[key] = []
+            xs = np.concatenate([b[0] for b in buf]) if len(buf) > 1 else buf[0][0]
+            ys: np.ndarray | None = None
+            if buf[0][1] is not None:
+                ys = np.concatenate([b[1] for b in buf if b[1] is not None]) if len(buf) > 1 else buf[0][1]
+            if not self.monitor.offer(key[0], key[1], xs, ys):
+                self.metrics.drift_dropped.inc(len(buf))
+
+    async def flush_forever(self, interval: float = 0.05) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.flush()
+            except Exception:  # drift must never take serving down
+                log.exception("drift flush failed")
 
     # ---- monitor thread ----------------------------------------------------------------
 
@@ -178,6 +216,7 @@ class DriftWiring:
         self, model: str, version: str, view: str = "window", histograms: bool = True
     ) -> dict[str, Any]:
         sv = self.registry.resolve(model, version)  # NotFound for unknown versions
+        self.flush()
         if view == "live":  # the counts of the window being filled: mergeable across workers and replicas
             self.monitor.flush(timeout=5.0)
             detector = self.monitor.detector(model, sv.version)
@@ -203,6 +242,7 @@ class DriftWiring:
         return rep
 
     def forget(self, model: str, version: str) -> None:
+        self._buffers.pop((model, version), None)
         self.monitor.remove(model, version)
         self._layouts.pop((model, version), None)
 

@@ -68,7 +68,9 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--only", default="drift,batching,shadow,isolation", help="comma-separated sections")
     ns = ap.parse_args()
+    only = set(ns.only.split(","))
     work = Path(tempfile.mkdtemp(prefix="turnout-features-"))
     repo = models.build(work / "models")
     rows: list[str] = []
@@ -117,14 +119,15 @@ def main() -> None:
 
     va: list[float] = []
     vb: list[float] = []
-    for _ in range(ns.repeats):
+    for _ in range(ns.repeats if "shadow" in only else 0):
         for mirror, out in ((False, va), (True, vb)):
             srv = _server(shadow_repo, work)
             try:
                 out.append(shadow_p50(mirror)(srv))
             finally:
                 srv.stop()
-    line("shadow 100% vs none, mlp_small grpc c=8 p50", "ms", va, vb, "none", "mirrored")
+    if va:
+        line("shadow 100% vs none, mlp_small grpc c=8 p50", "ms", va, vb, "none", "mirrored")
 
     def isolation(load_b: bool) -> float:
         srv = _server(repo, work, "--model-control-mode", "explicit", "--load-model", "mlp_small")
@@ -152,10 +155,11 @@ def main() -> None:
         return p99
 
     va, vb = [], []
-    for _ in range(ns.repeats):
+    for _ in range(ns.repeats if "isolation" in only else 0):
         va.append(isolation(False))
         vb.append(isolation(True))
-    line("mlp_small grpc c=4 p99 while mlp_large loads/unloads", "ms", va, vb, "quiet", "loading")
+    if va:
+        line("mlp_small grpc c=4 p99 while mlp_large loads/unloads", "ms", va, vb, "quiet", "loading")
 
     ns.out.mkdir(parents=True, exist_ok=True)
     md = [
@@ -181,8 +185,9 @@ def main() -> None:
         json.dumps(raw, indent=1),
         "```",
     ]
-    (ns.out / "FEATURES.md").write_text("\n".join(md) + "\n")
-    print(f"wrote {ns.out / 'FEATURES.md'}")
+    name = "FEATURES.md" if len(only) == 4 else f"FEATURES-{'-'.join(sorted(only))}.md"
+    (ns.out / name).write_text("\n".join(md) + "\n")
+    print(f"wrote {ns.out / name}")
 
 
 if __name__ == "__main__":

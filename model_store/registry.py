@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -127,7 +129,9 @@ class ModelRegistry:
         self._detach = detach
         self._on_failure = on_load_failure
         self._models: dict[str, ModelState] = {}
-        self._pool = ThreadPoolExecutor(max_workers=load_threads, thread_name_prefix="turnout-load")
+        self._pool = ThreadPoolExecutor(
+            max_workers=load_threads, thread_name_prefix="turnout-load", initializer=_lower_priority
+        )
         self._retiring: set[asyncio.Task[None]] = set()
 
     # ---- hot path -------------------------------------------------------------------
@@ -319,7 +323,8 @@ class ModelRegistry:
         try:
             await self._detach(sv.runner)
         finally:
-            sv.session.close()
+            # freeing a large session takes a while: do it in a loader thread, not on the loop
+            await asyncio.get_running_loop().run_in_executor(self._pool, sv.session.close)
             log.info("model %s version %s retired", sv.name, sv.version)
 
     # ---- views ----------------------------------------------------------------------
@@ -373,3 +378,12 @@ def _mark_compatibility(versions: dict[str, ServingVersion]) -> None:
     latest = versions[max(versions, key=int)].session.signature
     for sv in versions.values():
         sv.incompatible = sv.session.signature.compatible_with(latest) or ""
+
+
+def _lower_priority() -> None:
+    """Loader threads run at a lower OS priority, so loading and warming a large model takes
+    CPU from serving only when a core is idle (onnxruntime and hashing run without the GIL)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):  # not Linux, or not permitted: load at normal priority
+        pass

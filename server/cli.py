@@ -89,7 +89,7 @@ def serve_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--max-inflight",
         type=int,
-        help="requests in progress per protocol before new ones get RESOURCE_EXHAUSTED / 503 at once (default 512)",
+        help="requests in progress per protocol before new ones get RESOURCE_EXHAUSTED / 503 at once (default 256)",
     )
     p.add_argument(
         "--max-connections", type=int, help="HTTP connections before uvicorn answers 503 (default 10000)"

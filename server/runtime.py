@@ -225,6 +225,10 @@ class Runtime:
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 1 if s.worker_id is not None else 0),
+                # calls the core holds before Python takes them: beyond this they are refused at
+                # once instead of queueing (the default, 1000, hides seconds of queueing)
+                ("grpc.server.max_pending_requests", s.max_inflight),
+                ("grpc.server.max_pending_requests_hard_limit", 2 * s.max_inflight),
             ],
         )
         handlers = make_handlers(self.core)

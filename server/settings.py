@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     # limits
     max_request_bytes: int = Field(64 * 1024 * 1024, gt=0)
     # inference requests in progress per protocol before new ones get 'busy' answers
-    max_inflight: int = Field(512, gt=0)
+    max_inflight: int = Field(256, gt=0)
     # HTTP connections + requests before uvicorn itself answers 503 (a backstop)
     max_connections: int = Field(10_000, gt=0)
 

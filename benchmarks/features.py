@@ -82,7 +82,7 @@ def main() -> None:
         rows.append(f"| {name} | {label_a}: {ma:,.3f} {unit} | {label_b}: {mb:,.3f} {unit} | {mb / ma:.3f} |")
         print(rows[-1], flush=True)
 
-    for proto in ("grpc", "http"):
+    for proto in ("grpc", "http") if "drift" in only else ():
         a, b = ab(
             repo,
             work,
@@ -92,7 +92,7 @@ def main() -> None:
             ns.repeats,
         )
         line(f"drift on/off, mlp_small {proto} c=32 throughput", "inf/s", a, b, "off", "on")
-    for proto in ("grpc", "http"):
+    for proto in ("grpc", "http") if "batching" in only else ():
         a, b = ab(
             repo,
             work,

@@ -18,7 +18,6 @@ that Turnout answers 503 / RESOURCE_EXHAUSTED (the overload point counts those).
 from __future__ import annotations
 
 import argparse
-import itertools
 import shutil
 import subprocess
 from pathlib import Path
@@ -44,33 +43,12 @@ def build_local(out: Path) -> None:
     """Same graphs as the harness's make_models.py: Gemm(+Relu) chain, He-scaled weights."""
     import numpy as np
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+
+    from model_store.demo.build import mlp
 
     rng = np.random.default_rng(SEED)  # one generator, drawn in model order: small, then large
     for name, dims in DIMS.items():
-        nodes, inits, x = [], [], "input"
-        layers = list(itertools.pairwise(dims))
-        for i, (fi, fo) in enumerate(layers):
-            w = (rng.standard_normal((fi, fo)) * np.sqrt(2.0 / fi)).astype(np.float32)
-            b = (rng.standard_normal(fo) * 0.01).astype(np.float32)
-            inits += [numpy_helper.from_array(w, f"W{i}"), numpy_helper.from_array(b, f"B{i}")]
-            last = i == len(layers) - 1
-            y = "output" if last else f"h{i}"
-            g = y if last else f"g{i}"
-            nodes.append(helper.make_node("Gemm", [x, f"W{i}", f"B{i}"], [g], name=f"gemm{i}"))
-            if not last:
-                nodes.append(helper.make_node("Relu", [g], [y], name=f"relu{i}"))
-            x = y
-        graph = helper.make_graph(
-            nodes,
-            name,
-            [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", dims[0]])],
-            [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", dims[-1]])],
-            inits,
-        )
-        model = helper.make_model(
-            graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="peers-bench"
-        )
+        model = mlp(list(dims), rng, name, producer="peers-bench")
         model.ir_version = 8
         onnx.checker.check_model(model)
         onnx.save(model, str(out / f"{name}.onnx"))

@@ -47,8 +47,11 @@ def _save(model: onnx.ModelProto, path: Path) -> None:
     path.write_bytes(model.SerializeToString(deterministic=True))
 
 
-def mlp(dims: list[int], seed: int, name: str) -> onnx.ModelProto:
-    rng = np.random.default_rng(seed)
+def mlp(
+    dims: list[int], rng: np.random.Generator, name: str, producer: str = "turnout-demo"
+) -> onnx.ModelProto:
+    """Gemm(+Relu) chain with He-scaled weights drawn from ``rng``; tensors ``input``/``output``,
+    dynamic batch. The benchmarks build their models with it too."""
     nodes, inits = [], []
     x = "input"
     for i, (fi, fo) in enumerate(itertools.pairwise(dims)):
@@ -69,7 +72,7 @@ def mlp(dims: list[int], seed: int, name: str) -> onnx.ModelProto:
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", dims[-1]])],
         inits,
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="turnout-demo")
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name=producer)
 
 
 def echo() -> onnx.ModelProto:
@@ -123,8 +126,8 @@ parameters { key: "task" value: { string_value: "classification" } }
 def main() -> None:
     if REPO.exists():
         shutil.rmtree(REPO)
-    _save(mlp([32, 64, 8], SEED, "mlp"), REPO / "mlp" / "1" / "model.onnx")
-    _save(mlp([32, 64, 8], SEED + 1, "mlp"), REPO / "mlp" / "2" / "model.onnx")
+    _save(mlp([32, 64, 8], np.random.default_rng(SEED), "mlp"), REPO / "mlp" / "1" / "model.onnx")
+    _save(mlp([32, 64, 8], np.random.default_rng(SEED + 1), "mlp"), REPO / "mlp" / "2" / "model.onnx")
     (REPO / "mlp" / "config.pbtxt").write_text(MLP_CONFIG)
     _save(iris(), REPO / "iris" / "1" / "model.onnx")
     (REPO / "iris" / "config.pbtxt").write_text(IRIS_CONFIG)

@@ -199,16 +199,20 @@ class PairStats:
     dropped: int = 0
     mismatches: int = 0
 
-    def add(self, comparison: Comparison, primary_latency_s: float, shadow_latency_s: float) -> None:
-        self.requests += 1
+    def add(
+        self, comparison: Comparison, primary_latency_s: float, shadow_latency_s: float, requests: int = 1
+    ) -> None:
+        """Record one comparison; ``requests`` > 1 when it covers several mirrored requests
+        compared at once (latencies are then per-request means)."""
+        self.requests += requests
         self.rows += comparison.rows
         self.classified_rows += comparison.classified_rows
         self.agreements += comparison.agreements
         self.diffed_rows += comparison.diffed_rows
         self.abs_diff_sum += comparison.abs_diff_sum
         self.rel_diff_sum += comparison.rel_diff_sum
-        self.primary_latency_sum_s += primary_latency_s
-        self.shadow_latency_sum_s += shadow_latency_s
+        self.primary_latency_sum_s += primary_latency_s * requests
+        self.shadow_latency_sum_s += shadow_latency_s * requests
         if comparison.mismatched:
             self.mismatches += 1
 

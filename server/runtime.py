@@ -181,6 +181,7 @@ class Runtime:
         if s.model_control_mode == "poll":
             self._background.append(asyncio.get_running_loop().create_task(self._poll_forever()))
         self._background.append(asyncio.get_running_loop().create_task(self.traffic.tick_forever()))
+        self._background.append(asyncio.get_running_loop().create_task(self.traffic.shadow_forever()))
         if self.drift is not None:
             self._background.append(asyncio.get_running_loop().create_task(self.drift.flush_forever()))
         if self.core.model_ops is not None:

@@ -7,16 +7,28 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from model_store.registry import ModelRegistry, ServingVersion
 from router.controller import TrafficController
-from router.shadow import ShadowMirror
+from router.shadow import ShadowMirror, compare_outputs
 from server.observe.metrics import Metrics
 from server.types import InferRequest
 
 log = logging.getLogger("turnout.traffic")
+
+
+@dataclass(slots=True)
+class _Mirrored:
+    model: str
+    primary: str
+    shadow: str
+    feeds: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray]
+    latency: float
 
 
 class TrafficRouting:
@@ -27,6 +39,8 @@ class TrafficRouting:
         self.mirror = mirror
         self.registry = registry
         self.metrics = metrics
+        self._pending: list[_Mirrored] = []
+        self.max_pending = 4096
 
     # ---- the core's RouteHook ---------------------------------------------------------
 
@@ -53,8 +67,16 @@ class TrafficRouting:
         self.controller.record(model, sv.version, latency_s, ok)
         if not shadows or outputs is None or feeds is None:
             return
+        batching = sv.session.signature.batching
         for shadow in shadows:
             if shadow == sv.version:
+                continue
+            if batching:  # mirrored in batches: a list append here, the work every few ms
+                if len(self._pending) >= self.max_pending:
+                    self.controller.shadow_stats.pair(model, sv.version, shadow).dropped += 1
+                    self.metrics.shadow.labels(model, shadow, "dropped").inc()
+                    continue
+                self._pending.append(_Mirrored(model, sv.version, shadow, feeds, outputs, latency_s))
                 continue
             scheduled = self.mirror.mirror(
                 lambda v=shadow: self._run_shadow(model, v, feeds),  # type: ignore[misc]
@@ -76,6 +98,78 @@ class TrafficRouting:
         finally:
             sv.release()
         return out, time.perf_counter() - t0
+
+    # ---- batched shadows --------------------------------------------------------------
+
+    async def shadow_forever(self, interval: float = 0.02) -> None:
+        """Run the mirrored requests of each interval as few batched calls of the shadow version,
+        and compare them with the primary outputs in one vectorised comparison per batch."""
+        while True:
+            await asyncio.sleep(interval)
+            if not self._pending:
+                continue
+            pending, self._pending = self._pending, []
+            groups: dict[tuple[Any, ...], list[_Mirrored]] = {}
+            for m in pending:
+                key = (
+                    m.model,
+                    m.primary,
+                    m.shadow,
+                    *sorted((k, v.dtype.str, v.shape[1:]) for k, v in m.feeds.items()),
+                )
+                groups.setdefault(key, []).append(m)
+            for items in groups.values():
+                try:
+                    await self._shadow_group(items)
+                except Exception:  # a shadow must never hurt serving
+                    log.exception("shadow batch failed")
+
+    async def _shadow_group(self, items: list[_Mirrored]) -> None:
+        first = items[0]
+        stats = self.controller.shadow_stats.pair(first.model, first.primary, first.shadow)
+        try:
+            sv = self.registry.resolve(first.model, first.shadow)
+        except Exception:
+            stats.shadow_errors += len(items)
+            return
+        limit = max(sv.session.signature.max_batch_size, 1)
+        chunk: list[_Mirrored] = []
+        rows = 0
+        for m in items:
+            n = next(iter(m.feeds.values())).shape[0]
+            if chunk and rows + n > limit:
+                await self._shadow_chunk(sv, chunk, stats)
+                chunk, rows = [], 0
+            chunk.append(m)
+            rows += n
+        if chunk:
+            await self._shadow_chunk(sv, chunk, stats)
+
+    async def _shadow_chunk(self, sv: ServingVersion, chunk: list[_Mirrored], stats: Any) -> None:
+        names = list(chunk[0].feeds)
+        feeds = {
+            n: np.concatenate([m.feeds[n] for m in chunk]) if len(chunk) > 1 else chunk[0].feeds[n]
+            for n in names
+        }
+        t0 = time.perf_counter()
+        sv.acquire()
+        try:
+            out = await sv.runner.run(feeds, priority=None, timeout_s=None)
+        except Exception:
+            stats.shadow_errors += len(chunk)
+            self.metrics.shadow.labels(chunk[0].model, chunk[0].shadow, "error").inc(len(chunk))
+            return
+        finally:
+            sv.release()
+        shadow_latency = (time.perf_counter() - t0) / len(chunk)
+        primary = {
+            n: np.concatenate([m.outputs[n] for m in chunk]) if len(chunk) > 1 else chunk[0].outputs[n]
+            for n in chunk[0].outputs
+        }
+        comparison = compare_outputs(primary, out, "auto")
+        mean_primary = sum(m.latency for m in chunk) / len(chunk)
+        stats.add(comparison, mean_primary, shadow_latency, requests=len(chunk))
+        self.metrics.shadow.labels(chunk[0].model, chunk[0].shadow, "sent").inc(len(chunk))
 
     # ---- background -------------------------------------------------------------------
 

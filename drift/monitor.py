@@ -26,10 +26,6 @@ Callbacks, called from the worker thread (keep them short; exceptions are logged
 * ``on_window(model, version, report)`` after each processed batch that closed at least one window
   (coalesced batches can close several: ``report["window"]["windows_completed"]`` counts them), e.g.
   to export gauges;
-``batch_interval`` (seconds, default 0) makes the worker wait that long after the first queued
-observation before draining, so it wakes once per interval under load rather than once per request
-(the server uses 50 ms with a queue sized for it).
-
 * ``on_status_change(model, version, old, new, report)`` when the model status changes (log event,
   webhook, ``drift_status`` gauge).
 
@@ -85,7 +81,6 @@ class DriftMonitor:
         seed: int | None = None,
         max_coalesce: int = 64,
         tick_interval: float = 1.0,
-        batch_interval: float = 0.0,
         on_status_change: StatusCallback | None = None,
         on_window: WindowCallback | None = None,
         autostart: bool = True,
@@ -104,7 +99,6 @@ class DriftMonitor:
         self._rng = random.Random(seed)
         self._max_coalesce = max_coalesce
         self._tick_interval = tick_interval
-        self._batch_interval = batch_interval
         self._on_status_change = on_status_change
         self._on_window = on_window
         self._clock = clock
@@ -264,10 +258,6 @@ class DriftMonitor:
                 continue
             if first is _STOP:
                 return
-            if self._batch_interval > 0:
-                # let a batch of observations pile up: one wake-up (and one GIL hand-off with the
-                # serving thread) per interval instead of one per request
-                time.sleep(self._batch_interval)
             batch: list[_Item] = [first] if isinstance(first, _Item) else []
             stop_after = False
             while len(batch) < self._max_coalesce:

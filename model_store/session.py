@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -38,16 +37,6 @@ _OPT_LEVEL = {
 }
 
 
-def file_digest(paths: list[Path]) -> str:
-    h = hashlib.sha256()
-    for p in sorted(paths):
-        h.update(p.name.encode())
-        with p.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
-
-
 class ModelSession:
     """Owns one onnxruntime InferenceSession. ``run`` is thread-safe (onnxruntime's is)."""
 
@@ -59,7 +48,7 @@ class ModelSession:
         config: ModelConfig,
         options: SessionOptions,
         *,
-        sha256: str = "",
+        sha256: str,
     ) -> None:
         self.name = name
         self.version = version
@@ -67,7 +56,7 @@ class ModelSession:
         if not self.path.is_file():
             raise LoadError(f"model '{name}' version {version}: {self.path.name} not found in {version_dir}")
         self.version_dir = version_dir
-        self.sha256 = sha256 or file_digest([p for p in version_dir.iterdir() if p.is_file()])
+        self.sha256 = sha256  # model_store.repository.digest of the version's files and config
         so = ort.SessionOptions()
         so.intra_op_num_threads = options.intra_op_threads
         so.inter_op_num_threads = options.inter_op_threads

@@ -92,7 +92,7 @@ class Core:
         sv = self.registry.resolve(req.model_name, version)
         sig = sv.session.signature
         try:
-            feeds, _rows = validate_inputs(req.model_name, sig, req.inputs)
+            feeds, rows = validate_inputs(req.model_name, sig, req.inputs)
             validate_outputs(req.model_name, sig, req.outputs)
             priority, timeout_s = _schedule_params(req)
             sv.acquire()
@@ -104,7 +104,7 @@ class Core:
             self._failed(req, sv, t0, exc, shadows)
             raise
         latency = self.clock() - t0
-        self._succeeded(req, sv, latency, feeds, outputs, shadows)
+        self._succeeded(req, sv, latency, max(rows, 1), feeds, outputs, shadows)
         return InferResponse(
             model_name=req.model_name,
             model_version=sv.version,
@@ -128,6 +128,7 @@ class Core:
         req: InferRequest,
         sv: ServingVersion,
         latency: float,
+        rows: int,
         feeds: dict[str, np.ndarray],
         outputs: dict[str, np.ndarray],
         shadows: tuple[str, ...],
@@ -135,7 +136,6 @@ class Core:
         ok_counter, hist = self._label_children(req.model_name, sv.version, req.protocol)
         ok_counter.inc()
         hist.observe(latency)
-        rows = next(iter(feeds.values())).shape[0] if sv.session.signature.batching and feeds else 1
         stats: VersionStats = sv.runner.stats
         stats.record_success(rows, int(latency * 1e9))
         for obs in self.observers:

@@ -18,6 +18,7 @@ import random
 import threading
 import time
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -168,8 +169,6 @@ class DriftWiring:
             log.info("model %s version %s: drift reference from the shipped %s", model, version, shipped.name)
         cfg = self.config
         if reference is None:
-            from dataclasses import replace
-
             cfg = replace(
                 cfg,
                 feature_names=layout.feature_names or None,

@@ -86,12 +86,6 @@ class Metrics:
         self.load_failures = Counter(
             "turnout_model_load_failures", "Failed model version loads", ["model"], registry=registry
         )
-        self.routed = Counter(
-            "turnout_routed_requests",
-            "Requests by routing decision",
-            ["model", "version", "route"],
-            registry=registry,
-        )
         self.shadow = Counter(
             "turnout_shadow_requests",
             "Mirrored requests by outcome",

@@ -66,6 +66,7 @@ class Config:
     timeout: float = 10.0
     http_binary: bool = False
     loop: str = "auto"  # auto | asyncio | uvloop
+    spans_file: str = ""  # write each measured OK request's (sent, answered) perf_counter times (.npy)
 
 
 # ----------------------------------------------------------------------------- request bytes
@@ -254,6 +255,7 @@ class Recorder:
     ok_in_window: int = 0
     last_done: float = 0.0
     lag: list[float] = field(default_factory=list)
+    spans: list[tuple[float, float]] | None = None  # (sent, answered) of each OK sample, if kept
     full: asyncio.Event = field(default_factory=asyncio.Event)
 
     def record(self, t_sched: float, t_done: float, code: str) -> None:
@@ -266,6 +268,8 @@ class Recorder:
             return
         if ok:
             self.lat.append(t_done - t_sched)
+            if self.spans is not None:
+                self.spans.append((t_sched, t_done))
         else:
             self.errors[code] += 1
         if self.limit and not self.by_schedule and len(self.lat) + self.errors.total() >= self.limit:
@@ -361,6 +365,8 @@ async def run(cfg: Config) -> dict[str, Any]:
             raise RuntimeError(f"unexpected output shape {shape}")
         t0 = time.perf_counter()
         rec = Recorder(t0 + cfg.warmup, t0 + cfg.warmup + cfg.duration, cfg.mode == "open", cfg.requests)
+        if cfg.spans_file:
+            rec.spans = []
         cpu0 = time.process_time()
         driver: Callable[[Config, Any, Recorder], Awaitable[None]] = (
             open_loop if cfg.mode == "open" else closed_loop
@@ -371,6 +377,8 @@ async def run(cfg: Config) -> dict[str, Any]:
     finally:
         await target.close()
     seconds = max(rec.t_end - rec.t_start, 1e-9)
+    if cfg.spans_file and rec.spans is not None:
+        np.save(cfg.spans_file, np.asarray(rec.spans, dtype=np.float64).reshape(-1, 2))
     ms = np.asarray(rec.lat) * 1e3
     lag = np.asarray(rec.lag) * 1e3
     return {
@@ -437,6 +445,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
     ap.add_argument("--timeout", type=float, default=d.timeout)
     ap.add_argument("--http-binary", action="store_true")
     ap.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default=d.loop)
+    ap.add_argument(
+        "--spans-file", default=d.spans_file, help="save (sent, answered) times of OK requests (.npy)"
+    )
     a = vars(ap.parse_args(argv))
     if a["target"] is None:
         a["target"] = "127.0.0.1:8001" if a["proto"] == "grpc" else "127.0.0.1:8000"

@@ -49,7 +49,6 @@ IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 
 # Upper bound on the temporary boolean array built while binning numeric columns (elements).
-_CHUNK_ELEMENTS = 1 << 21
 
 
 class SchemaMismatch(ValueError):
@@ -318,6 +317,10 @@ class Binning:
             padded[row, : n_edges[row]] = self.specs[j].edges
         self._edges: FloatArray = padded
         self._n_edges: IntArray = n_edges
+        self._edge_rows: tuple[FloatArray, ...] = tuple(padded[row, : n_edges[row]] for row in range(len(numeric)))
+        self._last_edge: FloatArray = (
+            padded[np.arange(len(numeric)), n_edges - 1] if numeric else np.empty(0, dtype=np.float64)
+        )
         self._categorical: tuple[_CategoricalLookup, ...] = tuple(
             _CategoricalLookup(
                 position=j,
@@ -397,18 +400,18 @@ class Binning:
         return out
 
     def _numeric_local(self, values: FloatArray) -> IntArray:
+        """Local bin of every numeric cell: one binary search per column (``searchsorted``)."""
         rows, n_num = values.shape
-        local = np.empty((rows, n_num), dtype=np.int64)
-        last_edge = self._edges[np.arange(n_num), self._n_edges - 1]
-        width = max(self._edges.shape[1], 1)
-        step = max(1, _CHUNK_ELEMENTS // max(1, n_num * width))
-        for start in range(0, rows, step):
-            x = values[start : start + step]
-            below_or_equal = np.count_nonzero(x[:, :, None] >= self._edges[None, :, :], axis=2)
-            idx = np.minimum(below_or_equal, self._n_edges)  # +inf passes the +inf padding
-            idx = np.where(x == last_edge, self._n_edges - 1, idx)  # closed last regular bin
-            idx = np.where(np.isnan(x), self._n_edges + 1, idx)
-            local[start : start + step] = idx
+        local = np.empty((n_num, rows), dtype=np.int64)
+        columns = np.ascontiguousarray(values.T)
+        for k, edges in enumerate(self._edge_rows):
+            # edges <= x: 0 = underflow, n_edges = overflow (and +inf); NaN sorts past every edge
+            local[k] = np.searchsorted(edges, columns[k], side="right")
+        local = local.T
+        local[values == self._last_edge] -= 1  # the last regular bin is closed on the right
+        missing = np.isnan(values)
+        if missing.any():
+            local[missing] = np.broadcast_to(self._n_edges + 1, values.shape)[missing]
         return local
 
     def counts(self, X: npt.NDArray[Any]) -> IntArray:

@@ -31,6 +31,11 @@ from server.observe.metrics import Metrics
 
 log = logging.getLogger("turnout.drift")
 
+# How often the request path's buffers go to the monitor thread. Each hand-off makes the event loop
+# and the monitor trade the GIL; at 50 ms that cost ~5 % of gRPC throughput at concurrency 32 on
+# 2 cores, at 500 ms it is lost in the noise. Reports flush first, so nothing waits on this.
+FLUSH_INTERVAL_S = 0.5
+
 STATUS_CODE = {"collecting": 0, "ok": 1, "warning": 2, "drift": 3}
 
 
@@ -137,7 +142,7 @@ class DriftWiring:
             if not self.monitor.offer(key[0], key[1], xs, ys):
                 self.metrics.drift_dropped.inc(len(buf))
 
-    async def flush_forever(self, interval: float = 0.05) -> None:
+    async def flush_forever(self, interval: float = FLUSH_INTERVAL_S) -> None:
         while True:
             await asyncio.sleep(interval)
             try:

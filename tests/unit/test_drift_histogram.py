@@ -87,9 +87,16 @@ def test_degenerate_columns() -> None:
 def test_vectorised_binning_matches_the_scalar_definition(edges: list[float], values: list[float]) -> None:
     values = values + edges  # exact edge hits are the interesting cases
     spec = ColumnSpec("x", NUMERIC, edges=tuple(edges))
-    binning = Binning([spec])
-    got = binning.bin_index(np.asarray(values).reshape(-1, 1))[:, 0].tolist()
+    other = ColumnSpec("y", NUMERIC, edges=(-1.0, 0.0, 1.0))  # a second column with other edges
+    binning = Binning([other, spec, ColumnSpec("z", NUMERIC, edges=(0.0, 0.5))])
+    X = np.stack([np.asarray(values[::-1]), np.asarray(values), np.asarray(values)], axis=1).reshape(-1, 3)
+    index = binning.bin_index(X)
+    got = (index[:, 1] - binning.offsets[1]).tolist()
     assert got == [naive_numeric_bin(spec.edges, v) for v in values]
+    assert (index[:, 0] - binning.offsets[0]).tolist() == [
+        naive_numeric_bin(other.edges, v) for v in values[::-1]
+    ]
+    assert (index[:, 2] - binning.offsets[2]).tolist() == [naive_numeric_bin((0.0, 0.5), v) for v in values]
 
 
 def test_multi_column_binning_uses_per_column_offsets() -> None:

@@ -1,0 +1,62 @@
+"""Compute runs a tiny model on the event loop thread and a costly one in the pool, judging by
+the CPU time a run takes, so that waiting (for the GIL, for a core) never counts as cost."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, cast
+
+import numpy as np
+
+from model_store.session import ModelSession
+from server.runner import Compute
+
+
+class _Session:
+    name = "m"
+    version = "1"
+
+    def __init__(self, busy_s: float, sleep_s: float) -> None:
+        self.busy_s = busy_s
+        self.sleep_s = sleep_s
+        self.row_ns = 10_000.0  # as measured at warm-up: 10 us a row
+        self.threads: list[int] = []
+
+    def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        self.threads.append(threading.get_ident())
+        end = time.thread_time() + self.busy_s
+        while time.thread_time() < end:  # CPU work
+            pass
+        time.sleep(self.sleep_s)  # waiting: costs wall time, not CPU
+        return {"y": feeds["x"]}
+
+
+def _drive(session: _Session, runs: int) -> tuple[int, Compute]:
+    async def main() -> tuple[int, Compute]:
+        loop_thread = threading.get_ident()
+        with ThreadPoolExecutor(1) as pool:
+            compute = Compute(cast(ModelSession, session), pool, inline_ns=50_000)
+            for _ in range(runs):
+                out, _ = await compute({"x": np.zeros((1, 2), np.float32)}, 1)
+                assert out["y"].shape == (1, 2)
+        return sum(t == loop_thread for t in session.threads), compute
+
+    return asyncio.run(main())
+
+
+def test_waiting_does_not_push_a_tiny_model_off_the_loop() -> None:
+    session = _Session(busy_s=0.0, sleep_s=0.002)  # 2 ms of wall time, ~no CPU
+    inline, compute = _drive(session, 20)
+    assert inline == 20
+    assert compute.row_ns < 50_000
+
+
+def test_a_costly_model_moves_to_the_pool() -> None:
+    session = _Session(busy_s=0.003, sleep_s=0.0)  # 3 ms of CPU a row
+    inline, compute = _drive(session, 40)
+    assert compute.row_ns > 50_000
+    assert inline < 40  # the first runs were inline (10 us estimate), the later ones pooled
+    assert session.threads[-1] != session.threads[0]

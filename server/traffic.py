@@ -109,15 +109,9 @@ class TrafficRouting:
             if not self._pending:
                 continue
             pending, self._pending = self._pending, []
-            groups: dict[tuple[Any, ...], list[_Mirrored]] = {}
+            groups: dict[tuple[str, str, str], list[_Mirrored]] = {}
             for m in pending:
-                key = (
-                    m.model,
-                    m.primary,
-                    m.shadow,
-                    *sorted((k, v.dtype.str, v.shape[1:]) for k, v in m.feeds.items()),
-                )
-                groups.setdefault(key, []).append(m)
+                groups.setdefault((m.model, m.primary, m.shadow), []).append(m)
             for items in groups.values():
                 try:
                     await self._shadow_group(items)
@@ -133,17 +127,35 @@ class TrafficRouting:
             stats.shadow_errors += len(items)
             return
         limit = max(sv.session.signature.max_batch_size, 1)
-        chunk: list[_Mirrored] = []
-        rows = 0
-        for m in items:
-            n = next(iter(m.feeds.values())).shape[0]
-            if chunk and rows + n > limit:
+        # requests whose tensors differ beyond the batch axis cannot share a batch: group them by
+        # layout, unless the primary's signature fixes every dimension but the batch (the usual
+        # case, which then costs nothing per request)
+        layouts: dict[tuple[Any, ...], list[_Mirrored]] = {}
+        if self._fixed_layout(first.model, first.primary):
+            layouts[()] = items
+        else:
+            for m in items:
+                key = tuple((k, v.dtype, v.shape[1:]) for k, v in m.feeds.items())
+                layouts.setdefault(key, []).append(m)
+        for group in layouts.values():
+            chunk: list[_Mirrored] = []
+            rows = 0
+            for m in group:
+                n = next(iter(m.feeds.values())).shape[0]
+                if chunk and rows + n > limit:
+                    await self._shadow_chunk(sv, chunk, stats)
+                    chunk, rows = [], 0
+                chunk.append(m)
+                rows += n
+            if chunk:
                 await self._shadow_chunk(sv, chunk, stats)
-                chunk, rows = [], 0
-            chunk.append(m)
-            rows += n
-        if chunk:
-            await self._shadow_chunk(sv, chunk, stats)
+
+    def _fixed_layout(self, model: str, version: str) -> bool:
+        try:
+            sig = self.registry.resolve(model, version).session.signature
+        except Exception:
+            return False
+        return sig.batching and all(d >= 0 for spec in sig.inputs for d in spec.shape)
 
     async def _shadow_chunk(self, sv: ServingVersion, chunk: list[_Mirrored], stats: Any) -> None:
         names = list(chunk[0].feeds)

@@ -31,10 +31,12 @@ from benchmarks.loadgen import Config, run_sync
 from benchmarks.server import Turnout
 
 
-def _load(srv: Turnout, proto: str, model: str, concurrency: int, duration: float) -> dict[str, Any]:
+def _load(
+    srv: Turnout, proto: str, model: str, concurrency: int, duration: float, warmup: float = 1.0
+) -> dict[str, Any]:
     target = srv.grpc if proto == "grpc" else srv.http
     cfg = Config(
-        proto=proto, target=target, model=model, concurrency=concurrency, warmup=1.0, duration=duration
+        proto=proto, target=target, model=model, concurrency=concurrency, warmup=warmup, duration=duration
     )
     return run_sync(cfg)
 
@@ -106,7 +108,8 @@ def main() -> None:
             work,
             ("--drift", "false"),
             ("--drift", "true"),
-            lambda s, p=proto: _load(s, p, "mlp_small", 32, ns.duration)["infer_per_s"],
+            # 8 s of warm-up: past the capture of the 10,000-row reference, a one-off per version
+            lambda s, p=proto: _load(s, p, "mlp_small", 32, ns.duration, warmup=8.0)["infer_per_s"],
             ns.repeats,
         )
         line(f"drift on/off, mlp_small {proto} c=32 throughput", "inf/s", a, b, "off", "on")
@@ -220,8 +223,9 @@ def main() -> None:
         "# Feature costs (medians of alternating runs, fresh server per run)",
         "",
         f"Measured {time.strftime('%Y-%m-%d %H:%M')} on the 2-core VM, loopback, our load generator "
-        f"(`benchmarks/loadgen.py`), {ns.duration:.0f} s per run after 1 s warm-up, {ns.repeats} runs per side "
-        "(5 for the latency-at-concurrency-1 rows).",
+        f"(`benchmarks/loadgen.py`), {ns.duration:.0f} s per run after 1 s warm-up (8 s for the drift rows, "
+        f"so that the 10,000-row reference capture is over), {ns.repeats} runs per side "
+        "(at least 5 for the latency-at-concurrency-1 rows).",
         "",
         "Command: `.venv/bin/python -m benchmarks.features"
         + (f" --duration {ns.duration:g} --repeats {ns.repeats}")

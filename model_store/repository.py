@@ -61,13 +61,15 @@ def is_settled(fp: Fingerprint, settle_secs: float, now: float | None = None) ->
 def digest(source: ModelSource, version: str) -> str:
     """sha256 over the version's files (names and contents) and the model's config."""
     h = hashlib.sha256()
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
     h.update(b"config\0" + source.config_text + b"\0")
     root = source.versions[version]
     for p in _files(root):
         h.update(str(p.relative_to(root)).encode() + b"\0")
-        with p.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+        with p.open("rb") as f:  # one reused 1 MiB buffer: no fresh pages per chunk
+            while n := f.readinto(buf):
+                h.update(view[:n])
     return h.hexdigest()
 
 

@@ -317,7 +317,9 @@ class Binning:
             padded[row, : n_edges[row]] = self.specs[j].edges
         self._edges: FloatArray = padded
         self._n_edges: IntArray = n_edges
-        self._edge_rows: tuple[FloatArray, ...] = tuple(padded[row, : n_edges[row]] for row in range(len(numeric)))
+        self._edge_rows: tuple[FloatArray, ...] = tuple(
+            padded[row, : n_edges[row]] for row in range(len(numeric))
+        )
         self._last_edge: FloatArray = (
             padded[np.arange(len(numeric)), n_edges - 1] if numeric else np.empty(0, dtype=np.float64)
         )

@@ -229,6 +229,7 @@ def main() -> None:
         "",
         "Command: `.venv/bin/python -m benchmarks.features"
         + (f" --duration {ns.duration:g} --repeats {ns.repeats}")
+        + (f" --only {ns.only}" if len(only) < 4 else "")
         + "`",
         "",
         "| what | A | B | B / A |",

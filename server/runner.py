@@ -24,6 +24,7 @@ from server.settings import Settings
 
 class Runner(Protocol):
     stats: VersionStats
+    compute: Compute
 
     async def run(
         self, feeds: dict[str, np.ndarray], *, priority: int | None, timeout_s: float | None
@@ -64,9 +65,12 @@ class Compute:
         self.inline_ns = inline_ns
         self.row_ns = session.row_ns or inline_ns  # unmeasured: assume it is not tiny
 
-    async def __call__(self, feeds: dict[str, np.ndarray], rows: int) -> tuple[dict[str, np.ndarray], int]:
+    async def __call__(
+        self, feeds: dict[str, np.ndarray], rows: int, *, inline_ns: float | None = None
+    ) -> tuple[dict[str, np.ndarray], int]:
+        """Run ``feeds`` (``rows`` rows); ``inline_ns`` overrides the inline budget for this call."""
         rows = max(rows, 1)
-        if self.row_ns * rows < self.inline_ns:
+        if self.row_ns * rows < (self.inline_ns if inline_ns is None else inline_ns):
             out, ns, cpu_ns = _execute_sync(self.session, feeds)
         else:
             loop = asyncio.get_running_loop()
@@ -89,7 +93,7 @@ class DirectRunner:
     ) -> None:
         self.session = session
         self.stats = stats
-        self._compute = compute
+        self.compute = compute
         self._sem = asyncio.Semaphore(max(instance_count, 1))
 
     async def run(
@@ -99,7 +103,7 @@ class DirectRunner:
         t_queue = time.perf_counter_ns()
         async with self._sem:
             queued = time.perf_counter_ns() - t_queue
-            out, ns = await self._compute(feeds, rows)
+            out, ns = await self.compute(feeds, rows)
         self.stats.record_batch(rows, 1, queued, ns)
         return out
 
@@ -148,7 +152,7 @@ class BatchingRunner:
     ) -> None:
         self.session = session
         self.stats = stats
-        self._compute = compute
+        self.compute = compute
         self.batcher = DynamicBatcher(
             self._execute,
             config,
@@ -157,7 +161,7 @@ class BatchingRunner:
         )
 
     async def _execute(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out, _ = await self._compute(feeds, _rows(self.session, feeds))
+        out, _ = await self.compute(feeds, _rows(self.session, feeds))
         return out
 
     async def run(

@@ -20,6 +20,12 @@ from server.types import InferRequest
 
 log = logging.getLogger("turnout.traffic")
 
+# A batch of mirrored requests whose expected run time is below this runs on the event loop, at
+# most once per interval: handing a small batch to the inference pool makes the loop and the pool
+# trade the GIL, which cost ~9 % of p50 at concurrency 8 on mlp_small; inline it costs nothing
+# measurable. Larger batches (large models) go through the version's runner and its pool.
+SHADOW_INLINE_NS = 500_000
+
 
 @dataclass(slots=True)
 class _Mirrored:
@@ -163,10 +169,16 @@ class TrafficRouting:
             n: np.concatenate([m.feeds[n] for m in chunk]) if len(chunk) > 1 else chunk[0].feeds[n]
             for n in names
         }
+        rows = next(iter(feeds.values())).shape[0]
         t0 = time.perf_counter()
         sv.acquire()
         try:
-            out = await sv.runner.run(feeds, priority=None, timeout_s=None)
+            compute = sv.runner.compute
+            if compute.row_ns * rows < SHADOW_INLINE_NS:
+                out, ns = await compute(feeds, rows, inline_ns=SHADOW_INLINE_NS)
+                sv.runner.stats.record_batch(rows, len(chunk), 0, ns)
+            else:
+                out = await sv.runner.run(feeds, priority=None, timeout_s=None)
         except Exception:
             stats.shadow_errors += len(chunk)
             self.metrics.shadow.labels(chunk[0].model, chunk[0].shadow, "error").inc(len(chunk))

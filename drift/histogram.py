@@ -48,8 +48,6 @@ CATEGORICAL: ColumnKind = "categorical"
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 
-# Upper bound on the temporary boolean array built while binning numeric columns (elements).
-
 
 class SchemaMismatch(ValueError):
     """Two histograms (or a histogram and a batch) do not share the same columns and bins."""

@@ -24,11 +24,17 @@ from server.settings import Settings
 
 class Runner(Protocol):
     stats: VersionStats
-    compute: Compute
 
     async def run(
         self, feeds: dict[str, np.ndarray], *, priority: int | None, timeout_s: float | None
     ) -> dict[str, np.ndarray]: ...
+
+    def run_inline(
+        self, feeds: dict[str, np.ndarray], rows: int, requests: int, budget_ns: float
+    ) -> dict[str, np.ndarray] | None:
+        """Run an already-formed batch on the event loop, bypassing any queue, if its expected
+        cost is below ``budget_ns``; recorded like any other execution. None when it is not."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -65,16 +71,23 @@ class Compute:
         self.inline_ns = inline_ns
         self.row_ns = session.row_ns or inline_ns  # unmeasured: assume it is not tiny
 
-    async def __call__(
-        self, feeds: dict[str, np.ndarray], rows: int, *, inline_ns: float | None = None
-    ) -> tuple[dict[str, np.ndarray], int]:
-        """Run ``feeds`` (``rows`` rows); ``inline_ns`` overrides the inline budget for this call."""
+    async def __call__(self, feeds: dict[str, np.ndarray], rows: int) -> tuple[dict[str, np.ndarray], int]:
+        done = self.inline(feeds, rows, self.inline_ns)
+        if done is not None:
+            return done
+        loop = asyncio.get_running_loop()
+        out, ns, cpu_ns = await loop.run_in_executor(self._pool, _execute_sync, self.session, feeds)
+        self.row_ns += 0.05 * (cpu_ns / max(rows, 1) - self.row_ns)
+        return out, ns
+
+    def inline(
+        self, feeds: dict[str, np.ndarray], rows: int, budget_ns: float
+    ) -> tuple[dict[str, np.ndarray], int] | None:
+        """Run on the calling thread if the expected cost is below ``budget_ns``, else None."""
         rows = max(rows, 1)
-        if self.row_ns * rows < (self.inline_ns if inline_ns is None else inline_ns):
-            out, ns, cpu_ns = _execute_sync(self.session, feeds)
-        else:
-            loop = asyncio.get_running_loop()
-            out, ns, cpu_ns = await loop.run_in_executor(self._pool, _execute_sync, self.session, feeds)
+        if self.row_ns * rows >= budget_ns:
+            return None
+        out, ns, cpu_ns = _execute_sync(self.session, feeds)
         self.row_ns += 0.05 * (cpu_ns / rows - self.row_ns)
         return out, ns
 
@@ -93,7 +106,7 @@ class DirectRunner:
     ) -> None:
         self.session = session
         self.stats = stats
-        self.compute = compute
+        self._compute = compute
         self._sem = asyncio.Semaphore(max(instance_count, 1))
 
     async def run(
@@ -103,9 +116,18 @@ class DirectRunner:
         t_queue = time.perf_counter_ns()
         async with self._sem:
             queued = time.perf_counter_ns() - t_queue
-            out, ns = await self.compute(feeds, rows)
+            out, ns = await self._compute(feeds, rows)
         self.stats.record_batch(rows, 1, queued, ns)
         return out
+
+    def run_inline(
+        self, feeds: dict[str, np.ndarray], rows: int, requests: int, budget_ns: float
+    ) -> dict[str, np.ndarray] | None:
+        done = self._compute.inline(feeds, rows, budget_ns)
+        if done is None:
+            return None
+        self.stats.record_batch(rows, requests, 0, done[1])
+        return done[0]
 
     async def close(self) -> None:
         return None
@@ -152,22 +174,32 @@ class BatchingRunner:
     ) -> None:
         self.session = session
         self.stats = stats
-        self.compute = compute
+        self._compute = compute
+        self._observer = _BatchObserver(stats, metrics, session.name, session.version)
         self.batcher = DynamicBatcher(
             self._execute,
             config,
-            observer=_BatchObserver(stats, metrics, session.name, session.version),
+            observer=self._observer,
             name=f"{session.name}/{session.version}",
         )
 
     async def _execute(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out, _ = await self.compute(feeds, _rows(self.session, feeds))
+        out, _ = await self._compute(feeds, _rows(self.session, feeds))
         return out
 
     async def run(
         self, feeds: dict[str, np.ndarray], *, priority: int | None, timeout_s: float | None
     ) -> dict[str, np.ndarray]:
         return await self.batcher.submit(feeds, priority=priority, timeout_s=timeout_s)
+
+    def run_inline(
+        self, feeds: dict[str, np.ndarray], rows: int, requests: int, budget_ns: float
+    ) -> dict[str, np.ndarray] | None:
+        done = self._compute.inline(feeds, rows, budget_ns)
+        if done is None:
+            return None
+        self._observer.on_batch(rows, requests, (0.0,) * requests, done[1] / 1e9)
+        return done[0]
 
     async def close(self) -> None:
         await self.batcher.close(drain=True)

@@ -173,12 +173,8 @@ class TrafficRouting:
         t0 = time.perf_counter()
         sv.acquire()
         try:
-            compute = sv.runner.compute
-            if compute.row_ns * rows < SHADOW_INLINE_NS:
-                out, ns = await compute(feeds, rows, inline_ns=SHADOW_INLINE_NS)
-                sv.runner.stats.record_batch(rows, len(chunk), 0, ns)
-            else:
-                out = await sv.runner.run(feeds, priority=None, timeout_s=None)
+            done = sv.runner.run_inline(feeds, rows, len(chunk), SHADOW_INLINE_NS)
+            out = done if done is not None else await sv.runner.run(feeds, priority=None, timeout_s=None)
         except Exception:
             stats.shadow_errors += len(chunk)
             self.metrics.shadow.labels(chunk[0].model, chunk[0].shadow, "error").inc(len(chunk))

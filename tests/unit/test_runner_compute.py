@@ -60,3 +60,21 @@ def test_a_costly_model_moves_to_the_pool() -> None:
     assert compute.row_ns > 50_000
     assert inline < 40  # the first runs were inline (10 us estimate), the later ones pooled
     assert session.threads[-1] != session.threads[0]
+
+
+def test_run_inline_respects_the_budget_and_records_the_batch() -> None:
+    from server.observe.stats import VersionStats
+    from server.runner import DirectRunner
+
+    session = _Session(busy_s=0.0, sleep_s=0.0)  # estimate: 10 us a row (warm-up figure)
+    with ThreadPoolExecutor(1) as pool:
+        compute = Compute(cast(ModelSession, session), pool, inline_ns=50_000)
+        stats = VersionStats("m", "1")
+        runner = DirectRunner(cast(ModelSession, session), compute, 1, stats)
+        feeds = {"x": np.zeros((8, 2), np.float32)}
+        assert runner.run_inline(feeds, 8, 3, budget_ns=50_000) is None  # 8 x 10 us > 50 us: not here
+        assert session.threads == []
+        out = runner.run_inline(feeds, 8, 3, budget_ns=500_000)
+        assert out is not None and out["y"].shape == (8, 2)
+        assert session.threads == [threading.get_ident()]
+        assert stats.execution_count == 1 and list(stats.batches) == [8]  # one 8-row execution

@@ -39,6 +39,7 @@ from server.grpc.servicer import SERVICE, make_handlers
 from server.http.admin import admin_routes
 from server.http.app import build_app, build_routes
 from server.http.infer_route import InferRoute
+from server.http.protocol import HeadHoldingHttpToolsProtocol
 from server.model_ops import ModelOpsLog
 from server.observe.drift import DriftWiring
 from server.observe.metrics import Metrics
@@ -281,7 +282,7 @@ class Runtime:
         config = uvicorn.Config(
             app,
             loop="none",
-            http="httptools",
+            http=HeadHoldingHttpToolsProtocol,
             lifespan="off",
             access_log=False,
             log_level="warning",

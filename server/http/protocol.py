@@ -1,0 +1,105 @@
+"""uvicorn's httptools protocol with one ``send`` per response instead of two.
+
+uvicorn writes the status line and headers when the app sends ``http.response.start`` and
+the body when it sends ``http.response.body``: two writes, so two ``send`` system calls,
+and on loopback each runs the whole TCP receive path of the peer. py-spy put half of the
+event loop's time at concurrency 32 in those two calls. Here the transport the protocol
+sees holds a response head until the next write (the body), which it joins to it; the
+protocol releases a head still held when the response completes (an empty body) and the
+transport on ``close``. An interim ``100 Continue`` is never held."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sized
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+_HEAD = b"HTTP/1.1 "
+_INTERIM = b"HTTP/1.1 1"
+# a body larger than this is written after the head rather than copied into one buffer
+_JOIN_LIMIT = 256 * 1024
+
+
+class HeadHoldingTransport:
+    """A transport proxy that sends a response head together with the first body write."""
+
+    __slots__ = ("_busy", "_held", "_loop", "_pending", "_transport")
+
+    def __init__(
+        self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop, busy: Callable[[], bool]
+    ) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._busy = busy
+        self._held: bytes | None = None
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            if not data:
+                return
+            self._held = None
+            if len(data) <= _JOIN_LIMIT:
+                self._send(held + data)
+            else:
+                self._send(held)
+                self._send(data)
+        elif data.startswith(_HEAD) and not data.startswith(_INTERIM):
+            self._held = bytes(data)
+        else:
+            self._send(data)
+
+    def _send(self, data: bytes) -> None:
+        if not self._pending and not self._busy():
+            self._transport.write(data)
+            return
+        if not self._pending:
+            self._loop.call_soon(self.flush)
+        self._pending.append(data)
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        if self._transport.is_closing():
+            return
+        for data in pending:
+            self._transport.write(data)
+
+    def writelines(self, chunks: Any) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
+    def release(self) -> None:
+        """Send a head still held (a response whose body was empty)."""
+        held, self._held = self._held, None
+        if held is not None:
+            self._send(held)
+
+    def get_write_buffer_size(self) -> int:
+        pending = len(self._held or b"") + sum(len(d) for d in self._pending)
+        return self._transport.get_write_buffer_size() + pending
+
+    def close(self) -> None:
+        self.release()
+        self.flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._held, self._pending = None, []
+        self._transport.abort()
+
+    def __getattr__(self, name: str) -> Any:  # everything else is the real transport's
+        return getattr(self._transport, name)
+
+
+class HeadHoldingHttpToolsProtocol(HttpToolsProtocol):
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        tasks: Sized = self.tasks
+        self._holding = HeadHoldingTransport(transport, self.loop, lambda: len(tasks) > 1)
+        super().connection_made(self._holding)  # type: ignore[arg-type]
+
+    def on_response_complete(self) -> None:
+        self._holding.release()
+        super().on_response_complete()

@@ -78,6 +78,14 @@ def test_empty_body_releases_the_head_on_completion() -> None:
     assert real.writes == [HEAD]
 
 
+def test_a_head_held_when_the_peer_left_is_dropped() -> None:
+    t, real, _ = make()
+    t.write(HEAD)
+    real.closed = True
+    t.release()
+    assert real.writes == []
+
+
 def test_interim_response_is_never_held() -> None:
     t, real, _ = make()
     t.write(b"HTTP/1.1 100 Continue\r\n\r\n")

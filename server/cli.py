@@ -182,7 +182,7 @@ async def run_server(settings: Settings) -> None:
     await runtime.start()
     # Everything alive now (modules, the first models) lives as long as the process: move it out
     # of the collector's reach, so a full collection later scans only what came after. Model
-    # churn made such collections take ~50 ms with the GIL held; after this, about 1 ms.
+    # churn made such collections take ~50 ms with the GIL held; after this, 1-3 ms.
     gc.collect()
     gc.freeze()
     try:

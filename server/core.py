@@ -117,8 +117,8 @@ class Core:
         children = self._labels.get(key)
         if children is None:
             children = (
-                self.metrics.requests.labels(model, version, protocol, "ok"),
-                self.metrics.latency.labels(model, version, protocol),
+                self.metrics.counter_tally(self.metrics.requests, model, version, protocol, "ok"),
+                self.metrics.histogram_tally(self.metrics.latency, model, version, protocol),
             )
             self._labels[key] = children
         return children

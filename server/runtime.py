@@ -145,6 +145,13 @@ class Runtime:
             except Exception:  # polling must survive anything a repository can do
                 log.exception("repository poll failed")
 
+    async def _flush_metrics_forever(self, interval: float = 1.0) -> None:
+        """A scrape flushes this process's tallies itself; the other workers' reach the shared
+        multiprocess files here, at most ``interval`` late."""
+        while True:
+            await asyncio.sleep(interval)
+            self.metrics.flush()
+
     async def _follow_model_ops(self) -> None:
         """Replay explicit loads and unloads that other workers received."""
         ops = self.core.model_ops
@@ -183,6 +190,7 @@ class Runtime:
             self._background.append(asyncio.get_running_loop().create_task(self._poll_forever()))
         self._background.append(asyncio.get_running_loop().create_task(self.traffic.tick_forever()))
         self._background.append(asyncio.get_running_loop().create_task(self.traffic.shadow_forever()))
+        self._background.append(asyncio.get_running_loop().create_task(self._flush_metrics_forever()))
         if self.drift is not None:
             self._background.append(asyncio.get_running_loop().create_task(self.drift.flush_forever()))
         if self.core.model_ops is not None:
@@ -263,7 +271,7 @@ class Runtime:
     async def _start_http(self) -> None:
         s = self.settings
         app: Any = build_app(
-            build_routes(self.core, s.max_request_bytes, self.prom, self.drift)
+            build_routes(self.core, s.max_request_bytes, self.metrics, self.drift)
             + admin_routes(self.controller, self.auth)
         )
         app = InferRoute(app, self.core, s.max_request_bytes, s.max_inflight)
@@ -323,6 +331,7 @@ class Runtime:
         self.controller.close()
         await self.models.close()
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self.metrics.flush()
         self.core.live = False
 
 

@@ -6,6 +6,7 @@ Decoding is zero-copy for fixed-size types (``np.frombuffer`` over the received 
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Iterable, Sequence
 
@@ -18,19 +19,16 @@ _LEN = struct.Struct("<I")
 
 
 def element_count(shape: Sequence[int]) -> int:
-    n = 1
-    for d in shape:
-        if d < 0:
-            raise InvalidInput(f"shape {list(shape)} has a negative dimension")
-        n *= d
-    return n
+    if shape and min(shape) < 0:
+        raise InvalidInput(f"shape {list(shape)} has a negative dimension")
+    return math.prod(shape)
 
 
 def check_shape(name: str, shape: Sequence[int]) -> tuple[int, ...]:
-    out = tuple(int(d) for d in shape)
-    for d in out:
-        if d < 0:
-            raise InvalidInput(f"input '{name}': shape {list(out)} has a negative dimension")
+    """The shape as a tuple of non-negative ints (protobuf and JSON give ints already)."""
+    out = tuple(shape)
+    if out and min(out) < 0:
+        raise InvalidInput(f"input '{name}': shape {list(out)} has a negative dimension")
     return out
 
 

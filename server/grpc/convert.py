@@ -53,9 +53,10 @@ def encode_param(value: Any, param: pb.InferParameter) -> None:
 
 def decode_request(msg: pb.ModelInferRequest) -> InferRequest:
     raw = msg.raw_input_contents
-    if raw and len(raw) != len(msg.inputs):
+    n_raw = len(raw)
+    if n_raw and n_raw != len(msg.inputs):
         raise InvalidInput(
-            f"raw_input_contents has {len(raw)} entries for {len(msg.inputs)} inputs; they must match"
+            f"raw_input_contents has {n_raw} entries for {len(msg.inputs)} inputs; they must match"
         )
     inputs: list[Tensor] = []
     for i, t in enumerate(msg.inputs):
@@ -65,7 +66,7 @@ def decode_request(msg: pb.ModelInferRequest) -> InferRequest:
                 f"input '{name}': unknown datatype '{datatype}'; expected one of {', '.join(BY_V2)}"
             )
         shape = check_shape(name, t.shape)
-        if raw:
+        if n_raw:
             if t.HasField("contents"):
                 raise InvalidInput(f"input '{name}': give either contents or raw_input_contents, not both")
             data = decode_raw(name, datatype, shape, raw[i])
@@ -74,20 +75,19 @@ def decode_request(msg: pb.ModelInferRequest) -> InferRequest:
         inputs.append(
             Tensor(name, datatype, shape, data, decode_params(t.parameters) if t.parameters else {})
         )
-    outputs = [
-        RequestedOutput(o.name, decode_params(o.parameters) if o.parameters else {}) for o in msg.outputs
-    ] or None
-    params = decode_params(msg.parameters) if msg.parameters else {}
-    key = params.get("routing_key")
+    outputs = (
+        [RequestedOutput(o.name, decode_params(o.parameters) if o.parameters else {}) for o in msg.outputs]
+        if msg.outputs
+        else None
+    )
+    if msg.parameters:
+        params = decode_params(msg.parameters)
+        key = params.get("routing_key")
+        routing_key = str(key) if key is not None else None
+    else:
+        params, routing_key = {}, None
     return InferRequest(
-        model_name=msg.model_name,
-        model_version=msg.model_version,
-        id=msg.id,
-        inputs=inputs,
-        outputs=outputs,
-        parameters=params,
-        routing_key=str(key) if key is not None else None,
-        protocol="grpc",
+        msg.model_name, msg.model_version, msg.id, inputs, outputs, params, routing_key, "grpc"
     )
 
 

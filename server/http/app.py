@@ -25,7 +25,7 @@ from server.errors import (
 )
 from server.http.codec import dumps, loads
 from server.http.protojson import to_json
-from server.observe.metrics import exposition
+from server.observe.metrics import Metrics
 
 log = logging.getLogger("turnout.http")
 JSON = "application/json"
@@ -141,9 +141,7 @@ class Endpoints:
         return Response(status_code=200)
 
 
-def build_routes(
-    core: Core, max_request_bytes: int, metrics_registry: Any, drift: Any = None
-) -> list[BaseRoute]:
+def build_routes(core: Core, max_request_bytes: int, metrics: Metrics, drift: Any = None) -> list[BaseRoute]:
     e = Endpoints(core, max_request_bytes)
 
     async def drift_report(request: Request) -> Response:
@@ -156,8 +154,8 @@ def build_routes(
             drift.report(p["model"], p.get("version", ""), q.get("view", "window"), histograms)
         )
 
-    async def metrics(request: Request) -> Response:
-        return Response(exposition(metrics_registry), media_type=CONTENT_TYPE_LATEST)
+    async def prometheus(request: Request) -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     dashboard_html = (Path(__file__).parent / "static" / "dashboard.html").read_bytes()
 
@@ -175,7 +173,7 @@ def build_routes(
         r("/v2/repository/index", e.repository_index, ["POST"]),
         r("/v2/repository/models/{model}/load", e.load, ["POST"]),
         r("/v2/repository/models/{model}/unload", e.unload, ["POST"]),
-        r("/metrics", metrics, ["GET"]),
+        r("/metrics", prometheus, ["GET"]),
         r("/dashboard", dashboard, ["GET"]),
         r("/", dashboard, ["GET"]),
     ]

@@ -1,8 +1,17 @@
-"""Prometheus metrics on an injected registry (no global state)."""
+"""Prometheus metrics on an injected registry (no global state).
+
+The per-request metrics (request counts, latency, batch size, queue and compute time) are
+kept as tallies: plain counts on the event loop thread, added to their Prometheus children by
+:meth:`Metrics.flush` before every scrape and once a second. A Prometheus child takes a lock
+and walks its buckets on every update; four histograms and a counter per request cost ~15 µs
+of the event loop's time that way (a micro-benchmark of the gRPC handler), a tally ~1 µs.
+"""
 
 from __future__ import annotations
 
 import os
+from bisect import bisect_left
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
@@ -27,9 +36,63 @@ LATENCY_BUCKETS = (
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
+class HistogramTally:
+    """Observations for one labelled histogram, counted per bucket until :meth:`flush`.
+    Event loop thread only (no lock)."""
+
+    __slots__ = ("_bounds", "_child", "_counts", "_dirty", "_sum")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        # the child's upper bounds, +Inf last; a value goes to the first bound >= it, as
+        # Histogram.observe does
+        self._bounds: list[float] = list(child._upper_bounds)
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+        self._dirty = False
+
+    def observe(self, value: float) -> None:
+        self._counts[bisect_left(self._bounds, value)] += 1
+        self._sum += value
+        self._dirty = True
+
+    def flush(self) -> None:
+        if not self._dirty:
+            return
+        # prometheus_client has no public call that adds n observations at once; its buckets
+        # and sum are value objects with inc(), which also work in multiprocess mode
+        # (tests/unit/test_metrics.py checks the exposition against plain observe()).
+        counts, self._counts = self._counts, [0] * len(self._bounds)
+        total, self._sum = self._sum, 0.0
+        self._dirty = False
+        for bucket, n in zip(self._child._buckets, counts, strict=True):
+            if n:
+                bucket.inc(n)
+        self._child._sum.inc(total)
+
+
+class CounterTally:
+    """Increments of one labelled counter, added to it by :meth:`flush`."""
+
+    __slots__ = ("_child", "_n")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self._n = 0
+
+    def inc(self, n: int = 1) -> None:
+        self._n += n
+
+    def flush(self) -> None:
+        if self._n:
+            n, self._n = self._n, 0
+            self._child.inc(n)
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self._tallies: dict[tuple[Any, ...], HistogramTally | CounterTally] = {}
         self.requests = Counter(
             "turnout_requests",
             "Inference requests by outcome",
@@ -116,6 +179,32 @@ class Metrics:
         self.drift_dropped = Counter(
             "turnout_drift_dropped", "Observations dropped by the drift queue", registry=registry
         )
+
+    def histogram_tally(self, metric: Histogram, *labels: str) -> HistogramTally:
+        """The tally of ``metric`` for ``labels`` (one per label set, created once)."""
+        key = (metric, *labels)
+        tally = self._tallies.get(key)
+        if tally is None:
+            tally = self._tallies[key] = HistogramTally(metric.labels(*labels))
+        assert isinstance(tally, HistogramTally)
+        return tally
+
+    def counter_tally(self, metric: Counter, *labels: str) -> CounterTally:
+        key = (metric, *labels)
+        tally = self._tallies.get(key)
+        if tally is None:
+            tally = self._tallies[key] = CounterTally(metric.labels(*labels))
+        assert isinstance(tally, CounterTally)
+        return tally
+
+    def flush(self) -> None:
+        """Add every tally to its Prometheus child (event loop thread)."""
+        for tally in self._tallies.values():
+            tally.flush()
+
+    def exposition(self) -> bytes:
+        self.flush()
+        return exposition(self.registry)
 
 
 def exposition(registry: CollectorRegistry) -> bytes:

@@ -1,0 +1,60 @@
+"""Tallies must expose exactly what direct Prometheus updates would, once flushed."""
+
+from __future__ import annotations
+
+import random
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from server.observe.metrics import LATENCY_BUCKETS, Metrics
+
+
+def _values(text: bytes) -> dict[str, float]:
+    """Sample name+labels -> value, without the creation timestamps (which differ)."""
+    out: dict[str, float] = {}
+    for line in text.decode().splitlines():
+        if line.startswith("#") or "_created" in line:
+            continue
+        key, value = line.rsplit(" ", 1)
+        out[key] = float(value)
+    return out
+
+
+def test_flushed_tallies_expose_what_direct_updates_would() -> None:
+    rng = random.Random(7)
+    direct, tallied = Metrics(CollectorRegistry()), Metrics(CollectorRegistry())
+    # values on the bucket bounds, between them, below the first and above the last
+    values = [*LATENCY_BUCKETS, 0.0, 1e-6, 20.0, *(rng.uniform(0, 0.3) for _ in range(300))]
+    for i, v in enumerate(values):
+        version = "1" if i % 3 else "2"
+        direct.latency.labels("m", version, "grpc").observe(v)
+        direct.requests.labels("m", version, "grpc", "ok").inc()
+        direct.batch_size.labels("m", version).observe(i % 70)
+        tallied.histogram_tally(tallied.latency, "m", version, "grpc").observe(v)
+        tallied.counter_tally(tallied.requests, "m", version, "grpc", "ok").inc()
+        tallied.histogram_tally(tallied.batch_size, "m", version).observe(i % 70)
+        if i == 100:
+            tallied.flush()  # a flush midway must neither lose nor repeat observations
+    tallied.flush()
+    tallied.flush()  # nothing new: adds nothing
+    want = _values(generate_latest(direct.registry))
+    got = _values(generate_latest(tallied.registry))
+    assert set(got) == set(want)
+    for key, value in want.items():
+        assert abs(got[key] - value) < 1e-9 * max(1.0, abs(value)), key
+
+
+def test_exposition_flushes_first() -> None:
+    m = Metrics(CollectorRegistry())
+    m.histogram_tally(m.latency, "m", "1", "http").observe(0.002)
+    m.counter_tally(m.requests, "m", "1", "http", "ok").inc(3)
+    text = m.exposition().decode()
+    assert 'turnout_requests_total{code="ok",model="m",protocol="http",version="1"} 3.0' in text
+    assert (
+        'turnout_request_duration_seconds_bucket{le="0.0025",model="m",protocol="http",version="1"} 1.0'
+        in text
+    )
+    assert (
+        'turnout_request_duration_seconds_bucket{le="0.001",model="m",protocol="http",version="1"} 0.0'
+        in text
+    )

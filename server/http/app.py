@@ -17,12 +17,12 @@ from starlette.routing import BaseRoute, Route
 from server.core import Core
 from server.errors import (
     InvalidInput,
-    PayloadTooLarge,
     TurnoutError,
     Unimplemented,
     public_message,
     wire_status,
 )
+from server.http.body import receive_body
 from server.http.codec import dumps, loads
 from server.http.protojson import to_json
 from server.observe.metrics import Metrics
@@ -46,22 +46,7 @@ def error_response(exc: BaseException) -> Response:
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, refusing one larger than ``limit`` before buffering it."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise InvalidInput("Content-Length is not an integer") from None
-        if size > limit:
-            raise PayloadTooLarge(f"request body of {size} bytes exceeds the limit of {limit} bytes")
-    chunks: list[bytes] = []
-    total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return await receive_body(request.receive, request.headers.get("content-length"), limit)
 
 
 def guarded(fn: Endpoint) -> Endpoint:

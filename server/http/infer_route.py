@@ -10,7 +10,8 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.core import Core
-from server.errors import InvalidInput, PayloadTooLarge, QueueFull, public_message, wire_status
+from server.errors import QueueFull, public_message, wire_status
+from server.http.body import receive_body
 from server.http.codec import decode_infer_request, dumps, encode_infer_response
 
 _PREFIX = "/v2/models/"
@@ -69,7 +70,7 @@ class InferRoute:
             elif k == b"x-routing-key":
                 routing_key = v.decode("latin-1")
         try:
-            body = await self._body(receive, content_length)
+            body = await receive_body(receive, content_length, self.limit)
             req = decode_infer_request(model, version, body, header_length)
             if req.routing_key is None:
                 req.routing_key = routing_key
@@ -85,30 +86,6 @@ class InferRoute:
         else:
             extra += ((b"inference-header-content-length", str(json_length).encode()),)
             await _reply(send, 200, payload, _BINARY, extra)
-
-    async def _body(self, receive: Receive, content_length: bytes | None) -> bytes:
-        limit = self.limit
-        if content_length is not None:
-            try:
-                size = int(content_length)
-            except ValueError:
-                raise InvalidInput("Content-Length is not an integer") from None
-            if size > limit:
-                raise PayloadTooLarge(f"request body of {size} bytes exceeds the limit of {limit} bytes")
-        message = await receive()
-        body: bytes = message.get("body", b"")
-        if not message.get("more_body", False):
-            return body
-        chunks = [body]
-        total = len(body)
-        while message.get("more_body", False):
-            message = await receive()
-            chunk = message.get("body", b"")
-            total += len(chunk)
-            if total > limit:
-                raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
 
 
 async def _reply(

@@ -133,6 +133,12 @@ def test_http_oversized_body(server: ServerProc) -> None:
 
     r = httpx.post(f"{server.base}/v2/models/iris/infer", content=chunks())
     assert r.status_code == 413
+    # the control endpoints read their bodies through the same limit
+    for url in ("/v2/repository/index", "/v2/repository/models/iris/load"):
+        r = httpx.post(f"{server.base}{url}", content=big)
+        assert r.status_code == 413 and "exceeds the limit" in r.json()["error"], url
+        r = httpx.post(f"{server.base}{url}", content=chunks())
+        assert r.status_code == 413, url
     good_http(server)
 
 

@@ -6,7 +6,8 @@
 * :mod:`drift.stats` - binned KS, chi-square, Fisher, JS distance, PSI, BH / Bonferroni;
 * :mod:`drift.evaluation` - one window against the reference, one multiple-testing family;
 * :mod:`drift.detector` - tumbling / sliding windows and statuses;
-* :mod:`drift.monitor` - bounded queue + background thread, off the request path.
+* :mod:`drift.monitor` - bounded queue + background thread, off the request path;
+* :mod:`drift.process` - the monitor hosted in a child process, off the server's GIL.
 """
 
 from drift.detector import DriftConfig, DriftDetector, Status

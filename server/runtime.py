@@ -245,7 +245,7 @@ class Runtime:
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
         server.add_registered_method_handlers(SERVICE, handlers)  # faster dispatch than the generic lookup
         admin_pb2_grpc.add_AdminServicer_to_server(
-            AdminServicer(self.controller, self.auth, self.drift.report if self.drift else None), server
+            AdminServicer(self.controller, self.auth, self.drift.report_async if self.drift else None), server
         )
         health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)

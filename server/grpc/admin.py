@@ -15,7 +15,7 @@ from router.policy import TrafficPolicy
 from server.auth import AdminAuth, grpc_peer_host
 from server.errors import InvalidInput, public_message, wire_status
 
-DriftReport = Callable[[str, str], dict[str, Any]]
+DriftReport = Callable[[str, str], Awaitable[dict[str, Any]]]
 
 
 def _policy_msg(p: TrafficPolicy) -> pb.TrafficPolicy:
@@ -150,7 +150,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     async def GetDrift(self, req: pb.DriftRequest, ctx: Any, who: str) -> pb.DriftReport:
         if self.drift is None:
             raise NotConfigured("drift monitoring is off")
-        report = self.drift(req.model, req.version)
+        report = await self.drift(req.model, req.version)
         return pb.DriftReport(
             status=str(report.get("status", "")), report_json=json.dumps(report, default=str)
         )

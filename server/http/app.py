@@ -136,7 +136,7 @@ def build_routes(core: Core, max_request_bytes: int, metrics: Metrics, drift: An
         q = request.query_params
         histograms = q.get("histograms", "true").lower() not in ("0", "false", "no")
         return json_response(
-            drift.report(p["model"], p.get("version", ""), q.get("view", "window"), histograms)
+            await drift.report_async(p["model"], p.get("version", ""), q.get("view", "window"), histograms)
         )
 
     async def prometheus(request: Request) -> Response:

@@ -1,0 +1,312 @@
+"""A :class:`DriftMonitor` in a child process, so its numpy work never takes the server's GIL.
+
+In a thread, the monitor's binning and window tests (a few milliseconds every flush) competed
+with the event loop for the GIL: at saturation that cost the loop throughput, and the loop's p99
+rose with every window. In a child process the server only pickles each flush's rows into a pipe.
+
+Messages, parent -> child (one pipe): ``("spec", key, DetectorSpec)`` before the first rows of a
+version, ``("rows", key, inputs, outputs)``, ``("remove", key)``, ``("call", id, method, args)``
+for queries, ``("stop",)``. Child -> parent (another pipe): ``("reply", id, ok, value)``,
+``("window", key, report)``, ``("status", key, old, new, report)``, ``("log", level, message)``.
+The child exits when the parent's end of the pipe closes (the parent died) or on ``stop``.
+
+A reader thread in the parent answers queries and calls the callbacks; both are rare (a report
+request, a window a second), so that thread seldom takes the GIL.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import multiprocessing as mp
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from drift.detector import DriftConfig, DriftDetector
+from drift.monitor import DriftMonitor
+from drift.reference import Reference
+
+log = logging.getLogger("drift.process")
+
+Key = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """Everything the child needs to build a version's detector: where its reference may be
+    (persisted, else shipped, else captured from traffic and then persisted) and the config."""
+
+    config: DriftConfig
+    name: str
+    persisted: Path | None = None
+    shipped: Path | None = None
+
+
+def build_detector(spec: DetectorSpec, emit_log: Callable[[int, str], None]) -> DriftDetector:
+    reference: Reference | None = None
+    if spec.persisted is not None and spec.persisted.is_file():
+        reference = Reference.load(spec.persisted)
+        emit_log(logging.INFO, f"{spec.name}: drift reference restored from {spec.persisted}")
+    elif spec.shipped is not None and spec.shipped.is_file():
+        reference = Reference.from_npz(spec.shipped, binning=spec.config.binning)
+        emit_log(logging.INFO, f"{spec.name}: drift reference from the shipped {spec.shipped.name}")
+
+    def frozen(ref: Reference) -> None:
+        emit_log(logging.INFO, f"{spec.name}: drift reference captured from {ref.n_rows} rows")
+        if spec.persisted is not None:
+            ref.save(spec.persisted)
+
+    return DriftDetector(reference, spec.config, clock=time.time, on_reference_frozen=frozen, name=spec.name)
+
+
+def _child(inbox: Connection, outbox: Connection) -> None:
+    """The child's main loop: feed the monitor, answer queries, forward its events."""
+    lock = threading.Lock()  # the monitor's worker thread and this loop both send
+
+    def send(msg: tuple[Any, ...]) -> None:
+        with lock:
+            try:
+                outbox.send(msg)
+            except (BrokenPipeError, OSError):
+                pass  # the parent is gone; the next recv ends this process
+
+    specs: dict[Key, DetectorSpec] = {}
+
+    def emit_log(level: int, message: str) -> None:
+        send(("log", level, message))
+
+    def factory(model: str, version: str) -> DriftDetector | None:
+        spec = specs.get((model, version))
+        return build_detector(spec, emit_log) if spec is not None else None
+
+    monitor = DriftMonitor(
+        factory,
+        queue_size=1024,
+        max_coalesce=256,
+        on_status_change=lambda m, v, old, new, rep: send(("status", (m, v), old, new, rep)),
+        on_window=lambda m, v, rep: send(("window", (m, v), rep)),
+    )
+    try:
+        while True:
+            try:
+                msg = inbox.recv()
+            except (EOFError, OSError):
+                return
+            kind = msg[0]
+            if kind == "rows":
+                _, (model, version), inputs, outputs = msg
+                monitor.offer(model, version, inputs, outputs)
+            elif kind == "spec":
+                specs[msg[1]] = msg[2]
+            elif kind == "remove":
+                specs.pop(msg[1], None)
+                monitor.remove(*msg[1])
+            elif kind == "call":
+                _, call_id, method, args = msg
+                try:
+                    send(("reply", call_id, True, _query(monitor, method, args)))
+                except Exception as exc:  # a query must not end the child
+                    send(("reply", call_id, False, f"{type(exc).__name__}: {exc}"))
+            elif kind == "stop":
+                return
+    finally:
+        monitor.stop(timeout=5.0, drain=False)
+
+
+def _query(monitor: DriftMonitor, method: str, args: tuple[Any, ...]) -> Any:
+    if method == "report":
+        model, version, view, histograms = args
+        monitor.flush(timeout=5.0)
+        return monitor.report(model, version, view, histograms=histograms), monitor.stats()
+    if method == "live":
+        model, version = args
+        monitor.flush(timeout=5.0)
+        detector = monitor.detector(model, version)
+        return detector.current_histograms() if detector is not None else None
+    if method == "stats":
+        return monitor.stats()
+    if method == "flush":
+        return monitor.flush(timeout=float(args[0]))
+    raise ValueError(f"unknown query {method!r}")
+
+
+class MonitorProcess:
+    """The parent's handle on the child: send rows, ask for reports, receive events.
+
+    Nothing here blocks the caller: messages go through a bounded queue to a sender thread,
+    which pickles them and writes the pipe (a write of a large batch waits for the child to
+    read it, with the GIL released). ``on_window(model, version, report)`` and
+    ``on_status_change(model, version, old, new, report)`` run on the reader thread;
+    :meth:`statuses` is answered locally from those events.
+    """
+
+    def __init__(
+        self,
+        *,
+        on_status_change: Callable[[str, str, str, str, dict[str, Any]], None] | None = None,
+        on_window: Callable[[str, str, dict[str, Any]], None] | None = None,
+        timeout: float = 10.0,
+        max_queued: int = 64,
+    ) -> None:
+        self._on_status_change = on_status_change
+        self._on_window = on_window
+        self.timeout = timeout
+        ctx = mp.get_context("spawn")  # never fork a process that runs grpc and threads
+        child_in, self._inbox = ctx.Pipe(duplex=False)
+        self._outbox, child_out = ctx.Pipe(duplex=False)
+        self._proc = ctx.Process(target=_child, args=(child_in, child_out), name="turnout-drift", daemon=True)
+        self._proc.start()
+        child_in.close()
+        child_out.close()
+        self._queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue(maxsize=max_queued)
+        self._ids = itertools.count()
+        self._pending: dict[int, Future[Any]] = {}
+        self._statuses: dict[Key, str] = {}
+        self._specs_sent: set[Key] = set()
+        self._alive = True
+        self._stopping = False
+        self._sender = threading.Thread(target=self._write, name="drift-sender", daemon=True)
+        self._reader = threading.Thread(target=self._read, name="drift-reader", daemon=True)
+        self._sender.start()
+        self._reader.start()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid
+
+    # ---- to the child ----------------------------------------------------------------
+
+    def _send(self, msg: tuple[Any, ...]) -> bool:
+        if not self._alive:
+            return False
+        try:
+            self._queue.put_nowait(msg)
+            return True
+        except queue.Full:
+            return False
+
+    def _write(self) -> None:
+        while True:
+            msg = self._queue.get()
+            if msg is None:
+                return
+            try:
+                self._inbox.send(msg)
+            except (BrokenPipeError, OSError):
+                self._gone()
+                return
+
+    def offer(
+        self,
+        key: Key,
+        inputs: np.ndarray,
+        outputs: np.ndarray | None,
+        spec: Callable[[], DetectorSpec | None],
+    ) -> bool:
+        """Queue one batch of rows; ``spec`` is called once per version, before its first rows.
+        False when the batch was dropped (queue full, or the child is gone)."""
+        if key not in self._specs_sent:
+            s = spec()
+            if s is None or not self._send(("spec", key, s)):
+                return False
+            self._specs_sent.add(key)
+        return self._send(("rows", key, inputs, outputs))
+
+    def remove(self, key: Key) -> None:
+        self._specs_sent.discard(key)
+        self._statuses.pop(key, None)
+        self._send(("remove", key))
+
+    def call(self, method: str, *args: Any) -> Any:
+        """A query answered by the child; blocks (use from a thread, not the event loop)."""
+        fut: Future[Any] = Future()
+        call_id = next(self._ids)
+        self._pending[call_id] = fut
+        try:
+            if not self._send(("call", call_id, method, args)):
+                raise RuntimeError("drift monitor process is not running or is overloaded")
+            try:
+                return fut.result(self.timeout)
+            except TimeoutError:
+                raise RuntimeError(
+                    f"drift monitor process did not answer within {self.timeout:g} s"
+                ) from None
+        finally:
+            self._pending.pop(call_id, None)
+
+    def statuses(self) -> dict[Key, str]:
+        return dict(self._statuses)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping = True
+        if self._alive:
+            try:
+                self._queue.put(("stop",), timeout=timeout)
+                self._queue.put(None, timeout=timeout)
+            except queue.Full:
+                pass
+        self._sender.join(timeout)
+        self._alive = False
+        self._proc.join(timeout)
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join(timeout)
+        self._reader.join(timeout)
+
+    # ---- from the child --------------------------------------------------------------
+
+    def _read(self) -> None:
+        while True:
+            try:
+                msg = self._outbox.recv()
+            except (EOFError, OSError):
+                break
+            try:
+                self._handle(msg)
+            except Exception:  # a callback's failure must not stop the reader
+                log.exception("drift: handling %s from the monitor process failed", msg[0])
+        self._gone()
+
+    def _gone(self) -> None:
+        """The child ended (or its pipe broke): nothing more is sent, waiting queries fail."""
+        if self._alive and not self._stopping:
+            log.error("drift monitor process is gone; drift monitoring stops")
+        self._alive = False
+        for fut in list(self._pending.values()):
+            if not fut.done():
+                fut.set_exception(RuntimeError("drift monitor process ended"))
+
+    def _handle(self, msg: tuple[Any, ...]) -> None:
+        kind = msg[0]
+        if kind == "reply":
+            _, call_id, ok, value = msg
+            fut = self._pending.get(call_id)
+            if fut is not None and not fut.done():
+                if ok:
+                    fut.set_result(value)
+                else:
+                    fut.set_exception(RuntimeError(value))
+        elif kind == "window":
+            _, key, report = msg
+            if key in self._specs_sent:
+                self._statuses[key] = report.get("status", "collecting")
+            if self._on_window is not None:
+                self._on_window(key[0], key[1], report)
+        elif kind == "status":
+            _, key, old, new, report = msg
+            if key in self._specs_sent:
+                self._statuses[key] = new
+            if self._on_status_change is not None:
+                self._on_status_change(key[0], key[1], old, new, report)
+        elif kind == "log":
+            _, level, message = msg
+            log.log(level, "%s", message)

@@ -20,6 +20,7 @@ import itertools
 import logging
 import multiprocessing as mp
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -70,6 +71,10 @@ def build_detector(spec: DetectorSpec, emit_log: Callable[[int, str], None]) -> 
 
 def _child(inbox: Connection, outbox: Connection) -> None:
     """The child's main loop: feed the monitor, answer queries, forward its events."""
+    # A Ctrl-C or a SIGTERM to the process group is the parent's to handle: the child ends when
+    # the parent sends "stop" or its end of the pipe closes (also when the parent is killed).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     lock = threading.Lock()  # the monitor's worker thread and this loop both send
 
     def send(msg: tuple[Any, ...]) -> None:

@@ -144,6 +144,85 @@ def _query(monitor: DriftMonitor, method: str, args: tuple[Any, ...]) -> Any:
     raise ValueError(f"unknown query {method!r}")
 
 
+class _Child:
+    """One child process and the two threads that talk to it."""
+
+    def __init__(self, max_queued: int, handle: Callable[[tuple[Any, ...]], None], gone: Callable[[], None]):
+        ctx = mp.get_context("spawn")  # never fork a process that runs grpc and threads
+        child_in, self.inbox = ctx.Pipe(duplex=False)
+        self.outbox, child_out = ctx.Pipe(duplex=False)
+        self.proc = ctx.Process(target=_child, args=(child_in, child_out), name="turnout-drift", daemon=True)
+        self.proc.start()
+        child_in.close()
+        child_out.close()
+        self.queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue(maxsize=max_queued)
+        self.alive = True
+        self._handle = handle
+        self._gone = gone
+        self.sender = threading.Thread(target=self._write, name="drift-sender", daemon=True)
+        self.reader = threading.Thread(target=self._read, name="drift-reader", daemon=True)
+        self.sender.start()
+        self.reader.start()
+
+    def send(self, msg: tuple[Any, ...]) -> bool:
+        if not self.alive:
+            return False
+        try:
+            self.queue.put_nowait(msg)
+            return True
+        except queue.Full:
+            return False
+
+    def _write(self) -> None:
+        while True:
+            msg = self.queue.get()
+            if msg is None:
+                return
+            try:
+                self.inbox.send(msg)
+            except (BrokenPipeError, OSError):
+                self._ended()
+                return
+
+    def _read(self) -> None:
+        while True:
+            try:
+                msg = self.outbox.recv()
+            except (EOFError, OSError):
+                break
+            try:
+                self._handle(msg)
+            except Exception:  # a callback's failure must not stop the reader
+                log.exception("drift: handling %s from the monitor process failed", msg[0])
+        self._ended()
+
+    def _ended(self) -> None:
+        if self.alive:
+            self.alive = False
+            self._gone()
+
+    def stop(self, timeout: float) -> None:
+        if self.alive:
+            try:
+                self.queue.put(("stop",), timeout=timeout)
+                self.queue.put(None, timeout=timeout)
+            except queue.Full:
+                pass
+        else:
+            try:
+                self.queue.put_nowait(None)  # let the sender end if it still waits
+            except queue.Full:
+                pass
+        self.sender.join(timeout)
+        self.alive = False
+        self.proc.join(timeout)
+        if self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join(timeout)
+        self.reader.join(timeout)
+        self.inbox.close()
+
+
 class MonitorProcess:
     """The parent's handle on the child: send rows, ask for reports, receive events.
 
@@ -152,6 +231,10 @@ class MonitorProcess:
     read it, with the GIL released). ``on_window(model, version, report)`` and
     ``on_status_change(model, version, old, new, report)`` run on the reader thread;
     :meth:`statuses` is answered locally from those events.
+
+    A child that dies (killed, out of memory) is replaced on the next offer or query, at most
+    once every ``restart_after`` seconds. Its window counts are lost; the references it
+    persisted are not, so the new child restores them. Rows offered meanwhile are dropped.
     """
 
     def __init__(
@@ -161,54 +244,49 @@ class MonitorProcess:
         on_window: Callable[[str, str, dict[str, Any]], None] | None = None,
         timeout: float = 10.0,
         max_queued: int = 64,
+        restart_after: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._on_status_change = on_status_change
         self._on_window = on_window
         self.timeout = timeout
-        ctx = mp.get_context("spawn")  # never fork a process that runs grpc and threads
-        child_in, self._inbox = ctx.Pipe(duplex=False)
-        self._outbox, child_out = ctx.Pipe(duplex=False)
-        self._proc = ctx.Process(target=_child, args=(child_in, child_out), name="turnout-drift", daemon=True)
-        self._proc.start()
-        child_in.close()
-        child_out.close()
-        self._queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue(maxsize=max_queued)
+        self.restart_after = restart_after
+        self.restarts = 0
+        self._max_queued = max_queued
+        self._clock = clock
         self._ids = itertools.count()
         self._pending: dict[int, Future[Any]] = {}
         self._statuses: dict[Key, str] = {}
         self._specs_sent: set[Key] = set()
-        self._alive = True
         self._stopping = False
-        self._sender = threading.Thread(target=self._write, name="drift-sender", daemon=True)
-        self._reader = threading.Thread(target=self._read, name="drift-reader", daemon=True)
-        self._sender.start()
-        self._reader.start()
+        self._restart_lock = threading.Lock()
+        self._child = self._spawn()
+
+    def _spawn(self) -> _Child:
+        self._started_at = self._clock()
+        self._specs_sent = set()  # a new child knows no version yet
+        return _Child(self._max_queued, self._handle, self._gone)
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid
+        return self._child.proc.pid
 
     # ---- to the child ----------------------------------------------------------------
 
-    def _send(self, msg: tuple[Any, ...]) -> bool:
-        if not self._alive:
-            return False
-        try:
-            self._queue.put_nowait(msg)
-            return True
-        except queue.Full:
-            return False
-
-    def _write(self) -> None:
-        while True:
-            msg = self._queue.get()
-            if msg is None:
-                return
-            try:
-                self._inbox.send(msg)
-            except (BrokenPipeError, OSError):
-                self._gone()
-                return
+    def _current(self) -> _Child | None:
+        """The running child, replacing a dead one when ``restart_after`` has passed."""
+        child = self._child
+        if child.alive or self._stopping:
+            return child if child.alive else None
+        if self._clock() - self._started_at < self.restart_after:
+            return None
+        with self._restart_lock:
+            if self._child is child and not self._stopping:
+                child.stop(timeout=1.0)
+                self._child = self._spawn()
+                self.restarts += 1
+                log.warning("drift monitor process restarted (%d so far)", self.restarts)
+            return self._child
 
     def offer(
         self,
@@ -218,18 +296,21 @@ class MonitorProcess:
         spec: Callable[[], DetectorSpec | None],
     ) -> bool:
         """Queue one batch of rows; ``spec`` is called once per version, before its first rows.
-        False when the batch was dropped (queue full, or the child is gone)."""
+        False when the batch was dropped (queue full, or no child running)."""
+        child = self._current()
+        if child is None:
+            return False
         if key not in self._specs_sent:
             s = spec()
-            if s is None or not self._send(("spec", key, s)):
+            if s is None or not child.send(("spec", key, s)):
                 return False
             self._specs_sent.add(key)
-        return self._send(("rows", key, inputs, outputs))
+        return child.send(("rows", key, inputs, outputs))
 
     def remove(self, key: Key) -> None:
         self._specs_sent.discard(key)
         self._statuses.pop(key, None)
-        self._send(("remove", key))
+        self._child.send(("remove", key))
 
     def call(self, method: str, *args: Any) -> Any:
         """A query answered by the child; blocks (use from a thread, not the event loop)."""
@@ -237,7 +318,8 @@ class MonitorProcess:
         call_id = next(self._ids)
         self._pending[call_id] = fut
         try:
-            if not self._send(("call", call_id, method, args)):
+            child = self._current()
+            if child is None or not child.send(("call", call_id, method, args)):
                 raise RuntimeError("drift monitor process is not running or is overloaded")
             try:
                 return fut.result(self.timeout)
@@ -253,39 +335,15 @@ class MonitorProcess:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stopping = True
-        if self._alive:
-            try:
-                self._queue.put(("stop",), timeout=timeout)
-                self._queue.put(None, timeout=timeout)
-            except queue.Full:
-                pass
-        self._sender.join(timeout)
-        self._alive = False
-        self._proc.join(timeout)
-        if self._proc.is_alive():
-            self._proc.terminate()
-            self._proc.join(timeout)
-        self._reader.join(timeout)
+        self._child.stop(timeout)
 
     # ---- from the child --------------------------------------------------------------
 
-    def _read(self) -> None:
-        while True:
-            try:
-                msg = self._outbox.recv()
-            except (EOFError, OSError):
-                break
-            try:
-                self._handle(msg)
-            except Exception:  # a callback's failure must not stop the reader
-                log.exception("drift: handling %s from the monitor process failed", msg[0])
-        self._gone()
-
     def _gone(self) -> None:
-        """The child ended (or its pipe broke): nothing more is sent, waiting queries fail."""
-        if self._alive and not self._stopping:
-            log.error("drift monitor process is gone; drift monitoring stops")
-        self._alive = False
+        """The child ended (or its pipe broke): waiting queries fail, statuses are forgotten."""
+        if not self._stopping:
+            log.error("drift monitor process is gone; it is restarted on the next use")
+        self._statuses.clear()
         for fut in list(self._pending.values()):
             if not fut.done():
                 fut.set_exception(RuntimeError("drift monitor process ended"))

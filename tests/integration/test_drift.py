@@ -119,3 +119,45 @@ def test_histograms_from_two_processes_add_up_exactly(tmp_path: Path) -> None:
             assert fa.get("edges") == fw.get("edges")
             assert [x + y for x, y in zip(fa["counts"], fb["counts"], strict=True)] == fw["counts"], fw["name"]
     assert Reference.from_npz(repo / "iris" / "1" / "reference.npz").feature_names == ["a", "b", "c", "d"]
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def _drift_child(pid: int) -> int:
+    for c in _children(pid):
+        if "spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes().decode(errors="replace"):
+            return c
+    raise AssertionError("no drift monitor process")
+
+
+def test_a_killed_drift_process_costs_no_request_and_comes_back(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    rng = np.random.default_rng(5)
+    repo = tmp_path / "repo"
+    shutil.copytree(DEMO_REPO / "iris", repo / "iris")
+    np.savez(repo / "iris" / "1" / "reference.npz", X=iris_like(rng, 2000))
+    with running_server(tmp_path, repo, ["--drift-window-rows", "200"]) as s:
+        send(s, iris_like(rng, 400))
+        wait_status(s, "ok")
+        first = _drift_child(s.proc.pid)
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while True:  # requests keep succeeding (send asserts 200) while the monitor is away
+            send(s, iris_like(rng, 100))
+            if time.monotonic() > deadline:
+                raise AssertionError("no new drift monitor process")
+            children = [c for c in _children(s.proc.pid) if c != first]
+            if any("spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes().decode(errors="replace") for c in children):
+                break
+            time.sleep(0.5)
+        send(s, iris_like(rng, 400))
+        rep = wait_status(s, "ok")  # the shipped reference again, new windows
+        assert rep["monitor"]["rows"] >= 200
+        assert "drift monitor process restarted" in s.log()

@@ -74,7 +74,7 @@ def test_rows_reach_the_child_and_status_changes_come_back(tmp_path: Path) -> No
             proc.call("nonsense")
     finally:
         proc.stop()
-    assert not proc._proc.is_alive()
+    assert not proc._child.proc.is_alive()
     assert proc.offer(("m", "1"), np.zeros((1, 3)), None, lambda: None) is False  # stopped: dropped
 
 
@@ -82,9 +82,35 @@ def test_a_version_without_a_spec_is_ignored_and_a_dead_child_fails_queries() ->
     proc = MonitorProcess(timeout=5.0)
     try:
         assert proc.offer(("gone", "1"), np.zeros((4, 2)), None, lambda: None) is False  # unloaded
-        proc._proc.kill()
-        proc._proc.join(10)
+        proc._child.proc.kill()
+        proc._child.proc.join(10)
         with pytest.raises(RuntimeError):
             proc.call("stats")
     finally:
         proc.stop(timeout=2.0)
+
+
+def test_a_dead_child_is_replaced_on_the_next_use(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    spec = DetectorSpec(config=DriftConfig(window_rows=100, reference_rows=200), name="m/1")
+    proc = MonitorProcess(restart_after=0.0)
+    try:
+        assert proc.offer(("m", "1"), rng.normal(size=(300, 2)), None, lambda: spec)
+        _wait(lambda: proc.statuses().get(("m", "1")) == "ok")
+        first = proc.pid
+        proc._child.proc.kill()
+        _wait(lambda: not proc._child.alive)
+        assert proc.statuses() == {}  # what the dead child knew is forgotten
+        asked: list[int] = []
+
+        def again() -> DetectorSpec:
+            asked.append(1)
+            return spec
+
+        assert proc.offer(("m", "1"), rng.normal(size=(300, 2)), None, again)
+        assert proc.pid != first and proc.restarts == 1
+        assert asked == [1]  # the new child was told about the version again
+        report, stats = proc.call("report", "m", "1", "window", False)
+        assert stats["rows"] == 300 and report["status"] == "ok"
+    finally:
+        proc.stop()

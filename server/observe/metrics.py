@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from bisect import bisect_left
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
@@ -87,6 +87,9 @@ class CounterTally:
         if self._n:
             n, self._n = self._n, 0
             self._child.inc(n)
+
+
+_T = TypeVar("_T", HistogramTally, CounterTally)
 
 
 class Metrics:
@@ -182,19 +185,17 @@ class Metrics:
 
     def histogram_tally(self, metric: Histogram, *labels: str) -> HistogramTally:
         """The tally of ``metric`` for ``labels`` (one per label set, created once)."""
-        key = (metric, *labels)
-        tally = self._tallies.get(key)
-        if tally is None:
-            tally = self._tallies[key] = HistogramTally(metric.labels(*labels))
-        assert isinstance(tally, HistogramTally)
-        return tally
+        return self._tally(HistogramTally, metric, labels)
 
     def counter_tally(self, metric: Counter, *labels: str) -> CounterTally:
+        return self._tally(CounterTally, metric, labels)
+
+    def _tally(self, kind: type[_T], metric: Histogram | Counter, labels: tuple[str, ...]) -> _T:
         key = (metric, *labels)
         tally = self._tallies.get(key)
         if tally is None:
-            tally = self._tallies[key] = CounterTally(metric.labels(*labels))
-        assert isinstance(tally, CounterTally)
+            tally = self._tallies[key] = kind(metric.labels(*labels))
+        assert isinstance(tally, kind)
         return tally
 
     def flush(self) -> None:

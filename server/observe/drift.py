@@ -59,6 +59,27 @@ class _Layout:
         self.output_names = tuple(_names(chosen.name, chosen.shape)) if chosen else None
 
 
+class _Plan:
+    """One version's part of the request path, decided once: which tensors to take, and the
+    lists they are appended to until the next flush."""
+
+    __slots__ = ("batching", "inputs", "layout", "output", "single", "xs", "ys")
+
+    def __init__(self, layout: _Layout, batching: bool) -> None:
+        self.layout = layout
+        self.inputs = tuple(layout.inputs)
+        self.single = len(self.inputs) == 1
+        self.output = layout.output
+        self.batching = batching
+        self.xs: list[np.ndarray] = []
+        self.ys: list[np.ndarray] = []
+
+    @classmethod
+    def of(cls, sig: Signature) -> _Plan | None:
+        layout = _Layout(sig)
+        return cls(layout, sig.batching) if layout.inputs else None
+
+
 def _width(shape: tuple[int, ...]) -> int:
     n = 1
     for d in shape:
@@ -91,10 +112,9 @@ class DriftWiring:
         self.state_dir = state_dir
         self.config = config
         self.webhook = webhook
-        self._layouts: dict[tuple[str, str], _Layout] = {}
-        # per-version lists of (features, outputs) filled on the request path and handed to the
-        # monitor in one concatenated batch per flush interval: a list append per request
-        self._buffers: dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray | None]]] = {}
+        # per version: its layout and the rows its requests left since the last flush, handed to
+        # the monitor in one concatenated batch per flush interval (None: nothing to monitor)
+        self._plans: dict[tuple[str, str], _Plan | None] = {}
         self.max_buffered = 20_000
         self.sample = sample
         self._rand = random.Random().random
@@ -106,37 +126,46 @@ class DriftWiring:
         self, sv: ServingVersion, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]
     ) -> None:
         key = (sv.name, sv.version)
-        layout = self._layouts.get(key)
-        if layout is None:
-            layout = self._layouts[key] = _Layout(sv.session.signature)
-        if not layout.inputs:
+        try:
+            plan = self._plans[key]
+        except KeyError:
+            plan = self._plans[key] = _Plan.of(sv.session.signature)
+        if plan is None:
             return
         if self.sample < 1.0 and self._rand() >= self.sample:
             return
-        buf = self._buffers.get(key)
-        if buf is None:
-            buf = self._buffers[key] = []
-        if len(buf) >= self.max_buffered:
+        xs = plan.xs
+        if len(xs) >= self.max_buffered:
             self.metrics.drift_dropped.inc()
             return
-        batching = sv.session.signature.batching
-        parts = [_rows(feeds[n], batching) for n in layout.inputs if n in feeds]
-        x = parts[0] if len(parts) == 1 else np.hstack(parts)
-        y = _rows(outputs[layout.output], batching) if layout.output is not None else None
-        buf.append((x, y))
+        batching = plan.batching
+        if plan.single:
+            x = feeds.get(plan.inputs[0])
+            if x is None:
+                return
+            if x.ndim != 2 or not batching:
+                x = _rows(x, batching)
+        else:
+            parts = [_rows(feeds[n], batching) for n in plan.inputs if n in feeds]
+            if not parts:
+                return
+            x = np.hstack(parts)
+        xs.append(x)
+        if plan.output is not None:
+            y = outputs[plan.output]
+            plan.ys.append(y if batching and y.ndim == 2 else _rows(y, batching))
 
     def flush(self) -> None:
         """Hand what the requests left in the buffers to the monitor process (on the event loop)."""
-        for key, buf in self._buffers.items():
-            if not buf:
+        for key, plan in self._plans.items():
+            if plan is None or not plan.xs:
                 continue
-            self._buffers[key] = []
-            xs = np.concatenate([b[0] for b in buf]) if len(buf) > 1 else buf[0][0]
-            ys: np.ndarray | None = None
-            if buf[0][1] is not None:
-                ys = np.concatenate([b[1] for b in buf if b[1] is not None]) if len(buf) > 1 else buf[0][1]
-            if not self.monitor.offer(key, xs, ys, lambda k=key: self._spec(k)):  # type: ignore[misc]
-                self.metrics.drift_dropped.inc(len(buf))
+            xs, ys = plan.xs, plan.ys
+            plan.xs, plan.ys = [], []
+            x = xs[0] if len(xs) == 1 else np.concatenate(xs)
+            y = (ys[0] if len(ys) == 1 else np.concatenate(ys)) if ys else None
+            if not self.monitor.offer(key, x, y, lambda k=key: self._spec(k)):  # type: ignore[misc]
+                self.metrics.drift_dropped.inc(len(xs))
 
     async def flush_forever(self, interval: float = FLUSH_INTERVAL_S) -> None:
         while True:
@@ -160,7 +189,8 @@ class DriftWiring:
             sv = self.registry.resolve(model, version)
         except Exception:
             return None  # unloaded meanwhile
-        layout = self._layouts.get(key) or _Layout(sv.session.signature)
+        plan = self._plans.get(key)
+        layout = plan.layout if plan is not None else _Layout(sv.session.signature)
         cfg = replace(
             self.config,
             feature_names=layout.feature_names or None,
@@ -233,9 +263,8 @@ class DriftWiring:
         return await asyncio.to_thread(self.report, model, version, view, histograms)
 
     def forget(self, model: str, version: str) -> None:
-        self._buffers.pop((model, version), None)
+        self._plans.pop((model, version), None)
         self.monitor.remove((model, version))
-        self._layouts.pop((model, version), None)
 
     def stop(self) -> None:
         self.monitor.stop(timeout=5.0)

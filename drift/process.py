@@ -245,10 +245,12 @@ class MonitorProcess:
         timeout: float = 10.0,
         max_queued: int = 64,
         restart_after: float = 5.0,
+        on_restart: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._on_status_change = on_status_change
         self._on_window = on_window
+        self._on_restart = on_restart
         self.timeout = timeout
         self.restart_after = restart_after
         self.restarts = 0
@@ -286,6 +288,8 @@ class MonitorProcess:
                 self._child = self._spawn()
                 self.restarts += 1
                 log.warning("drift monitor process restarted (%d so far)", self.restarts)
+                if self._on_restart is not None:
+                    self._on_restart()
             return self._child
 
     def offer(

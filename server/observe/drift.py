@@ -118,7 +118,11 @@ class DriftWiring:
         self.max_buffered = 20_000
         self.sample = sample
         self._rand = random.Random().random
-        self.monitor = MonitorProcess(on_status_change=self._status_changed, on_window=self._window_closed)
+        self.monitor = MonitorProcess(
+            on_status_change=self._status_changed,
+            on_window=self._window_closed,
+            on_restart=metrics.drift_restarts.inc,
+        )
 
     # ---- request path (ObserveHook) ---------------------------------------------------
 

@@ -182,6 +182,11 @@ class Metrics:
         self.drift_dropped = Counter(
             "turnout_drift_dropped", "Observations dropped by the drift queue", registry=registry
         )
+        self.drift_restarts = Counter(
+            "turnout_drift_monitor_restarts",
+            "Drift monitor processes started to replace one that died",
+            registry=registry,
+        )
 
     def histogram_tally(self, metric: Histogram, *labels: str) -> HistogramTally:
         """The tally of ``metric`` for ``labels`` (one per label set, created once)."""

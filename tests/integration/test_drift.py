@@ -161,3 +161,4 @@ def test_a_killed_drift_process_costs_no_request_and_comes_back(tmp_path: Path) 
         rep = wait_status(s, "ok")  # the shipped reference again, new windows
         assert rep["monitor"]["rows"] >= 200
         assert "drift monitor process restarted" in s.log()
+        assert "turnout_drift_monitor_restarts_total 1.0" in httpx.get(f"{s.base}/metrics").text

@@ -93,7 +93,8 @@ def test_a_version_without_a_spec_is_ignored_and_a_dead_child_fails_queries() ->
 def test_a_dead_child_is_replaced_on_the_next_use(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     spec = DetectorSpec(config=DriftConfig(window_rows=100, reference_rows=200), name="m/1")
-    proc = MonitorProcess(restart_after=0.0)
+    restarted: list[int] = []
+    proc = MonitorProcess(restart_after=0.0, on_restart=lambda: restarted.append(1))
     try:
         assert proc.offer(("m", "1"), rng.normal(size=(300, 2)), None, lambda: spec)
         _wait(lambda: proc.statuses().get(("m", "1")) == "ok")
@@ -108,7 +109,7 @@ def test_a_dead_child_is_replaced_on_the_next_use(tmp_path: Path) -> None:
             return spec
 
         assert proc.offer(("m", "1"), rng.normal(size=(300, 2)), None, again)
-        assert proc.pid != first and proc.restarts == 1
+        assert proc.pid != first and proc.restarts == 1 and restarted == [1]
         assert asked == [1]  # the new child was told about the version again
         report, stats = proc.call("report", "m", "1", "window", False)
         assert stats["rows"] == 300 and report["status"] == "ok"

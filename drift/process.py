@@ -137,17 +137,15 @@ def _query(monitor: DriftMonitor, method: str, args: tuple[Any, ...]) -> Any:
         monitor.flush(timeout=5.0)
         detector = monitor.detector(model, version)
         return detector.current_histograms() if detector is not None else None
-    if method == "stats":
-        return monitor.stats()
-    if method == "flush":
-        return monitor.flush(timeout=float(args[0]))
     raise ValueError(f"unknown query {method!r}")
 
 
 class _Child:
     """One child process and the two threads that talk to it."""
 
-    def __init__(self, max_queued: int, handle: Callable[[tuple[Any, ...]], None], gone: Callable[[], None]):
+    def __init__(
+        self, max_queued: int, handle: Callable[[tuple[Any, ...]], None], gone: Callable[[], None]
+    ) -> None:
         ctx = mp.get_context("spawn")  # never fork a process that runs grpc and threads
         child_in, self.inbox = ctx.Pipe(duplex=False)
         self.outbox, child_out = ctx.Pipe(duplex=False)

@@ -18,6 +18,7 @@ import random
 import threading
 import urllib.request
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -168,7 +169,7 @@ class DriftWiring:
             plan.xs, plan.ys = [], []
             x = xs[0] if len(xs) == 1 else np.concatenate(xs)
             y = (ys[0] if len(ys) == 1 else np.concatenate(ys)) if ys else None
-            if not self.monitor.offer(key, x, y, lambda k=key: self._spec(k)):  # type: ignore[misc]
+            if not self.monitor.offer(key, x, y, partial(self._spec, key, plan.layout)):
                 self.metrics.drift_dropped.inc(len(xs))
 
     async def flush_forever(self, interval: float = FLUSH_INTERVAL_S) -> None:
@@ -186,15 +187,13 @@ class DriftWiring:
             return None
         return self.state_dir / "drift" / sv.name / sv.version / sv.session.sha256[:16] / "reference.npz"
 
-    def _spec(self, key: tuple[str, str]) -> DetectorSpec | None:
+    def _spec(self, key: tuple[str, str], layout: _Layout) -> DetectorSpec | None:
         """What the monitor process needs to build this version's detector (None: unloaded)."""
         model, version = key
         try:
             sv = self.registry.resolve(model, version)
         except Exception:
             return None  # unloaded meanwhile
-        plan = self._plans.get(key)
-        layout = plan.layout if plan is not None else _Layout(sv.session.signature)
         cfg = replace(
             self.config,
             feature_names=layout.feature_names or None,

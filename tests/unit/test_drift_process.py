@@ -85,7 +85,7 @@ def test_a_version_without_a_spec_is_ignored_and_a_dead_child_fails_queries() ->
         proc._child.proc.kill()
         proc._child.proc.join(10)
         with pytest.raises(RuntimeError):
-            proc.call("stats")
+            proc.call("report", "gone", "1", "window", False)
     finally:
         proc.stop(timeout=2.0)
 

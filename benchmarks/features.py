@@ -30,6 +30,18 @@ from benchmarks import models
 from benchmarks.loadgen import Config, run_sync
 from benchmarks.server import Turnout
 
+# The isolation control: a process at the lowest OS priority that busy-loops for the seconds it
+# reads from stdin, then answers a line.
+_SPINNER = """
+import os, sys, time
+os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+for line in sys.stdin:
+    t = time.perf_counter()
+    while time.perf_counter() - t < float(line):
+        pass
+    print("done", flush=True)
+"""
+
 
 def _load(
     srv: Turnout, proto: str, model: str, concurrency: int, duration: float, warmup: float = 1.0
@@ -150,19 +162,36 @@ def main() -> None:
     if va:
         line("shadow 100% vs none, mlp_small grpc c=8 p50", "ms", va, vb, "none", "mirrored")
 
-    def isolation(mode: str) -> dict[str, float]:
+    def isolation(mode: str, spin_ms: float = 0.0) -> dict[str, float]:
         """p99 of mlp_small (gRPC, concurrency 4, load generator in its own process) while
         mlp_large is loaded and unloaded: ``quiet`` (never), ``loads`` (load, 0.25 s pause, unload,
-        0.25 s pause: the p99 of the requests in flight during a load) or ``churn`` (back to back)."""
+        0.25 s pause: the p99 of the requests in flight during a load) or ``churn`` (back to back).
+        ``spin`` is the control: no model is loaded, but another process at the lowest OS priority
+        (SCHED_IDLE) busy-loops for ``spin_ms`` (the loads' median) with the loads' cadence."""
         srv = _server(repo, work, "--model-control-mode", "explicit", "--load-model", "mlp_small")
         stop = threading.Event()
         loads: list[tuple[float, float]] = []
-        pause = 0.25 if mode == "loads" else 0.0
+        pause = 0.25 if mode in ("loads", "spin") else 0.0
+        spinner = (
+            subprocess.Popen(
+                [sys.executable, "-c", _SPINNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            )
+            if mode == "spin"
+            else None
+        )
 
         def churn() -> None:
             base = f"http://{srv.http}/v2/repository/models/mlp_large"
             while not stop.is_set():
                 t0 = time.perf_counter()
+                if spinner is not None:
+                    assert spinner.stdin is not None and spinner.stdout is not None
+                    spinner.stdin.write(f"{spin_ms / 1e3}\n")
+                    spinner.stdin.flush()
+                    spinner.stdout.readline()
+                    loads.append((t0, time.perf_counter()))
+                    stop.wait(2 * pause)
+                    continue
                 _post(f"{base}/load")
                 loads.append((t0, time.perf_counter()))
                 stop.wait(pause)
@@ -179,6 +208,9 @@ def main() -> None:
             stop.set()
             if mode != "quiet":
                 t.join(60)
+            if spinner is not None:
+                spinner.kill()
+                spinner.wait()
             srv.stop()
         spans = np.load(spans_file)
         lat_ms = (spans[:, 1] - spans[:, 0]) * 1e3
@@ -195,10 +227,12 @@ def main() -> None:
         raw.setdefault(f"isolation_{mode}", []).append(out)
         return out
 
-    va, vb, vc = [], [], []
+    va, vb, vc, vd = [], [], [], []
     for _ in range(ns.repeats if "isolation" in only else 0):
         va.append(isolation("quiet")["p99_ms"])
-        vb.append(isolation("loads")["during_p99_ms"])
+        during = isolation("loads")
+        vb.append(during["during_p99_ms"])
+        vd.append(isolation("spin", during["load_ms_median"])["during_p99_ms"])
         vc.append(isolation("churn")["p99_ms"])
     if va:
         line(
@@ -208,6 +242,14 @@ def main() -> None:
             vb,
             "quiet",
             "during a load",
+        )
+        line(
+            "control: the same, while another process busy-loops at SCHED_IDLE as long as a load (no load)",
+            "ms",
+            va,
+            vd,
+            "quiet",
+            "during the busy loop",
         )
         line(
             "mlp_small grpc c=4 p99, mlp_large loaded/unloaded back to back (stress)",
@@ -239,7 +281,9 @@ def main() -> None:
         "Isolation: the load generator runs in its own process and records when each request was sent and "
         "answered; *during a load* is the p99 of the requests in flight while a `load` call of mlp_large "
         "was running (load, 0.25 s pause, unload, 0.25 s pause, repeated); *churn* loads and unloads "
-        "back to back and takes the p99 of the whole run.",
+        "back to back and takes the p99 of the whole run. The *control* loads nothing: another process "
+        "at the lowest OS priority (SCHED_IDLE) busy-loops for the loads' median duration with the same "
+        "cadence, and the row gives the p99 of the requests in flight during each busy loop.",
         "",
         "Raw values:",
         "",

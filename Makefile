@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PROTOS := protos/model_config.proto protos/inference.proto protos/turnout/admin.proto
 export LD_LIBRARY_PATH := $(shell $(PY) -c 'import nvidia.cuda_runtime, os; print(os.path.join(list(nvidia.cuda_runtime.__path__)[0], "lib"))' 2>/dev/null):$(LD_LIBRARY_PATH)
 
-.PHONY: venv serve test lint typecheck protos protos-check bench demo-models clean
+.PHONY: venv kserve-sdk serve test lint typecheck protos protos-check bench demo-models clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,16 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
+# The KServe Python SDK pins its own protobuf and grpcio: it gets a venv of its own, used by
+# tests/integration/test_kserve_sdk.py through KSERVE_PYTHON.
+KSERVE_VENV ?= .venv-kserve
+$(KSERVE_VENV)/.installed: tests/integration/kserve-sdk.txt
+	$(PYTHON) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/python -m pip install -q -r tests/integration/kserve-sdk.txt
+	touch $@
+
+kserve-sdk: $(KSERVE_VENV)/.installed
+
 ## Start Turnout on the built-in demo repository (HTTP :8000, gRPC :8001, metrics at :8000/metrics)
 serve: venv
 	$(VENV)/bin/turnout serve $(ARGS)
@@ -22,9 +32,9 @@ serve: venv
 ## Lint, type-check, check generated stubs, run the whole test suite.
 ## Unit and integration tests run in two processes: the integration tests import
 ## tritonclient's protobuf stubs, which declare the same `inference.*` names as ours.
-test: venv protos-check lint typecheck
+test: venv kserve-sdk protos-check lint typecheck
 	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
-	$(PY) -m pytest -q tests/integration $(PYTEST_ARGS)
+	KSERVE_PYTHON=$(KSERVE_VENV)/bin/python $(PY) -m pytest -q tests/integration $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .
@@ -50,4 +60,4 @@ bench: venv
 	$(PY) -m benchmarks.run $(ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(KSERVE_VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

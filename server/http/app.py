@@ -64,11 +64,16 @@ class Endpoints:
         self.core = core
         self.limit = max_request_bytes
 
+    # The health answers carry the protocol's JSON body ({"live": bool}, {"ready": bool},
+    # {"name": ..., "ready": bool}) as well as the status code: tritonclient reads the code,
+    # the KServe SDK reads the body.
     async def live(self, request: Request) -> Response:
-        return Response(status_code=200 if self.core.live else 503)
+        live = self.core.live
+        return json_response({"live": live}, 200 if live else 503)
 
     async def ready(self, request: Request) -> Response:
-        return Response(status_code=200 if self.core.ready() else 503)
+        ready = self.core.ready()
+        return json_response({"ready": ready}, 200 if ready else 503)
 
     async def server_metadata(self, request: Request) -> Response:
         return json_response(self.core.server_metadata())
@@ -79,7 +84,8 @@ class Endpoints:
 
     async def model_ready(self, request: Request) -> Response:
         p = request.path_params
-        return Response(status_code=200 if self.core.model_ready(p["model"], p.get("version", "")) else 503)
+        ready = self.core.model_ready(p["model"], p.get("version", ""))
+        return json_response({"name": p["model"], "ready": ready}, 200 if ready else 503)
 
     async def model_config(self, request: Request) -> Response:
         p = request.path_params

@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from model_store.errors import LoadError, ModelNotFoundError, ModelUnavailableError, VersionNotFoundError
+from model_store.process_session import ProcessSession, lower_to_idle_if_reversible
 from model_store.repository import Fingerprint, LocalRepository, ModelSource, digest, fingerprint, is_settled
-from model_store.session import ModelSession, SessionOptions
+from model_store.session import ModelSession, Session, SessionOptions
+from protos.model_config_pb2 import ModelConfig
 
 log = logging.getLogger("turnout.model_store")
 
@@ -29,7 +31,7 @@ UNAVAILABLE = "UNAVAILABLE"
 LOADING = "LOADING"
 UNLOADING = "UNLOADING"
 
-Attach = Callable[[ModelSession], Awaitable[Any]]
+Attach = Callable[[Session], Awaitable[Any]]
 Detach = Callable[[Any], Awaitable[None]]
 
 
@@ -47,7 +49,7 @@ class ServingVersion:
         "session",
     )
 
-    def __init__(self, session: ModelSession, runner: Any, fp: Fingerprint = ()) -> None:
+    def __init__(self, session: Session, runner: Any, fp: Fingerprint = ()) -> None:
         self.session = session
         self.runner = runner
         self.fingerprint = fp
@@ -109,6 +111,9 @@ class IndexEntry:
 
 LoadFailed = Callable[[str, str, str], None]
 
+# hashing a version's files pauses twice as long as each 1 MiB chunk took (see digest)
+HASH_PAUSE = 2.0
+
 
 class ModelRegistry:
     def __init__(
@@ -133,6 +138,13 @@ class ModelRegistry:
             max_workers=load_threads, thread_name_prefix="turnout-load", initializer=_lower_priority
         )
         self._retiring: set[asyncio.Task[None]] = set()
+        # starts model processes: at SCHED_IDLE where that can be undone, else at the caller's
+        # nice 0 (a child inherits its forking thread's scheduling; the loader threads run at
+        # nice 10); its thread is created here, by the caller's thread, for the same reason
+        self._spawner = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="turnout-spawn", initializer=lower_to_idle_if_reversible
+        )
+        self._spawner.submit(lambda: None).result()
 
     # ---- hot path -------------------------------------------------------------------
 
@@ -164,10 +176,10 @@ class ModelRegistry:
 
     def is_ready(self, name: str, version: str = "") -> bool:
         try:
-            self.resolve(name, version)
+            sv = self.resolve(name, version)
         except (ModelNotFoundError, VersionNotFoundError, ModelUnavailableError):
             return False
-        return True
+        return sv.session.healthy
 
     # ---- changes --------------------------------------------------------------------
 
@@ -235,7 +247,7 @@ class ModelRegistry:
         for version in source.selected:
             old = state.versions.get(version)
             fp = await loop.run_in_executor(self._pool, fingerprint, source, version)
-            if old is not None and old.fingerprint == fp:
+            if old is not None and old.fingerprint == fp and old.session.healthy:
                 new_versions[version] = old
                 continue
             if state.failed_fingerprints.get(version) == fp:
@@ -250,8 +262,8 @@ class ModelRegistry:
                 if old is not None:
                     new_versions[version] = old
                 continue
-            sha = await loop.run_in_executor(self._pool, digest, source, version)
-            if old is not None and old.session.sha256 == sha:
+            sha = await loop.run_in_executor(self._pool, digest, source, version, HASH_PAUSE)
+            if old is not None and old.session.sha256 == sha and old.session.healthy:
                 old.fingerprint = fp
                 new_versions[version] = old
                 continue
@@ -267,7 +279,8 @@ class ModelRegistry:
             state.failed_fingerprints.pop(version, None)
             runner = await self._attach(session)
             new_versions[version] = ServingVersion(session, runner, fp)
-            log.info("model %s version %s loaded (sha256 %s)", name, version, sha[:12])
+            where = f", serving from process {session.pid}" if isinstance(session, ProcessSession) else ""
+            log.info("model %s version %s loaded (sha256 %s%s)", name, version, sha[:12], where)
         if failures or pending:
             # a new version that could not load never takes the place of what serves now
             for v, sv in state.versions.items():
@@ -287,12 +300,16 @@ class ModelRegistry:
         if self._on_failure is not None:
             self._on_failure(name, version, reason)
 
-    def _load_session(self, source: ModelSource, version: str, sha: str) -> ModelSession:
-        session = ModelSession(
-            source.name, version, source.versions[version], source.config, self.options, sha256=sha
-        )
+    def _load_session(self, source: ModelSource, version: str, sha: str) -> Session:
+        args = (source.name, version, source.versions[version], source.config, self.options)
+        if isolation_of(source.config, self.options) == "process":
+            return ProcessSession(*args, sha256=sha, start=self._spawn)
+        session = ModelSession(*args, sha256=sha)
         session.warmup()
         return session
+
+    def _spawn(self, fn: Callable[[], None]) -> None:
+        self._spawner.submit(fn).result()
 
     async def unload(self, name: str) -> None:
         state = self._models.get(name)
@@ -348,6 +365,10 @@ class ModelRegistry:
                     )
                     if n
                 ]
+                if not sv.session.healthy:
+                    dead = getattr(sv.session, "failure", "") or "its process exited"
+                    entries.append(IndexEntry(name, v, UNAVAILABLE, dead, sv.session.sha256))
+                    continue
                 entries.append(IndexEntry(name, v, READY, "; ".join(notes), sv.session.sha256))
             if ready_only:
                 continue
@@ -369,6 +390,20 @@ class ModelRegistry:
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._spawner.shutdown(wait=False, cancel_futures=True)
+
+
+def isolation_of(config: ModelConfig, options: SessionOptions) -> str:
+    """The model config's ``isolation`` parameter ("thread" or "process"), else the server's."""
+    param = config.parameters.get("isolation")
+    value = param.string_value.strip().lower() if param is not None else ""
+    if value in ("thread", "process"):
+        return value
+    if value:
+        raise LoadError(
+            f"model '{config.name}': parameter isolation must be 'thread' or 'process', not '{value}'"
+        )
+    return options.isolation
 
 
 def _mark_compatibility(versions: dict[str, ServingVersion]) -> None:

@@ -6,6 +6,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import onnxruntime as ort
@@ -27,6 +28,7 @@ class SessionOptions:
     default_max_batch_size: int = 32
     strict_config: bool = False
     graph_optimization: str = "all"  # disable | basic | extended | all
+    isolation: str = "thread"  # thread: in the server's process | process: a child of its own
 
 
 _OPT_LEVEL = {
@@ -37,8 +39,36 @@ _OPT_LEVEL = {
 }
 
 
+class Session(Protocol):
+    """What serving needs of a loaded version: :class:`ModelSession` in the server's process,
+    or :class:`model_store.process_session.ProcessSession` in a child of its own."""
+
+    name: str
+    version: str
+    version_dir: Path
+    sha256: str
+    config: ModelConfig
+    signature: Signature
+    row_ns: float
+    remote: bool  # True: run() waits on another process, so never call it on the event loop
+
+    @property
+    def healthy(self) -> bool:
+        """False once a process-served version's process has died."""
+        ...
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def warmup(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class ModelSession:
     """Owns one onnxruntime InferenceSession. ``run`` is thread-safe (onnxruntime's is)."""
+
+    remote = False
+    healthy = True
 
     def __init__(
         self,

@@ -110,6 +110,13 @@ def serve_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--infer-threads", type=int, help="threads running onnxruntime for all models (default 2)")
     p.add_argument("--load-threads", type=int, help="threads loading and warming models (default 1)")
     p.add_argument(
+        "--model-isolation",
+        choices=["thread", "process"],
+        help="run each model version in this process (thread, default) or in a child process of its own,"
+        " loaded at low priority and paced so that loading does not slow the other models (process);"
+        " a model's config parameter 'isolation' overrides it",
+    )
+    p.add_argument(
         "--default-max-batch-size",
         type=int,
         help="max_batch_size for models without config whose graph has a dynamic batch dim (default 32; 0 = no batching)",

@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from model_store.session import ModelSession
+from model_store.session import Session
 from protos.model_config_pb2 import ModelConfig
 from server.batching import BatchingConfig, DynamicBatcher
 from server.errors import InferenceFailed, TurnoutError
@@ -40,7 +40,7 @@ class Runner(Protocol):
 
 
 def _execute_sync(
-    session: ModelSession, feeds: dict[str, np.ndarray], cpu: bool
+    session: Session, feeds: dict[str, np.ndarray], cpu: bool
 ) -> tuple[dict[str, np.ndarray], int, int]:
     """Run the session; return its outputs, the wall time and, when ``cpu``, the calling
     thread's CPU time (ns; else -1).
@@ -71,7 +71,7 @@ class Compute:
 
     SAMPLE_EVERY = 8  # one execution in this many measures its CPU time
 
-    def __init__(self, session: ModelSession, pool: ThreadPoolExecutor, inline_ns: float) -> None:
+    def __init__(self, session: Session, pool: ThreadPoolExecutor, inline_ns: float) -> None:
         self.session = session
         self._pool = pool
         self._runs = 0
@@ -95,7 +95,7 @@ class Compute:
     ) -> tuple[dict[str, np.ndarray], int] | None:
         """Run on the calling thread if the expected cost is below ``budget_ns``, else None."""
         rows = max(rows, 1)
-        if self.row_ns * rows >= budget_ns:
+        if self.row_ns * rows >= budget_ns or self.session.remote:
             return None
         out, ns, cpu_ns = _execute_sync(self.session, feeds, self._sample())
         if cpu_ns >= 0:
@@ -107,7 +107,7 @@ class Compute:
         return self._runs % self.SAMPLE_EVERY == 0
 
 
-def _rows(session: ModelSession, feeds: dict[str, np.ndarray]) -> int:
+def _rows(session: Session, feeds: dict[str, np.ndarray]) -> int:
     if session.signature.batching and feeds:
         return int(next(iter(feeds.values())).shape[0])
     return 1
@@ -116,9 +116,7 @@ def _rows(session: ModelSession, feeds: dict[str, np.ndarray]) -> int:
 class DirectRunner:
     """One request, one onnxruntime call; at most ``instance_count`` at a time."""
 
-    def __init__(
-        self, session: ModelSession, compute: Compute, instance_count: int, stats: VersionStats
-    ) -> None:
+    def __init__(self, session: Session, compute: Compute, instance_count: int, stats: VersionStats) -> None:
         self.session = session
         self.stats = stats
         self._compute = compute
@@ -181,7 +179,7 @@ class _BatchObserver:
 class BatchingRunner:
     def __init__(
         self,
-        session: ModelSession,
+        session: Session,
         compute: Compute,
         config: BatchingConfig,
         stats: VersionStats,

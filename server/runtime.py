@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry
 from drift import DriftConfig
 from model_store.registry import ModelRegistry
 from model_store.repository import LocalRepository
-from model_store.session import ModelSession, SessionOptions
+from model_store.session import Session, SessionOptions
 from protos import inference_pb2
 from protos.turnout import admin_pb2, admin_pb2_grpc
 from router.controller import TrafficController
@@ -71,6 +71,7 @@ class Runtime:
             allow_spinning=settings.ort_spinning,
             default_max_batch_size=settings.default_max_batch_size,
             strict_config=settings.strict_model_config,
+            isolation=settings.model_isolation,
         )
         self.repository = open_repository(settings)
         self.models = ModelRegistry(
@@ -124,7 +125,7 @@ class Runtime:
 
     # ---- model versions -> runners --------------------------------------------------
 
-    async def _attach(self, session: ModelSession) -> Runner:
+    async def _attach(self, session: Session) -> Runner:
         stats = VersionStats(session.name, session.version)
         self.metrics.model_ready.labels(session.name, session.version).set(1)
         cfg = batching_config(session.config, self.settings)

@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     inline_compute_us: float = Field(50.0, ge=0)  # run batches expected to take less on the event loop
     infer_threads: int = Field(2, ge=1)  # threads that run onnxruntime for all models
     load_threads: int = Field(1, ge=1)  # threads that load and warm models
+    # where models run unless their config's "isolation" parameter says otherwise: "thread" (in
+    # this process) or "process" (a child per version, loaded gently: see model_store/process_session.py)
+    model_isolation: Literal["thread", "process"] = "thread"
 
     # dynamic batching (overrides for every model when set)
     batching: bool = True

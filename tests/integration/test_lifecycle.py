@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import onnxruntime as ort
+import pytest
 import tritonclient.grpc as grpcclient
 from onnx import TensorProto, helper, numpy_helper
 
@@ -182,9 +183,11 @@ def test_poll_mode_swaps_under_load(tmp_path: Path) -> None:
         assert 'turnout_model_load_failures_total{model="m"} 1.0' in metrics
 
 
-def test_explicit_mode_swaps_under_load(tmp_path: Path) -> None:
+@pytest.mark.parametrize("isolation", ["thread", "process"])
+def test_explicit_mode_swaps_under_load(tmp_path: Path, isolation: str) -> None:
     repo = make_repo(tmp_path)
-    with running_server(tmp_path, repo, ["--model-control-mode", "explicit", "--load-model", "m"]) as s:
+    args = ["--model-control-mode", "explicit", "--load-model", "m", "--model-isolation", isolation]
+    with running_server(tmp_path, repo, args) as s:
         client = grpcclient.InferenceServerClient(s.grpc_url)
 
         def load() -> None:

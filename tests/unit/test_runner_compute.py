@@ -18,6 +18,7 @@ from server.runner import Compute
 class _Session:
     name = "m"
     version = "1"
+    remote = False  # a process-served session (ProcessSession) says True
 
     def __init__(self, busy_s: float, sleep_s: float) -> None:
         self.busy_s = busy_s
@@ -52,6 +53,13 @@ def test_waiting_does_not_push_a_tiny_model_off_the_loop() -> None:
     inline, compute = _drive(session, 20)
     assert inline == 20
     assert compute.row_ns < 50_000
+
+
+def test_a_process_served_model_never_runs_on_the_loop() -> None:
+    session = _Session(busy_s=0.0, sleep_s=0.0)  # as cheap as can be, but run() waits on a pipe
+    session.remote = True
+    inline, _ = _drive(session, 10)
+    assert inline == 0 and len(session.threads) == 10
 
 
 def test_a_costly_model_moves_to_the_pool() -> None:

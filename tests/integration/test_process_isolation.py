@@ -1,0 +1,133 @@
+"""Models served from processes of their own (``--model-isolation process``): the same answers
+as in-process onnxruntime for every datatype, and a model process that dies costs only that
+version's requests until the model is loaded again."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc as grpcclient
+
+from tests.integration.tensors import DATATYPES, echo_arrays
+from tests.server_proc import DEMO_REPO, ServerProc, running_server
+
+ARGS = ["--model-isolation", "process", "--model-control-mode", "explicit"]
+ARGS += ["--load-model", "echo", "--load-model", "iris", "--load-model", "mlp"]
+
+
+def _model_pids(s: ServerProc) -> dict[tuple[str, str], int]:
+    found = re.findall(
+        r"model (\S+) version (\S+) loaded \(sha256 \w+, serving from process (\d+)\)", s.log()
+    )
+    return {(m, v): int(pid) for m, v, pid in found}  # the last load of each version wins
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie is dead too
+        return f.read().split(") ", 1)[1][0] != "Z"
+
+
+def _mlp(version: str, x: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(
+        str(DEMO_REPO / "mlp" / version / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    out: np.ndarray = sess.run(["output"], {"input": x})[0]
+    return out
+
+
+def _infer_mlp(c: grpcclient.InferenceServerClient, x: np.ndarray, version: str) -> np.ndarray:
+    i = grpcclient.InferInput("input", list(x.shape), "FP32")
+    i.set_data_from_numpy(x)
+    out: np.ndarray = c.infer("mlp", [i], model_version=version).as_numpy("output")
+    return out
+
+
+@pytest.fixture(scope="module")
+def isolated(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    with running_server(tmp_path_factory.mktemp("isolated"), DEMO_REPO, ARGS) as s:
+        yield s
+
+
+def test_every_model_runs_in_its_own_process_with_the_same_answers(isolated: ServerProc) -> None:
+    pids = _model_pids(isolated)
+    assert {("echo", "1"), ("iris", "1"), ("mlp", "1"), ("mlp", "2")} <= set(pids), isolated.log()
+    assert len(set(pids.values())) == len(pids) and isolated.proc.pid not in pids.values()
+    assert all(_alive(pid) for pid in pids.values())
+
+    c = grpcclient.InferenceServerClient(isolated.grpc_url)
+    arrays = echo_arrays()
+    inputs = []
+    for name, arr in arrays.items():
+        i = grpcclient.InferInput(name, list(arr.shape), name.removeprefix("IN_"))
+        i.set_data_from_numpy(arr)
+        inputs.append(i)
+    res = c.infer("echo", inputs)
+    for dt in DATATYPES:
+        got, want = res.as_numpy(f"OUT_{dt}"), arrays[f"IN_{dt}"]
+        if dt == "BYTES":
+            assert got.reshape(-1).tolist() == want.reshape(-1).tolist()
+        else:
+            np.testing.assert_array_equal(got, want, err_msg=dt)
+
+    x = np.random.default_rng(5).standard_normal((5, 32)).astype(np.float32)
+    for v in ("1", "2"):
+        np.testing.assert_allclose(_infer_mlp(c, x, v), _mlp(v, x), rtol=1e-5, atol=1e-6)
+    meta = c.get_model_metadata("mlp", as_json=True)
+    assert meta["inputs"][0]["shape"] == ["-1", "32"]
+
+
+def test_a_dead_model_process_fails_only_its_version_until_reloaded(isolated: ServerProc) -> None:
+    c = grpcclient.InferenceServerClient(isolated.grpc_url)
+    x = np.ones((2, 32), np.float32)
+    pid = _model_pids(isolated)[("mlp", "2")]
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    # its requests fail with a clear error; the server, the other version and the other models serve on
+    with pytest.raises(Exception, match="process exited"):
+        _infer_mlp(c, x, "2")
+    r = httpx.post(
+        f"{isolated.base}/v2/models/mlp/versions/2/infer",
+        json={
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 32], "data": x.ravel().tolist()}]
+        },
+    )
+    assert r.status_code == 500 and "process exited" in r.json()["error"]
+    np.testing.assert_allclose(_infer_mlp(c, x, "1"), _mlp("1", x), rtol=1e-5, atol=1e-6)
+    assert c.is_model_ready("iris") and c.is_model_ready("mlp", "1") and not c.is_model_ready("mlp", "2")
+    index = {
+        (e["name"], e.get("version", "")): e for e in c.get_model_repository_index(as_json=True)["models"]
+    }
+    assert index[("mlp", "2")]["state"] == "UNAVAILABLE" and "process exited" in index[("mlp", "2")]["reason"]
+    assert isolated.alive()
+
+    # loading the model again restarts the dead version's process; the live one is kept
+    c.load_model("mlp")
+    pids = _model_pids(isolated)
+    assert pids[("mlp", "2")] != pid and _alive(pids[("mlp", "2")])
+    np.testing.assert_allclose(_infer_mlp(c, x, "2"), _mlp("2", x), rtol=1e-5, atol=1e-6)
+    assert c.is_model_ready("mlp", "2")
+
+
+def test_unloading_ends_the_model_processes(isolated: ServerProc) -> None:
+    c = grpcclient.InferenceServerClient(isolated.grpc_url)
+    pid = _model_pids(isolated)[("iris", "1")]
+    c.unload_model("iris")
+    deadline = time.monotonic() + 15
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid)
+    assert not c.is_model_ready("iris")

@@ -58,8 +58,12 @@ def is_settled(fp: Fingerprint, settle_secs: float, now: float | None = None) ->
     return (now if now is not None else time.time()) - newest_change(fp) >= settle_secs
 
 
-def digest(source: ModelSource, version: str) -> str:
-    """sha256 over the version's files (names and contents) and the model's config."""
+def digest(source: ModelSource, version: str, pause: float = 0.0) -> str:
+    """sha256 over the version's files (names and contents) and the model's config.
+
+    With ``pause`` > 0 the hashing yields the CPU after each 1 MiB chunk for ``pause`` times as
+    long as the chunk took (2.0: a third of a core), so that hashing a large model runs in short
+    slices instead of one burst that other models' requests would wait behind."""
     h = hashlib.sha256()
     buf = bytearray(1 << 20)
     view = memoryview(buf)
@@ -68,8 +72,14 @@ def digest(source: ModelSource, version: str) -> str:
     for p in _files(root):
         h.update(str(p.relative_to(root)).encode() + b"\0")
         with p.open("rb") as f:  # one reused 1 MiB buffer: no fresh pages per chunk
-            while n := f.readinto(buf):
+            while True:
+                t0 = time.perf_counter()
+                n = f.readinto(buf)
+                if not n:
+                    break
                 h.update(view[:n])
+                if pause > 0:
+                    time.sleep((time.perf_counter() - t0) * pause)
     return h.hexdigest()
 
 

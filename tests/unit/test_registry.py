@@ -178,3 +178,15 @@ async def test_settle_holds_back_changing_files(repo: Path) -> None:
     await reg.poll()
     assert reg.get_state("mlp").order == ("1", "2")  # type: ignore[union-attr]
     await reg.close()
+
+
+def test_paced_hashing_gives_the_same_digest(tmp_path: Path) -> None:
+    from model_store.repository import digest
+
+    repo = tmp_path / "repo"
+    shutil.copytree(DEMO / "mlp", repo / "mlp")
+    (repo / "mlp" / "2" / "weights.bin").write_bytes(
+        np.arange(600_000, dtype=np.int32).tobytes()
+    )  # > 2 chunks
+    source = LocalRepository(repo).read("mlp")
+    assert digest(source, "2", pause=2.0) == digest(source, "2") != digest(source, "1")

@@ -162,13 +162,19 @@ def main() -> None:
     if va:
         line("shadow 100% vs none, mlp_small grpc c=8 p50", "ms", va, vb, "none", "mirrored")
 
-    def isolation(mode: str, spin_ms: float = 0.0) -> dict[str, float]:
+    # the same models, with mlp_large served from a process of its own (isolation: process)
+    proc_repo = work / "isolation-process-repo"
+    shutil.copytree(repo, proc_repo)
+    with (proc_repo / "mlp_large" / "config.pbtxt").open("a") as f:
+        f.write('parameters { key: "isolation" value: { string_value: "process" } }\n')
+
+    def isolation(mode: str, spin_ms: float = 0.0, models_dir: Path = repo) -> dict[str, float]:
         """p99 of mlp_small (gRPC, concurrency 4, load generator in its own process) while
         mlp_large is loaded and unloaded: ``quiet`` (never), ``loads`` (load, 0.25 s pause, unload,
         0.25 s pause: the p99 of the requests in flight during a load) or ``churn`` (back to back).
         ``spin`` is the control: no model is loaded, but another process at the lowest OS priority
         (SCHED_IDLE) busy-loops for ``spin_ms`` (the loads' median) with the loads' cadence."""
-        srv = _server(repo, work, "--model-control-mode", "explicit", "--load-model", "mlp_small")
+        srv = _server(models_dir, work, "--model-control-mode", "explicit", "--load-model", "mlp_small")
         stop = threading.Event()
         loads: list[tuple[float, float]] = []
         pause = 0.25 if mode in ("loads", "spin") else 0.0
@@ -224,14 +230,15 @@ def main() -> None:
             out["during_p99_ms"] = float(np.percentile(lat_ms[during], 99)) if during.any() else float("nan")
             out["during_requests"] = float(during.sum())
             out["load_ms_median"] = float(np.median((ends - starts) * 1e3))
-        raw.setdefault(f"isolation_{mode}", []).append(out)
+        raw.setdefault(f"isolation_{mode}" + ("_process" if models_dir != repo else ""), []).append(out)
         return out
 
-    va, vb, vc, vd = [], [], [], []
+    va, vb, vc, vd, ve = [], [], [], [], []
     for _ in range(ns.repeats if "isolation" in only else 0):
         va.append(isolation("quiet")["p99_ms"])
         during = isolation("loads")
         vb.append(during["during_p99_ms"])
+        ve.append(isolation("loads", models_dir=proc_repo)["during_p99_ms"])
         vd.append(isolation("spin", during["load_ms_median"])["during_p99_ms"])
         vc.append(isolation("churn")["p99_ms"])
     if va:
@@ -240,6 +247,14 @@ def main() -> None:
             "ms",
             va,
             vb,
+            "quiet",
+            "during a load",
+        )
+        line(
+            "the same, mlp_large served from a process of its own (isolation: process)",
+            "ms",
+            va,
+            ve,
             "quiet",
             "during a load",
         )

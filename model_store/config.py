@@ -147,6 +147,11 @@ def _merge_tensors(
             )
 
 
+def instance_count(config: ModelConfig) -> int:
+    """How many executions of one version may run at once: the instance groups' counts."""
+    return max(sum(max(g.count, 1) for g in config.instance_group), 1) if config.instance_group else 1
+
+
 def signature_of(config: ModelConfig) -> Signature:
     def spec(t: Any, optional: bool = False) -> TensorSpec:
         return TensorSpec(

@@ -28,10 +28,12 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
+import queue
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -46,19 +48,22 @@ from model_store.session import ModelSession, SessionOptions
 from model_store.signature import Signature
 from protos.model_config_pb2 import ModelConfig
 
-# The pacer: run the process ``argv[1]`` for ``argv[2]`` seconds, stop it for ``argv[3]``, repeat
-# until it is gone (or the pacer is killed: its parent then continues the process).
+# The pacer: let the processes ``argv[3:]`` run ``argv[1]`` seconds, stop them ``argv[2]``, repeat
+# until they are gone (or the pacer is killed: its parent then continues them).
 _PACER = """
 import os, signal, sys, time
-pid, on, off = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
-try:
-    while True:
-        time.sleep(on)
-        os.kill(pid, signal.SIGSTOP)
-        time.sleep(off)
-        os.kill(pid, signal.SIGCONT)
-except ProcessLookupError:
-    pass
+on, off, pids = float(sys.argv[1]), float(sys.argv[2]), [int(p) for p in sys.argv[3:]]
+def send(sig):
+    for pid in list(pids):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pids.remove(pid)
+while pids:
+    time.sleep(on)
+    send(signal.SIGSTOP)
+    time.sleep(off)
+    send(signal.SIGCONT)
 """
 
 
@@ -75,9 +80,16 @@ class Pacing:
     timeout_s: float = 600.0
 
 
+@dataclass(slots=True)
+class _Worker:
+    proc: Any  # multiprocessing's spawn Process
+    conn: Connection
+
+
 class ProcessSession:
     """The ModelSession surface (name, version, config, signature, row_ns, run, warmup, close)
-    for a session that lives in a child process. ``run`` is thread-safe (one call at a time)."""
+    for a session that lives in child processes: one per ``instances`` (the config's
+    instance_group count), each running one execution at a time. ``run`` is thread-safe."""
 
     remote = True
 
@@ -90,6 +102,7 @@ class ProcessSession:
         options: SessionOptions,
         *,
         sha256: str,
+        instances: int = 1,
         pacing: Pacing = Pacing(),
         start: Callable[[Callable[[], None]], None] = _call,
     ) -> None:
@@ -97,122 +110,144 @@ class ProcessSession:
         self.version = version
         self.version_dir = version_dir
         self.sha256 = sha256
-        self._lock = threading.Lock()
         self._closed = False
+        self._lock = threading.Lock()  # guards _closed against close() racing run()
         ctx = mp.get_context("spawn")
-        self._conn, child_end = ctx.Pipe()
-        args = (child_end, name, version, str(version_dir), config.SerializeToString(), options, sha256)
-        self._proc = ctx.Process(
-            target=_child, args=args, name=f"turnout-model-{name}-{version}", daemon=True
-        )
-        # ``start`` runs the spawn in the registry's spawner thread: the child inherits that
+        args = (name, version, str(version_dir), config.SerializeToString(), options, sha256)
+        self._workers: list[_Worker] = []
+        ends = []
+        for i in range(max(instances, 1)):
+            conn, child_end = ctx.Pipe()
+            proc = ctx.Process(
+                target=_child,
+                args=(child_end, *args),
+                name=f"turnout-model-{name}-{version}-{i}",
+                daemon=True,
+            )
+            self._workers.append(_Worker(proc, conn))
+            ends.append(child_end)
+        # ``start`` runs the spawn in the registry's spawner thread: a child inherits that
         # thread's scheduling (SCHED_IDLE where it can be undone, else normal at nice 0), so it
         # starts up and imports at idle priority; it returns to normal once loaded
         try:
-            start(self._proc.start)
+            for w in self._workers:
+                start(w.proc.start)
         except OSError as exc:
+            self._kill()
             raise LoadError(f"model '{name}' version {version}: cannot start its process: {exc}") from exc
         finally:
-            child_end.close()
+            for end in ends:
+                end.close()
         try:
-            reply = self._wait_ready(pacing)
+            replies = self._wait_ready(pacing)
         except BaseException:
             self._kill()
             raise
-        if reply[0] != "ready":
+        failed = [r for r in replies if r[0] != "ready"]
+        if failed:
             self._kill()
-            raise LoadError(str(reply[1]))
-        _, config_bytes, row_ns, self.priority_note = reply
+            raise LoadError(str(failed[0][1]))
+        _, config_bytes, row_ns, self.priority_note = replies[0]
         self.config = ModelConfig.FromString(config_bytes)
         self.signature: Signature = signature_of(self.config)
         self.row_ns = float(row_ns)
+        self._free: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
+        for w in self._workers:
+            self._free.put(w)
 
     @property
-    def pid(self) -> int | None:
-        return self._proc.pid
+    def pids(self) -> list[int]:
+        return [w.proc.pid for w in self._workers if w.proc.pid is not None]
 
     @property
     def healthy(self) -> bool:
-        return self._closed or self._proc.is_alive()
+        return self._closed or all(w.proc.is_alive() for w in self._workers)
 
     @property
     def failure(self) -> str:
         """Why the version cannot serve ("" while it can)."""
-        if self.healthy:
+        dead = [w.proc for w in self._workers if not w.proc.is_alive()]
+        if self._closed or not dead:
             return ""
-        return f"its process exited (exit code {self._proc.exitcode}); load the model again to restart it"
+        return f"its process exited (exit code {dead[0].exitcode}); load the model again to restart it"
 
-    def _wait_ready(self, pacing: Pacing) -> tuple[Any, ...]:
-        """Wait for the child's ready (or failed) report while a pacer process lets it run
-        ``on_s`` and stops it ``off_s``, in turn. The pacer is a process of its own so that
+    def _wait_ready(self, pacing: Pacing) -> list[tuple[Any, ...]]:
+        """Wait for every child's ready (or failed) report while a pacer process lets them run
+        ``on_s`` and stops them ``off_s``, in turn. The pacer is a process of its own so that
         pacing never needs this process's GIL: a loader thread waking every millisecond would
         take the GIL from the event loop just as often."""
-        pid = self._proc.pid
-        assert pid is not None
+        pids = self.pids
         pacer = None
         if pacing.off_s > 0:
-            cmd = [sys.executable, "-S", "-c", _PACER, str(pid), repr(pacing.on_s), repr(pacing.off_s)]
+            cmd = [sys.executable, "-S", "-c", _PACER, repr(pacing.on_s), repr(pacing.off_s), *map(str, pids)]
             pacer = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, close_fds=True)
+        deadline = time.monotonic() + pacing.timeout_s
+        replies: list[tuple[Any, ...]] = []
         try:
-            if not self._conn.poll(pacing.timeout_s):
-                raise LoadError(
-                    f"model '{self.name}' version {self.version}: not loaded after {pacing.timeout_s:g} s"
-                )
-            reply: tuple[Any, ...] = self._conn.recv()
-            return reply
-        except EOFError:
-            self._proc.join(1.0)
-            raise LoadError(
-                f"model '{self.name}' version {self.version}: its process exited with"
-                f" {self._proc.exitcode} while loading"
-            ) from None
+            for w in self._workers:
+                if not w.conn.poll(max(deadline - time.monotonic(), 0.0)):
+                    raise LoadError(
+                        f"model '{self.name}' version {self.version}: not loaded after {pacing.timeout_s:g} s"
+                    )
+                try:
+                    replies.append(w.conn.recv())
+                except EOFError:
+                    w.proc.join(1.0)
+                    raise LoadError(
+                        f"model '{self.name}' version {self.version}: its process exited with"
+                        f" {w.proc.exitcode} while loading"
+                    ) from None
+            return replies
         finally:
             if pacer is not None:
                 pacer.kill()
                 pacer.wait()
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGCONT)  # the pacer may have died between stop and continue
+                for pid in pids:  # the pacer may have died between stopping and continuing them
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGCONT)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("this version was unloaded")
-            try:
-                self._conn.send(("run", feeds))
-                kind, value = self._conn.recv()
-            except (EOFError, OSError):
-                self._proc.join(0.5)
-                raise RuntimeError(
-                    f"its process exited (exit code {self._proc.exitcode}); load the model again to restart it"
-                ) from None
+        if self._closed:
+            raise RuntimeError("this version was unloaded")
+        w = self._free.get()  # the runner never runs more executions than there are workers
+        try:
+            w.conn.send(("run", feeds))
+            kind, value = w.conn.recv()
+        except (EOFError, OSError):
+            w.proc.join(0.5)
+            raise RuntimeError(
+                f"its process exited (exit code {w.proc.exitcode}); load the model again to restart it"
+            ) from None
+        finally:
+            self._free.put(w)
         if kind != "ok":
             raise RuntimeError(str(value))
         out: dict[str, np.ndarray] = value
         return out
 
     def warmup(self) -> None:
-        """The child warmed the session up before it reported ready."""
+        """The children warmed their sessions up before they reported ready."""
 
     def close(self) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            try:
-                self._conn.send(("close",))
-            except OSError:
-                pass
-        self._proc.join(10)
+        for w in self._workers:
+            with contextlib.suppress(OSError):
+                w.conn.send(("close",))
+        for w in self._workers:
+            w.proc.join(10)
         self._kill()
 
     def _kill(self) -> None:
-        if self._proc.is_alive():
-            pid = self._proc.pid
-            if pid is not None:
-                os.kill(pid, signal.SIGCONT)
-            self._proc.kill()
-            self._proc.join(5)
-        self._conn.close()
+        for w in self._workers:
+            if w.proc.pid is not None and w.proc.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(w.proc.pid, signal.SIGCONT)
+                w.proc.kill()
+                w.proc.join(5)
+            w.conn.close()
 
     @property
     def closed(self) -> bool:

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from model_store.config import instance_count
 from model_store.errors import LoadError, ModelNotFoundError, ModelUnavailableError, VersionNotFoundError
 from model_store.process_session import ProcessSession, lower_to_idle_if_reversible
 from model_store.repository import Fingerprint, LocalRepository, ModelSource, digest, fingerprint, is_settled
@@ -279,7 +280,10 @@ class ModelRegistry:
             state.failed_fingerprints.pop(version, None)
             runner = await self._attach(session)
             new_versions[version] = ServingVersion(session, runner, fp)
-            where = f", serving from process {session.pid}" if isinstance(session, ProcessSession) else ""
+            where = ""
+            if isinstance(session, ProcessSession):
+                where = f", serving from process{'es' if len(session.pids) > 1 else ''} "
+                where += ", ".join(map(str, session.pids))
             log.info("model %s version %s loaded (sha256 %s%s)", name, version, sha[:12], where)
         if failures or pending:
             # a new version that could not load never takes the place of what serves now
@@ -303,7 +307,8 @@ class ModelRegistry:
     def _load_session(self, source: ModelSource, version: str, sha: str) -> Session:
         args = (source.name, version, source.versions[version], source.config, self.options)
         if isolation_of(source.config, self.options) == "process":
-            return ProcessSession(*args, sha256=sha, start=self._spawn)
+            instances = instance_count(source.config)
+            return ProcessSession(*args, sha256=sha, instances=instances, start=self._spawn)
         session = ModelSession(*args, sha256=sha)
         session.warmup()
         return session

@@ -13,6 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
+from model_store.config import instance_count
 from model_store.session import Session
 from protos.model_config_pb2 import ModelConfig
 from server.batching import BatchingConfig, DynamicBatcher
@@ -245,7 +246,3 @@ def batching_config(config: ModelConfig, settings: Settings) -> BatchingConfig |
         default_priority=min(max(int(db.default_priority_level) or levels, 1), levels),
         instance_count=instance_count(config),
     )
-
-
-def instance_count(config: ModelConfig) -> int:
-    return max(sum(max(g.count, 1) for g in config.instance_group), 1) if config.instance_group else 1

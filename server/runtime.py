@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from drift import DriftConfig
+from model_store.config import instance_count
 from model_store.registry import ModelRegistry
 from model_store.repository import LocalRepository
 from model_store.session import Session, SessionOptions
@@ -44,7 +45,7 @@ from server.model_ops import ModelOpsLog
 from server.observe.drift import DriftWiring
 from server.observe.metrics import Metrics
 from server.observe.stats import VersionStats
-from server.runner import BatchingRunner, Compute, DirectRunner, Runner, batching_config, instance_count
+from server.runner import BatchingRunner, Compute, DirectRunner, Runner, batching_config
 from server.settings import Settings
 from server.traffic import TrafficRouting, servable
 

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -22,11 +25,14 @@ ARGS = ["--model-isolation", "process", "--model-control-mode", "explicit"]
 ARGS += ["--load-model", "echo", "--load-model", "iris", "--load-model", "mlp"]
 
 
+def _all_pids(s: ServerProc) -> dict[tuple[str, str], list[int]]:
+    pattern = r"model (\S+) version (\S+) loaded \(sha256 \w+, serving from process(?:es)? ([\d, ]+)\)"
+    found = re.findall(pattern, s.log())
+    return {(m, v): [int(p) for p in pids.split(", ")] for m, v, pids in found}  # the last load wins
+
+
 def _model_pids(s: ServerProc) -> dict[tuple[str, str], int]:
-    found = re.findall(
-        r"model (\S+) version (\S+) loaded \(sha256 \w+, serving from process (\d+)\)", s.log()
-    )
-    return {(m, v): int(pid) for m, v, pid in found}  # the last load of each version wins
+    return {key: pids[0] for key, pids in _all_pids(s).items()}
 
 
 def _alive(pid: int) -> bool:
@@ -131,3 +137,19 @@ def test_unloading_ends_the_model_processes(isolated: ServerProc) -> None:
         time.sleep(0.05)
     assert not _alive(pid)
     assert not c.is_model_ready("iris")
+
+
+def test_each_instance_of_a_version_gets_a_process(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(DEMO_REPO / "mlp", repo / "mlp")
+    cfg = repo / "mlp" / "config.pbtxt"
+    cfg.write_text(cfg.read_text().replace("count: 1", "count: 2"))
+    with running_server(tmp_path, repo, ["--model-isolation", "process"]) as s:
+        pids = _all_pids(s)[("mlp", "2")]
+        assert len(set(pids)) == 2 and all(_alive(p) for p in pids)
+        c = grpcclient.InferenceServerClient(s.grpc_url)
+        xs = [np.random.default_rng(i).standard_normal((3, 32)).astype(np.float32) for i in range(16)]
+        with ThreadPoolExecutor(8) as pool:
+            outs = list(pool.map(lambda x: _infer_mlp(c, x, "2"), xs))
+        for x, out in zip(xs, outs, strict=True):
+            np.testing.assert_allclose(out, _mlp("2", x), rtol=1e-5, atol=1e-6)

@@ -1,26 +1,28 @@
-"""A model version served from a process of its own (``isolation: process``).
+"""A model version served from processes of its own (``isolation: process``).
 
 Loading a large model in the server's process takes CPU from the event loop and from the other
 models' inference, whatever the loader thread's priority: onnxruntime builds a session in native
 calls of several milliseconds that cannot be paused, and on a small machine those bursts show
-up in everyone's tail latency. A version served from a child process can be loaded *gently*:
+up in everyone's tail latency. A version served from child processes (one per instance of its
+``instance_group``) can be loaded *gently*:
 
-* the child runs at the lowest OS priority (``SCHED_IDLE``) while it starts, imports, builds the
-  session and warms it up, where it is allowed to come back to normal priority afterwards (root
-  or ``CAP_SYS_NICE``; otherwise it loads at normal priority);
-* a small pacer process lets the child run for ``on_s``, stops it (``SIGSTOP``) for ``off_s``,
-  and so on until the child reports ready. The child's work reaches the cores in short slices
+* each child is put at the lowest OS priority (``SCHED_IDLE``) as soon as it starts, where it may
+  come back to normal priority afterwards (root, ``CAP_SYS_NICE`` or a permissive
+  ``RLIMIT_NICE``); otherwise it loads at normal priority;
+* a small pacer process lets the children run for ``on_s``, stops them (``SIGSTOP``) for
+  ``off_s``, and so on until they report ready. Their work reaches the cores in short slices
   between which the serving threads have them to themselves.
 
-Once ready, the child serves ``run`` calls over a pipe (numpy arrays pickled both ways) at
-normal priority; the runner never calls ``run`` on the event loop. A crash in the child (a bad
-custom op, an out-of-memory kill) fails that version's requests with a clear error and leaves
-the server and the other models untouched.
+Once ready, a child puts all its threads back to normal priority and serves ``run`` calls over a
+pipe (numpy arrays pickled both ways). The runner calls ``run`` from this session's own threads,
+never from the event loop or the shared inference pool. A child that dies or stops answering
+fails that version's requests with a clear error; the version turns unready until the model is
+loaded again; the other models and versions serve on.
 
 Messages, parent -> child: ``("run", feeds)``, ``("close",)``. Child -> parent: ``("ready",
-config bytes, row_ns, priority note)`` or ``("failed", message)`` once, then ``("ok", outputs)``
-or ``("error", message)`` per run. The child exits on ``close`` or when the parent's end of the
-pipe closes.
+config bytes, row_ns)`` or ``("failed", message)`` once, then ``("ok", outputs)`` or
+``("error", message)`` per run. A child exits on ``close`` or when the parent's end of the pipe
+closes. At interpreter exit any child still running is killed.
 """
 
 from __future__ import annotations
@@ -32,9 +34,10 @@ import queue
 import signal
 import subprocess
 import sys
-import threading
 import time
+import weakref
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -49,22 +52,34 @@ from model_store.signature import Signature
 from protos.model_config_pb2 import ModelConfig
 
 # The pacer: let the processes ``argv[3:]`` run ``argv[1]`` seconds, stop them ``argv[2]``, repeat
-# until they are gone (or the pacer is killed: its parent then continues them).
+# until they are gone. Killed by its parent, told to stop (SIGTERM, SIGINT) or orphaned, it lets
+# them run again before it exits; it lives in a session of its own, so signals to the server's
+# process group do not reach it.
 _PACER = """
 import os, signal, sys, time
 on, off, pids = float(sys.argv[1]), float(sys.argv[2]), [int(p) for p in sys.argv[3:]]
+parent = os.getppid()
 def send(sig):
     for pid in list(pids):
         try:
             os.kill(pid, sig)
         except ProcessLookupError:
             pids.remove(pid)
-while pids:
+def leave(*_):
+    send(signal.SIGCONT)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, leave)
+signal.signal(signal.SIGINT, leave)
+while pids and os.getppid() == parent:
     time.sleep(on)
     send(signal.SIGSTOP)
     time.sleep(off)
     send(signal.SIGCONT)
+send(signal.SIGCONT)
 """
+
+# a run that has not answered after this long is taken for a hung process, which is killed
+RUN_TIMEOUT_S = 120.0
 
 
 def _call(fn: Callable[[], None]) -> None:
@@ -86,10 +101,27 @@ class _Worker:
     conn: Connection
 
 
+def _kill_workers(workers: list[_Worker]) -> None:
+    """Kill what is still running (continued first, in case it was stopped) and close the
+    pipes. Also runs at interpreter exit for a session never closed, before multiprocessing
+    waits for its children: the children ignore SIGTERM, so that wait would never end."""
+    for w in workers:
+        pid = w.proc.pid
+        if pid is not None and w.proc.exitcode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+                os.kill(pid, signal.SIGKILL)
+    for w in workers:
+        if w.proc.pid is not None:
+            w.proc.join(5)
+        w.conn.close()
+
+
 class ProcessSession:
     """The ModelSession surface (name, version, config, signature, row_ns, run, warmup, close)
     for a session that lives in child processes: one per ``instances`` (the config's
-    instance_group count), each running one execution at a time. ``run`` is thread-safe."""
+    instance_group count), each running one execution at a time. ``run`` is thread-safe and
+    meant to be called from :attr:`executor`, this session's own threads (one per child)."""
 
     remote = True
 
@@ -105,55 +137,71 @@ class ProcessSession:
         instances: int = 1,
         pacing: Pacing = Pacing(),
         start: Callable[[Callable[[], None]], None] = _call,
+        idle: bool = False,
     ) -> None:
         self.name = name
         self.version = version
         self.version_dir = version_dir
         self.sha256 = sha256
+        self.run_timeout_s = RUN_TIMEOUT_S
         self._closed = False
-        self._lock = threading.Lock()  # guards _closed against close() racing run()
-        ctx = mp.get_context("spawn")
-        args = (name, version, str(version_dir), config.SerializeToString(), options, sha256)
         self._workers: list[_Worker] = []
-        ends = []
-        for i in range(max(instances, 1)):
-            conn, child_end = ctx.Pipe()
-            proc = ctx.Process(
-                target=_child,
-                args=(child_end, *args),
-                name=f"turnout-model-{name}-{version}-{i}",
-                daemon=True,
-            )
-            self._workers.append(_Worker(proc, conn))
-            ends.append(child_end)
-        # ``start`` runs the spawn in the registry's spawner thread: a child inherits that
-        # thread's scheduling (SCHED_IDLE where it can be undone, else normal at nice 0), so it
-        # starts up and imports at idle priority; it returns to normal once loaded
+        self._finalizer = weakref.finalize(self, _kill_workers, self._workers)
         try:
-            for w in self._workers:
-                start(w.proc.start)
-        except OSError as exc:
-            self._kill()
-            raise LoadError(f"model '{name}' version {version}: cannot start its process: {exc}") from exc
-        finally:
-            for end in ends:
-                end.close()
-        try:
-            replies = self._wait_ready(pacing)
-        except BaseException:
-            self._kill()
-            raise
+            replies = self._start(config, options, max(instances, 1), pacing, start, idle)
+        except BaseException as exc:
+            self._finalizer()
+            if isinstance(exc, LoadError) or not isinstance(exc, Exception):
+                raise
+            raise LoadError(f"model '{name}' version {version}: cannot start its processes: {exc}") from exc
         failed = [r for r in replies if r[0] != "ready"]
         if failed:
-            self._kill()
+            self._finalizer()
             raise LoadError(str(failed[0][1]))
-        _, config_bytes, row_ns, self.priority_note = replies[0]
+        _, config_bytes, row_ns = replies[0]
         self.config = ModelConfig.FromString(config_bytes)
         self.signature: Signature = signature_of(self.config)
         self.row_ns = float(row_ns)
         self._free: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
         for w in self._workers:
             self._free.put(w)
+        self.executor = ThreadPoolExecutor(len(self._workers), thread_name_prefix=f"turnout-{name}-{version}")
+
+    def _start(
+        self,
+        config: ModelConfig,
+        options: SessionOptions,
+        instances: int,
+        pacing: Pacing,
+        start: Callable[[Callable[[], None]], None],
+        idle: bool,
+    ) -> list[tuple[Any, ...]]:
+        ctx = mp.get_context("spawn")
+        args = (
+            self.name,
+            self.version,
+            str(self.version_dir),
+            config.SerializeToString(),
+            options,
+            self.sha256,
+        )
+        for i in range(instances):
+            conn, child_end = ctx.Pipe()
+            proc = ctx.Process(
+                target=_child,
+                args=(child_end, *args),
+                name=f"turnout-model-{self.name}-{self.version}-{i}",
+                daemon=True,
+            )
+            self._workers.append(_Worker(proc, conn))
+            try:
+                start(proc.start)  # in a thread at nice 0: a child inherits its forking thread's nice value
+            finally:
+                child_end.close()
+            if idle and proc.pid is not None:
+                with contextlib.suppress(OSError):
+                    os.sched_setscheduler(proc.pid, os.SCHED_IDLE, os.sched_param(0))
+        return self._wait_ready(pacing)
 
     @property
     def pids(self) -> list[int]:
@@ -180,38 +228,50 @@ class ProcessSession:
         pacer = None
         if pacing.off_s > 0:
             cmd = [sys.executable, "-S", "-c", _PACER, repr(pacing.on_s), repr(pacing.off_s), *map(str, pids)]
-            pacer = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, close_fds=True)
+            pacer = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, close_fds=True, start_new_session=True)
         deadline = time.monotonic() + pacing.timeout_s
         replies: list[tuple[Any, ...]] = []
         try:
             for w in self._workers:
-                if not w.conn.poll(max(deadline - time.monotonic(), 0.0)):
-                    raise LoadError(
-                        f"model '{self.name}' version {self.version}: not loaded after {pacing.timeout_s:g} s"
-                    )
+                while not w.conn.poll(0.25):
+                    if pacer is not None and pacer.poll() is not None:  # the pacer died: let them run
+                        _continue(pids)
+                        pacer = None
+                    if time.monotonic() > deadline:
+                        raise LoadError(
+                            f"model '{self.name}' version {self.version}: not loaded after {pacing.timeout_s:g} s"
+                        )
                 try:
                     replies.append(w.conn.recv())
                 except EOFError:
-                    w.proc.join(1.0)
+                    code = w.proc.exitcode
                     raise LoadError(
-                        f"model '{self.name}' version {self.version}: its process exited with"
-                        f" {w.proc.exitcode} while loading"
+                        f"model '{self.name}' version {self.version}: its process exited"
+                        + (f" with {code}" if code is not None else "")
+                        + " while loading"
                     ) from None
             return replies
         finally:
             if pacer is not None:
                 pacer.kill()
                 pacer.wait()
-                for pid in pids:  # the pacer may have died between stopping and continuing them
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGCONT)
+            _continue(pids)  # the pacer may have died between stopping and continuing them
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._closed:
             raise RuntimeError("this version was unloaded")
-        w = self._free.get()  # the runner never runs more executions than there are workers
+        if not self.healthy:  # fail fast: the version is unready until the model is loaded again
+            raise RuntimeError(self.failure)
+        w = self._free.get()  # this session's executor has one thread per worker
         try:
             w.conn.send(("run", feeds))
+            if not w.conn.poll(self.run_timeout_s):
+                w.proc.kill()  # hung: end it, so the version turns unready and a load restarts it
+                w.proc.join(5)
+                raise RuntimeError(
+                    f"its process did not answer within {self.run_timeout_s:g} s and was stopped;"
+                    " load the model again to restart it"
+                )
             kind, value = w.conn.recv()
         except (EOFError, OSError):
             w.proc.join(0.5)
@@ -229,44 +289,49 @@ class ProcessSession:
         """The children warmed their sessions up before they reported ready."""
 
     def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
+        if self._closed:
+            return
+        self._closed = True
+        self.executor.shutdown(wait=True)  # the runner has drained; nothing should be running
         for w in self._workers:
             with contextlib.suppress(OSError):
                 w.conn.send(("close",))
         for w in self._workers:
             w.proc.join(10)
-        self._kill()
-
-    def _kill(self) -> None:
-        for w in self._workers:
-            if w.proc.pid is not None and w.proc.is_alive():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(w.proc.pid, signal.SIGCONT)
-                w.proc.kill()
-                w.proc.join(5)
-            w.conn.close()
+        self._finalizer()
 
     @property
     def closed(self) -> bool:
         return self._closed
 
 
-def lower_to_idle_if_reversible() -> bool:
-    """Put the calling thread in SCHED_IDLE if it may come back to SCHED_OTHER later (root or
-    CAP_SYS_NICE); True if it did. Processes it forks start in SCHED_IDLE too."""
+def _continue(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
+def idle_is_reversible() -> bool:
+    """Whether a process of ours put at SCHED_IDLE may come back to SCHED_OTHER (root,
+    CAP_SYS_NICE or RLIMIT_NICE); tried on the calling thread, which is left as it was."""
     try:
+        before = os.sched_getscheduler(0)
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     except (AttributeError, OSError):
         return False
     try:
-        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-    except OSError:  # not allowed back: stay normal (an idle thread is useless to us)
+        os.sched_setscheduler(0, before, os.sched_param(0))
+        return True
+    except OSError:
         return False
-    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    return True
+
+
+def _all_threads_normal() -> None:
+    """Put every thread of this process (onnxruntime's pool threads too) back to SCHED_OTHER."""
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError):
+            if os.sched_getscheduler(int(tid)) == os.SCHED_IDLE:
+                os.sched_setscheduler(int(tid), os.SCHED_OTHER, os.sched_param(0))
 
 
 def _child(
@@ -287,24 +352,21 @@ def _child(
             name, version, Path(version_dir), ModelConfig.FromString(config_bytes), options, sha256=sha256
         )
         session.warmup()
+        reply: tuple[Any, ...] = ("ready", session.config.SerializeToString(), session.row_ns)
     except Exception as exc:  # LoadError or anything onnxruntime raises: report, then exit
-        conn.send(("failed", str(exc)))
-        return
-    note = "normal"
-    if os.sched_getscheduler(0) == os.SCHED_IDLE:  # loaded at idle priority: serve at normal
-        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-        note = "idle"
-    conn.send(("ready", session.config.SerializeToString(), session.row_ns, note))
-    while True:
-        try:
+        reply = ("failed", str(exc))
+    _all_threads_normal()  # loaded at idle priority (where allowed): serve at normal priority
+    try:
+        conn.send(reply)
+        while reply[0] == "ready":
             msg = conn.recv()
-        except (EOFError, OSError):
-            return
-        if msg[0] != "run":
-            return
-        try:
-            out = session.run(msg[1])
-        except Exception as exc:
-            conn.send(("error", str(exc)))
-        else:
-            conn.send(("ok", out))
+            if msg[0] != "run":
+                return
+            try:
+                out = session.run(msg[1])
+            except Exception as exc:
+                conn.send(("error", str(exc)))
+            else:
+                conn.send(("ok", out))
+    except (EOFError, OSError):  # the parent went away
+        return

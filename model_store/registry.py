@@ -20,7 +20,7 @@ from typing import Any
 
 from model_store.config import instance_count
 from model_store.errors import LoadError, ModelNotFoundError, ModelUnavailableError, VersionNotFoundError
-from model_store.process_session import ProcessSession, lower_to_idle_if_reversible
+from model_store.process_session import ProcessSession, idle_is_reversible
 from model_store.repository import Fingerprint, LocalRepository, ModelSource, digest, fingerprint, is_settled
 from model_store.session import ModelSession, Session, SessionOptions
 from protos.model_config_pb2 import ModelConfig
@@ -139,12 +139,10 @@ class ModelRegistry:
             max_workers=load_threads, thread_name_prefix="turnout-load", initializer=_lower_priority
         )
         self._retiring: set[asyncio.Task[None]] = set()
-        # starts model processes: at SCHED_IDLE where that can be undone, else at the caller's
-        # nice 0 (a child inherits its forking thread's scheduling; the loader threads run at
-        # nice 10); its thread is created here, by the caller's thread, for the same reason
-        self._spawner = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="turnout-spawn", initializer=lower_to_idle_if_reversible
-        )
+        # starts model processes from a thread at nice 0 (a child inherits its forking thread's
+        # nice value, and the loader threads run at nice 10); created here, by the caller's thread
+        self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="turnout-spawn")
+        self._idle_children = idle_is_reversible()
         self._spawner.submit(lambda: None).result()
 
     # ---- hot path -------------------------------------------------------------------
@@ -251,7 +249,8 @@ class ModelRegistry:
             if old is not None and old.fingerprint == fp and old.session.healthy:
                 new_versions[version] = old
                 continue
-            if state.failed_fingerprints.get(version) == fp:
+            if state.failed_fingerprints.get(version) == fp and (old is None or old.session.healthy):
+                # (a dead process-served version is always retried: its files may be fine)
                 failures[version] = state.failures.get(version, "failed to load")
                 if old is not None:
                     new_versions[version] = old
@@ -308,7 +307,9 @@ class ModelRegistry:
         args = (source.name, version, source.versions[version], source.config, self.options)
         if isolation_of(source.config, self.options) == "process":
             instances = instance_count(source.config)
-            return ProcessSession(*args, sha256=sha, instances=instances, start=self._spawn)
+            return ProcessSession(
+                *args, sha256=sha, instances=instances, start=self._spawn, idle=self._idle_children
+            )
         session = ModelSession(*args, sha256=sha)
         session.warmup()
         return session

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -57,6 +58,11 @@ class Session(Protocol):
         """False once a process-served version's process has died."""
         ...
 
+    @property
+    def executor(self) -> Executor | None:
+        """Where ``run`` must be called from, if not the shared inference pool."""
+        ...
+
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
     def warmup(self) -> None: ...
@@ -69,6 +75,7 @@ class ModelSession:
 
     remote = False
     healthy = True
+    executor: Executor | None = None
 
     def __init__(
         self,

@@ -186,16 +186,16 @@ async def run_server(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, runtime.request_stop)
-    await runtime.start()
-    # Everything alive now (modules, the first models) lives as long as the process: move it out
-    # of the collector's reach, so a full collection later scans only what came after. Model
-    # churn made such collections take ~50 ms with the GIL held; after this, 1-3 ms.
-    gc.collect()
-    gc.freeze()
     try:
+        await runtime.start()
+        # Everything alive now (modules, the first models) lives as long as the process: move it
+        # out of the collector's reach, so a full collection later scans only what came after.
+        # Model churn made such collections take ~50 ms with the GIL held; after this, 1-3 ms.
+        gc.collect()
+        gc.freeze()
         await runtime.wait()
     finally:
-        await runtime.stop()
+        await runtime.stop()  # also after a failed start: loaded models and child processes end
 
 
 def main(argv: Sequence[str] | None = None) -> int:

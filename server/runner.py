@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from typing import Protocol
 
 import numpy as np
@@ -72,9 +72,9 @@ class Compute:
 
     SAMPLE_EVERY = 8  # one execution in this many measures its CPU time
 
-    def __init__(self, session: Session, pool: ThreadPoolExecutor, inline_ns: float) -> None:
+    def __init__(self, session: Session, pool: Executor, inline_ns: float) -> None:
         self.session = session
-        self._pool = pool
+        self._pool = session.executor or pool  # a process-served version brings its own threads
         self._runs = 0
         self.inline_ns = inline_ns
         self.row_ns = session.row_ns or inline_ns  # unmeasured: assume it is not tiny

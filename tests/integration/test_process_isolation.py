@@ -37,11 +37,24 @@ def _model_pids(s: ServerProc) -> dict[tuple[str, str], int]:
 
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as f:  # a zombie is dead too
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
         return False
-    with open(f"/proc/{pid}/stat") as f:  # a zombie is dead too
-        return f.read().split(") ", 1)[1][0] != "Z"
+
+
+def _cpu_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().split(") ", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def _children(pid: int) -> set[int]:
+    out: set[int] = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/children") as f:
+            out |= {int(c) for c in f.read().split()}
+    return {c for c in out if _alive(c)}
 
 
 def _mlp(version: str, x: np.ndarray) -> np.ndarray:
@@ -121,9 +134,11 @@ def test_a_dead_model_process_fails_only_its_version_until_reloaded(isolated: Se
     assert isolated.alive()
 
     # loading the model again restarts the dead version's process; the live one is kept
+    v1 = _model_pids(isolated)[("mlp", "1")]
     c.load_model("mlp")
     pids = _model_pids(isolated)
     assert pids[("mlp", "2")] != pid and _alive(pids[("mlp", "2")])
+    assert pids[("mlp", "1")] == v1 and _alive(v1)
     np.testing.assert_allclose(_infer_mlp(c, x, "2"), _mlp("2", x), rtol=1e-5, atol=1e-6)
     assert c.is_model_ready("mlp", "2")
 
@@ -148,8 +163,38 @@ def test_each_instance_of_a_version_gets_a_process(tmp_path: Path) -> None:
         pids = _all_pids(s)[("mlp", "2")]
         assert len(set(pids)) == 2 and all(_alive(p) for p in pids)
         c = grpcclient.InferenceServerClient(s.grpc_url)
-        xs = [np.random.default_rng(i).standard_normal((3, 32)).astype(np.float32) for i in range(16)]
+        before = [_cpu_ticks(p) for p in pids]
+        xs = [np.random.default_rng(i).standard_normal((3, 32)).astype(np.float32) for i in range(400)]
         with ThreadPoolExecutor(8) as pool:
             outs = list(pool.map(lambda x: _infer_mlp(c, x, "2"), xs))
         for x, out in zip(xs, outs, strict=True):
             np.testing.assert_allclose(out, _mlp("2", x), rtol=1e-5, atol=1e-6)
+        assert all(_cpu_ticks(p) > b for p, b in zip(pids, before, strict=True))  # both processes worked
+
+
+def test_a_version_that_cannot_load_leaves_no_process_behind(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(DEMO_REPO / "mlp", repo / "mlp")
+    (repo / "mlp" / "2" / "model.onnx").write_bytes(b"not an onnx model")
+    args = ["--model-isolation", "process", "--model-control-mode", "explicit"]
+    with running_server(tmp_path, repo, args) as s:
+        before = _children(s.proc.pid)
+        c = grpcclient.InferenceServerClient(s.grpc_url)
+        try:
+            c.load_model(
+                "mlp"
+            )  # version 1 loads; whether the call reports version 2's failure is beside the point
+        except Exception as exc:
+            assert "cannot load" in str(exc)
+        index = {
+            (e["name"], e.get("version", "")): e for e in c.get_model_repository_index(as_json=True)["models"]
+        }
+        assert (
+            index[("mlp", "2")]["state"] == "UNAVAILABLE" and "cannot load" in index[("mlp", "2")]["reason"]
+        )
+        assert c.is_model_ready("mlp", "1") and not c.is_model_ready("mlp", "2")
+        v1 = _model_pids(s)[("mlp", "1")]
+        deadline = time.monotonic() + 10
+        while _children(s.proc.pid) - before - {v1} and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _children(s.proc.pid) - before == {v1}  # the failed version's process is gone

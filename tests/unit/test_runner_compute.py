@@ -19,6 +19,7 @@ class _Session:
     name = "m"
     version = "1"
     remote = False  # a process-served session (ProcessSession) says True
+    executor = None  # ... and brings its own threads
 
     def __init__(self, busy_s: float, sleep_s: float) -> None:
         self.busy_s = busy_s

@@ -1,8 +1,9 @@
 """The real server driven by the KServe Python SDK (V2 REST, JSON and binary tensors, and gRPC).
 
-The SDK pins its own protobuf and grpcio, so ``make test`` installs it in ``.venv-kserve`` and
-passes that interpreter as ``KSERVE_PYTHON``; ``kserve_sdk_client.py`` runs there and hands back
-every decoded output, which is checked here against the inputs (echo) and onnxruntime (mlp)."""
+The SDK pins its own protobuf and grpcio, so ``make test`` installs it in ``.venv-kserve`` (or
+``KSERVE_PYTHON`` names another interpreter that has it); ``kserve_sdk_client.py`` runs there and
+hands back every decoded output, which is checked here against the inputs (echo) and onnxruntime
+(mlp)."""
 
 from __future__ import annotations
 
@@ -16,17 +17,17 @@ import onnxruntime as ort
 import pytest
 
 from tests.integration.tensors import DATATYPES, echo_arrays
-from tests.server_proc import DEMO_REPO, ServerProc
+from tests.server_proc import DEMO_REPO, ROOT, ServerProc
 
 CLIENT = Path(__file__).with_name("kserve_sdk_client.py")
 
 
 @pytest.fixture(scope="module")
 def kserve_python() -> str:
-    python = os.environ.get("KSERVE_PYTHON", "")
-    if not python:
-        pytest.skip("KSERVE_PYTHON is not set: `make test` installs the KServe SDK and sets it")
-    assert Path(python).is_file(), f"KSERVE_PYTHON={python} does not exist"
+    python = os.environ.get("KSERVE_PYTHON") or str(ROOT / ".venv-kserve" / "bin" / "python")
+    assert Path(python).is_file(), (
+        f"no KServe SDK interpreter at {python}: run `make kserve-sdk` (make test does)"
+    )
     return python
 
 

@@ -1,6 +1,6 @@
 import sys
 
-from server.cli import main
+if __name__ == "__main__":  # multiprocessing's spawned children import this module too:
+    from server.cli import main  # they must neither run a server nor pay for its imports
 
-if __name__ == "__main__":  # also keeps multiprocessing's spawned children from running a server
     sys.exit(main())

@@ -61,6 +61,11 @@ class LoadDriver:
         with self._lock:
             return len(self.outcomes)
 
+    def seen(self, version: str) -> bool:
+        """Whether some request has been answered by ``version`` so far."""
+        with self._lock:
+            return any(o.version == version for o in self.outcomes)
+
     def _loop(self, proto: str, n: int) -> None:
         deadline = time.monotonic() + self.max_seconds
         if proto == "grpc":

@@ -173,6 +173,7 @@ def test_poll_mode_swaps_under_load(tmp_path: Path) -> None:
         ).start()
         try:
             contents = scenario(s, repo, lambda: None)
+            wait_for(lambda: driver.seen("3"), "traffic on version 3")  # it has only just gone live
         finally:
             outcomes = driver.stop()
         check(outcomes, contents)
@@ -201,6 +202,7 @@ def test_explicit_mode_swaps_under_load(tmp_path: Path, isolation: str) -> None:
         ).start()
         try:
             contents = scenario(s, repo, load)
+            wait_for(lambda: driver.seen("3"), "traffic on version 3")  # it has only just gone live
         finally:
             outcomes = driver.stop()
         check(outcomes, contents)

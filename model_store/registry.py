@@ -372,8 +372,7 @@ class ModelRegistry:
                     if n
                 ]
                 if not sv.session.healthy:
-                    dead = getattr(sv.session, "failure", "") or "its process exited"
-                    entries.append(IndexEntry(name, v, UNAVAILABLE, dead, sv.session.sha256))
+                    entries.append(IndexEntry(name, v, UNAVAILABLE, sv.session.failure, sv.session.sha256))
                     continue
                 entries.append(IndexEntry(name, v, READY, "; ".join(notes), sv.session.sha256))
             if ready_only:

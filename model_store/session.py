@@ -59,6 +59,11 @@ class Session(Protocol):
         ...
 
     @property
+    def failure(self) -> str:
+        """Why a version that is not healthy cannot serve ("" while it can)."""
+        ...
+
+    @property
     def executor(self) -> Executor | None:
         """Where ``run`` must be called from, if not the shared inference pool."""
         ...
@@ -75,6 +80,7 @@ class ModelSession:
 
     remote = False
     healthy = True
+    failure = ""
     executor: Executor | None = None
 
     def __init__(

@@ -6,6 +6,8 @@ so the event loop never blocks on a model."""
 from __future__ import annotations
 
 import asyncio
+import math
+import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
@@ -68,7 +70,7 @@ class Compute:
     row: wall time would count waits for the GIL, inflate the estimate under contention and
     push a tiny model onto the pool, where the hand-offs cost more than the model."""
 
-    __slots__ = ("_pool", "_runs", "inline_ns", "row_ns", "session")
+    __slots__ = ("_every", "_pool", "_runs", "inline_ns", "row_ns", "session")
 
     SAMPLE_EVERY = 8  # one execution in this many measures its CPU time
 
@@ -78,6 +80,12 @@ class Compute:
         self._runs = 0
         self.inline_ns = inline_ns
         self.row_ns = session.row_ns or inline_ns  # unmeasured: assume it is not tiny
+        self._every = self.SAMPLE_EVERY
+        if session.remote:
+            # run() waits on another process: never on the loop (an infinite expected cost), and
+            # never sampled (the calling thread's CPU time says nothing of the run)
+            self.row_ns = math.inf
+            self._every = sys.maxsize
 
     async def __call__(self, feeds: dict[str, np.ndarray], rows: int) -> tuple[dict[str, np.ndarray], int]:
         done = self.inline(feeds, rows, self.inline_ns)
@@ -96,7 +104,7 @@ class Compute:
     ) -> tuple[dict[str, np.ndarray], int] | None:
         """Run on the calling thread if the expected cost is below ``budget_ns``, else None."""
         rows = max(rows, 1)
-        if self.row_ns * rows >= budget_ns or self.session.remote:
+        if self.row_ns * rows >= budget_ns:
             return None
         out, ns, cpu_ns = _execute_sync(self.session, feeds, self._sample())
         if cpu_ns >= 0:
@@ -105,7 +113,7 @@ class Compute:
 
     def _sample(self) -> bool:
         self._runs += 1
-        return self._runs % self.SAMPLE_EVERY == 0
+        return self._runs % self._every == 0
 
 
 def _rows(session: Session, feeds: dict[str, np.ndarray]) -> int:

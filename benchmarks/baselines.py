@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -30,6 +31,8 @@ from typing import Any
 from benchmarks import models, perf_analyzer
 from benchmarks.common import PEERS_DIR, PYTHON, check_loopback
 from benchmarks.server import Turnout, http_status
+from server.cli import apply_grpc_experiments
+from server.settings import Settings
 
 MODEL = "mlp_small"
 
@@ -155,7 +158,10 @@ class Bare:
         self.http, self.grpc = f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}"
         cmd = [PYTHON, "-m", "benchmarks.baselines", "serve", "--model-dir", str(model_dir)]
         cmd += ["--http-port", str(http_port), "--grpc-port", str(grpc_port)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # the same grpc core settings as Turnout's server (`turnout serve` sets them the same way)
+        env = dict(os.environ)
+        apply_grpc_experiments(Settings(), env)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         deadline = time.monotonic() + 60
         while http_status(f"http://{self.http}/v2/health/ready") != 200:
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -244,7 +250,8 @@ def main() -> None:
         f"Command: `.venv/bin/python -m benchmarks.baselines --pairs {ns.pairs} --duration {ns.duration:g}`",
         "",
         "*Bare* is `benchmarks/baselines.py serve`: a grpc.aio servicer and a Starlette JSON handler in",
-        "one uvloop process whose infer handlers only decode, run onnxruntime and encode.",
+        "one uvloop process whose infer handlers only decode, run onnxruntime and encode. It runs with",
+        f"the grpc experiments Turnout sets (`GRPC_EXPERIMENTS={os.environ.get('GRPC_EXPERIMENTS', Settings().grpc_experiments)}`).",
         "",
         "| what | bare | Turnout | Turnout / bare (each pair) |",
         "|---|---|---|---|",

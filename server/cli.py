@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,11 @@ def serve_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--grpc-port", type=int, help="gRPC port, 0 for any free port (default 8001)")
     p.add_argument("--allow-http", type=_bool, help="serve HTTP (default true)")
     p.add_argument("--allow-grpc", type=_bool, help="serve gRPC (default true)")
+    p.add_argument(
+        "--grpc-experiments",
+        help="grpc core experiments, as GRPC_EXPERIMENTS (default -event_engine_listener; '' = grpc's own);"
+        " the environment variable wins",
+    )
     p.add_argument("--ports-file", type=Path, help="write the bound ports as JSON to this file once serving")
     p.add_argument("--tls-cert", type=Path, help="PEM certificate: serve both protocols over TLS")
     p.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
@@ -198,6 +204,13 @@ async def run_server(settings: Settings) -> None:
         await runtime.stop()  # also after a failed start: loaded models and child processes end
 
 
+def apply_grpc_experiments(settings: Settings, environ: MutableMapping[str, str]) -> None:
+    """grpc reads GRPC_EXPERIMENTS once, when it is first imported: set it before that (and
+    before any worker process starts, so that workers inherit it). An explicit variable wins."""
+    if settings.grpc_experiments and "GRPC_EXPERIMENTS" not in environ:
+        environ["GRPC_EXPERIMENTS"] = settings.grpc_experiments
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="turnout", description="Turnout model serving gateway")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -214,6 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"turnout: invalid settings:\n{exc}", file=sys.stderr)
         return 2
     configure(settings.log_verbose, settings.log_format)
+    apply_grpc_experiments(settings, os.environ)
     if settings.workers > 1:
         from server.supervisor import Supervisor
 

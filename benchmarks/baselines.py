@@ -176,7 +176,7 @@ class Bare:
 # ---- the measurements -----------------------------------------------------------------------
 
 
-def _peer_tool(script: str, url: str, concurrency: int, duration: float) -> dict[str, Any]:
+def peer_tool(script: str, url: str, concurrency: int, duration: float) -> dict[str, Any]:
     check_loopback(url)
     cmd = [PYTHON, str(PEERS_DIR / script), "--url", url, "--model", MODEL]
     cmd += ["--concurrency", str(concurrency), "--duration", f"{duration:g}"]
@@ -189,9 +189,9 @@ def measure(http: str, grpc: str, duration: float) -> dict[str, float]:
     pa = perf_analyzer.run_point(MODEL, "grpc", grpc, 1, 3000, 6, 30)
     return {
         "grpc_c1_p50_ms": float(pa.get("p50_ms", float("nan"))),
-        "http_c1_p50_ms": float(_peer_tool("loadgen_rest.py", http, 1, duration)["p50_ms"]),
-        "grpc_c32_rps": float(_peer_tool("loadgen_grpc.py", grpc, 32, duration)["infer_per_s"]),
-        "http_c32_rps": float(_peer_tool("loadgen_rest.py", http, 32, duration)["infer_per_s"]),
+        "http_c1_p50_ms": float(peer_tool("loadgen_rest.py", http, 1, duration)["p50_ms"]),
+        "grpc_c32_rps": float(peer_tool("loadgen_grpc.py", grpc, 32, duration)["infer_per_s"]),
+        "http_c32_rps": float(peer_tool("loadgen_rest.py", http, 32, duration)["infer_per_s"]),
     }
 
 

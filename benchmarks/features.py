@@ -4,7 +4,10 @@
 * dynamic batching on vs off: median latency at concurrency 1 (gRPC and HTTP);
 * shadow traffic: 100 % mirrored to a second version vs none, p50 at concurrency 8 (gRPC);
 * isolation: p99 of mlp_small at concurrency 4 while mlp_large loads, vs without; and while
-  mlp_large is loaded and unloaded back to back (a stress figure).
+  mlp_large is loaded and unloaded back to back (a stress figure);
+* grpc's listener: the default against ``--grpc-experiments=-event_engine_listener`` (p50 at
+  concurrency 1 with perf_analyzer, throughput at concurrency 4 and 32 with the harness's
+  loadgen_grpc.py; all on one server per run).
 
     python -m benchmarks.features [--duration 5] [--repeats 3] [--out benchmarks/results]
 """
@@ -26,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import models
+from benchmarks import models, perf_analyzer
+from benchmarks.baselines import peer_tool
 from benchmarks.loadgen import Config, run_sync
 from benchmarks.server import Turnout
 
@@ -95,12 +99,15 @@ def ab(
     return va, vb
 
 
+SECTIONS = ("drift", "batching", "shadow", "isolation", "grpc-listener")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    ap.add_argument("--only", default="drift,batching,shadow,isolation", help="comma-separated sections")
+    ap.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
     ns = ap.parse_args()
     only = set(ns.only.split(","))
     work = Path(tempfile.mkdtemp(prefix="turnout-features-"))
@@ -135,6 +142,32 @@ def main() -> None:
             max(ns.repeats, 5),
         )
         line(f"batching on/off, mlp_small {proto} c=1 p50", "ms", a, b, "off", "on")
+
+    # grpc's default listener (EventEngine: I/O on its own threads) against the classic one (I/O
+    # on the thread that waits for completions): latency at concurrency 1 against throughput
+    listener: dict[str, tuple[list[float], list[float]]] = {}
+    for _ in range(ns.repeats if "grpc-listener" in only else 0):
+        for i, args in enumerate(((), ("--grpc-experiments=-event_engine_listener",))):
+            srv = _server(repo, work, *args)
+            try:
+                pa = perf_analyzer.run_point("mlp_small", "grpc", srv.grpc, 1, 3000, 6, 30)
+                values = {
+                    "grpc's listener, mlp_small grpc c=1 p50 (perf_analyzer)": ("ms", pa["p50_ms"]),
+                    **{
+                        f"grpc's listener, mlp_small grpc c={c} throughput (loadgen_grpc.py)": (
+                            "inf/s",
+                            peer_tool("loadgen_grpc.py", srv.grpc, c, ns.duration)["infer_per_s"],
+                        )
+                        for c in (4, 32)
+                    },
+                }
+            finally:
+                srv.stop()
+            for name, (unit, v) in values.items():
+                listener.setdefault(f"{name}|{unit}", ([], []))[i].append(float(v))
+    for key, (a, b) in listener.items():
+        name, unit = key.split("|")
+        line(name, unit, a, b, "EventEngine (default)", "classic")
 
     shadow_repo = work / "shadow-repo"
     shutil.copytree(repo / "mlp_small", shadow_repo / "mlp_small")
@@ -286,7 +319,7 @@ def main() -> None:
         "",
         "Command: `.venv/bin/python -m benchmarks.features"
         + (f" --duration {ns.duration:g} --repeats {ns.repeats}")
-        + (f" --only {ns.only}" if len(only) < 4 else "")
+        + (f" --only {ns.only}" if len(only) < len(SECTIONS) else "")
         + "`",
         "",
         "| what | A | B | B / A |",
@@ -306,7 +339,7 @@ def main() -> None:
         json.dumps(raw, indent=1),
         "```",
     ]
-    name = "FEATURES.md" if len(only) == 4 else f"FEATURES-{'-'.join(sorted(only))}.md"
+    name = "FEATURES.md" if len(only) == len(SECTIONS) else f"FEATURES-{'-'.join(sorted(only))}.md"
     (ns.out / name).write_text("\n".join(md) + "\n")
     print(f"wrote {ns.out / name}")
 

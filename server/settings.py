@@ -39,10 +39,9 @@ class Settings(BaseSettings):
     allow_http: bool = True
     allow_grpc: bool = True
     # grpc core experiments (grpc's GRPC_EXPERIMENTS syntax), applied before grpc starts unless
-    # GRPC_EXPERIMENTS is set in the environment. The default accepts connections with grpc's
-    # classic TCP listener: its connections are polled by the thread that waits for completions,
-    # one thread hop less per RPC than the EventEngine listener (README, Performance). "" = grpc's own.
-    grpc_experiments: str = "-event_engine_listener"
+    # GRPC_EXPERIMENTS is set in the environment. "-event_engine_listener" trades throughput under
+    # load for latency at low concurrency (README, Performance). "" = grpc's own defaults.
+    grpc_experiments: str = ""
     ports_file: Path | None = None  # where to write the bound ports (useful with port 0)
     tls_cert: Path | None = None
     tls_key: Path | None = None

@@ -13,9 +13,9 @@ from server.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_default_disables_the_event_engine_listener() -> None:
+def test_the_setting_reaches_grpc() -> None:
     env: dict[str, str] = {}
-    apply_grpc_experiments(Settings(), env)
+    apply_grpc_experiments(Settings(grpc_experiments="-event_engine_listener"), env)
     assert env == {"GRPC_EXPERIMENTS": "-event_engine_listener"}
 
 
@@ -25,17 +25,17 @@ def test_an_explicit_environment_variable_wins() -> None:
     assert env == {"GRPC_EXPERIMENTS": "tcp_rcv_lowat"}
 
 
-def test_empty_setting_leaves_grpc_to_its_defaults() -> None:
+def test_by_default_grpc_keeps_its_own_experiments() -> None:
     env: dict[str, str] = {}
-    apply_grpc_experiments(Settings(grpc_experiments=""), env)
+    apply_grpc_experiments(Settings(), env)
     assert env == {}
 
 
 def test_flag_reaches_the_settings() -> None:
     parser = argparse.ArgumentParser()
     serve_parser(parser.add_subparsers(dest="command"))
-    ns = parser.parse_args(["serve", "--grpc-experiments", ""])
-    assert settings_from_args(ns).grpc_experiments == ""
+    ns = parser.parse_args(["serve", "--grpc-experiments=-event_engine_listener"])
+    assert settings_from_args(ns).grpc_experiments == "-event_engine_listener"
 
 
 def test_grpc_is_not_imported_before_the_server_starts() -> None:

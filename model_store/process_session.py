@@ -28,6 +28,7 @@ closes. At interpreter exit any child still running is killed.
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing as mp
 import os
 import queue
@@ -82,9 +83,6 @@ while pids and os.getppid() == parent:
 send(signal.SIGCONT)
 """
 
-# a run that has not answered after this long is taken for a hung process, which is killed
-RUN_TIMEOUT_S = 120.0
-
 
 def _call(fn: Callable[[], None]) -> None:
     fn()
@@ -96,7 +94,6 @@ class Pacing:
 
     on_s: float = 0.001
     off_s: float = 0.003
-    timeout_s: float = 600.0
 
 
 @dataclass(slots=True)
@@ -147,7 +144,8 @@ class ProcessSession:
         self.version = version
         self.version_dir = version_dir
         self.sha256 = sha256
-        self.run_timeout_s = RUN_TIMEOUT_S
+        self.run_timeout_s = options.process_run_timeout_s
+        self.load_timeout_s = options.process_load_timeout_s
         self._closed = False
         self._workers: list[_Worker] = []
         self._finalizer = weakref.finalize(self, _kill_workers, self._workers)
@@ -188,6 +186,7 @@ class ProcessSession:
             config.SerializeToString(),
             options,
             self.sha256,
+            _log_setup(),
         )
         ends = []
         for i in range(instances):
@@ -253,7 +252,7 @@ class ProcessSession:
         pacing never needs this process's GIL: a loader thread waking every millisecond would
         take the GIL from the event loop just as often."""
         pids = self.pids
-        deadline = time.monotonic() + pacing.timeout_s
+        deadline = time.monotonic() + self.load_timeout_s
         replies: list[tuple[Any, ...]] = []
         try:
             for w in self._workers:
@@ -263,7 +262,7 @@ class ProcessSession:
                         pacer = None
                     if time.monotonic() > deadline:
                         raise LoadError(
-                            f"model '{self.name}' version {self.version}: not loaded after {pacing.timeout_s:g} s"
+                            f"model '{self.name}' version {self.version}: not loaded after {self.load_timeout_s:g} s"
                         )
                 try:
                     replies.append(w.conn.recv())
@@ -358,6 +357,25 @@ def _all_threads_normal() -> None:
                 os.sched_setscheduler(int(tid), os.SCHED_OTHER, os.sched_param(0))
 
 
+def _log_setup() -> tuple[int, logging.Formatter | None]:
+    """The parent's log level and line format, for a child to log as the server does."""
+    root = logging.getLogger()
+    formatter = next((h.formatter for h in root.handlers if h.formatter is not None), None)
+    return root.getEffectiveLevel(), formatter
+
+
+class _ChildName(logging.Filter):
+    """Marks a child's records with the version and process they come from."""
+
+    def __init__(self, suffix: str) -> None:
+        super().__init__()
+        self.suffix = suffix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.name = f"{record.name}{self.suffix}"
+        return True
+
+
 def _child(
     conn: Connection,
     name: str,
@@ -366,17 +384,35 @@ def _child(
     config_bytes: bytes,
     options: SessionOptions,
     sha256: str,
+    log_setup: tuple[int, logging.Formatter | None],
 ) -> None:
     # Ctrl-C or SIGTERM to the process group are the parent's to handle; the child ends on
     # "close" or when the parent's end of the pipe closes (also when the parent is killed).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # the same stderr, level and line format as the server, each record marked with its origin
+    level, formatter = log_setup
+    handler = logging.StreamHandler(sys.stderr)
+    if formatter is not None:
+        handler.setFormatter(formatter)
+    handler.addFilter(_ChildName(f"[{name}/{version} pid {os.getpid()}]"))
+    logging.getLogger().handlers[:] = [handler]
+    logging.getLogger().setLevel(level)
+    log = logging.getLogger("turnout.model_store")
+    t0, cpu0 = time.monotonic(), time.process_time()
     try:
         session = ModelSession(
             name, version, Path(version_dir), ModelConfig.FromString(config_bytes), options, sha256=sha256
         )
         session.warmup()
         reply: tuple[Any, ...] = ("ready", session.config.SerializeToString(), session.row_ns)
+        log.info(
+            "model %s version %s: session built and warmed up in %.2f s (%.2f s of CPU)",
+            name,
+            version,
+            time.monotonic() - t0,
+            time.process_time() - cpu0,
+        )
     except Exception as exc:  # LoadError or anything onnxruntime raises: report, then exit
         reply = ("failed", str(exc))
     _all_threads_normal()  # loaded at idle priority (where allowed): serve at normal priority

@@ -30,6 +30,10 @@ class SessionOptions:
     strict_config: bool = False
     graph_optimization: str = "all"  # disable | basic | extended | all
     isolation: str = "thread"  # thread: in the server's process | process: a child of its own
+    # isolation "process": a run not answered after this long is taken for a hung child, which is
+    # killed (the version turns unready until loaded again); a child not ready after this long fails
+    process_run_timeout_s: float = 120.0
+    process_load_timeout_s: float = 600.0
 
 
 _OPT_LEVEL = {

@@ -123,6 +123,17 @@ def serve_parser(sub: Any) -> argparse.ArgumentParser:
         " a model's config parameter 'isolation' overrides it",
     )
     p.add_argument(
+        "--process-run-timeout-s",
+        type=float,
+        help="isolation process: seconds before a run with no answer counts as a hung child, which is"
+        " killed; the version is unready until loaded again (default 120)",
+    )
+    p.add_argument(
+        "--process-load-timeout-s",
+        type=float,
+        help="isolation process: seconds a child may take to load and warm up (default 600)",
+    )
+    p.add_argument(
         "--default-max-batch-size",
         type=int,
         help="max_batch_size for models without config whose graph has a dynamic batch dim (default 32; 0 = no batching)",

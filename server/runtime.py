@@ -73,6 +73,8 @@ class Runtime:
             default_max_batch_size=settings.default_max_batch_size,
             strict_config=settings.strict_model_config,
             isolation=settings.model_isolation,
+            process_run_timeout_s=settings.process_run_timeout_s,
+            process_load_timeout_s=settings.process_load_timeout_s,
         )
         self.repository = open_repository(settings)
         self.models = ModelRegistry(

@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     # where models run unless their config's "isolation" parameter says otherwise: "thread" (in
     # this process) or "process" (a child per version, loaded gently: see model_store/process_session.py)
     model_isolation: Literal["thread", "process"] = "thread"
+    # isolation "process": a run unanswered this long means a hung child (killed; the version turns
+    # unready until loaded again); a child not ready this long after its start fails the load
+    process_run_timeout_s: float = Field(120.0, gt=0)
+    process_load_timeout_s: float = Field(600.0, gt=0)
 
     # dynamic batching (overrides for every model when set)
     batching: bool = True

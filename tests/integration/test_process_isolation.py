@@ -4,6 +4,8 @@ version's requests until the model is loaded again."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import shutil
@@ -198,3 +200,37 @@ def test_a_version_that_cannot_load_leaves_no_process_behind(tmp_path: Path) -> 
         while _children(s.proc.pid) - before - {v1} and time.monotonic() < deadline:
             time.sleep(0.1)
         assert _children(s.proc.pid) - before == {v1}  # the failed version's process is gone
+
+
+def test_a_hung_model_process_is_stopped_after_the_run_timeout(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(DEMO_REPO / "mlp", repo / "mlp")
+    args = ["--model-isolation", "process", "--process-run-timeout-s", "1.5", "--log-format", "json"]
+    with running_server(tmp_path, repo, args) as s:
+        pids = _model_pids(s)
+        hung, other = pids[("mlp", "2")], pids[("mlp", "1")]
+        # the children log through the server's stderr, in its format, marked with their origin
+        lines = [json.loads(line) for line in s.log().splitlines() if line.startswith("{")]
+        built = [e for e in lines if "warmed up" in e["msg"]]
+        assert {e["logger"] for e in built} == {
+            f"turnout.model_store[mlp/{v} pid {pid}]" for v, pid in (("1", other), ("2", hung))
+        }, s.log()
+
+        c = grpcclient.InferenceServerClient(s.grpc_url)
+        x = np.ones((2, 32), np.float32)
+        os.kill(hung, signal.SIGSTOP)  # alive, but it will never answer
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(Exception, match=r"did not answer within 1\.5 s"):
+                _infer_mlp(c, x, "2")
+            assert time.monotonic() - t0 < 15
+            deadline = time.monotonic() + 10
+            while _alive(hung) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not _alive(hung)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(hung, signal.SIGCONT)
+        np.testing.assert_allclose(_infer_mlp(c, x, "1"), _mlp("1", x), rtol=1e-5, atol=1e-6)
+        assert not c.is_model_ready("mlp", "2") and c.is_model_ready("mlp", "1")
+        assert s.alive()

@@ -215,6 +215,10 @@ async def run_server(settings: Settings) -> None:
         await runtime.stop()  # also after a failed start: loaded models and child processes end
 
 
+def _stop_before_start(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 def apply_grpc_experiments(settings: Settings, environ: MutableMapping[str, str]) -> None:
     """grpc reads GRPC_EXPERIMENTS once, when it is first imported: set it before that (and
     before any worker process starts, so that workers inherit it). An explicit variable wins."""
@@ -244,6 +248,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         args = list(argv if argv is not None else sys.argv[1:])
         return Supervisor(settings, args[args.index("serve") + 1 :]).run()
+    # Until the event loop takes SIGTERM over (run_server), it ends the start quietly: nothing
+    # runs yet that needs stopping, and the exit status is that of a requested stop.
+    signal.signal(signal.SIGTERM, _stop_before_start)
     try:
         import uvloop
 

@@ -10,6 +10,8 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +23,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from tests.integration.tensors import DATATYPES, echo_arrays
-from tests.server_proc import DEMO_REPO, ServerProc, running_server
+from tests.server_proc import DEMO_REPO, ROOT, ServerProc, running_server
 
 ARGS = ["--model-isolation", "process", "--model-control-mode", "explicit"]
 ARGS += ["--load-model", "echo", "--load-model", "iris", "--load-model", "mlp"]
@@ -234,3 +236,27 @@ def test_a_hung_model_process_is_stopped_after_the_run_timeout(tmp_path: Path) -
         np.testing.assert_allclose(_infer_mlp(c, x, "1"), _mlp("1", x), rtol=1e-5, atol=1e-6)
         assert not c.is_model_ready("mlp", "2") and c.is_model_ready("mlp", "1")
         assert s.alive()
+
+
+@pytest.mark.parametrize("delay_s", [0.2, 0.6, 1.2, 2.5])
+def test_sigterm_at_any_point_of_the_start_ends_cleanly(tmp_path: Path, delay_s: float) -> None:
+    # while Python imports, while models load into their processes, or once serving: exit 0
+    # (a requested stop), and no model process left behind
+    cmd = [sys.executable, "-m", "server", "serve", "--host", "127.0.0.1", "--http-port", "0"]
+    cmd += ["--grpc-port", "0", "--model-isolation", "process"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TURNOUT_")}
+    with (tmp_path / "server.log").open("wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    time.sleep(delay_s)
+    children = _children(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    assert code == 0, (tmp_path / "server.log").read_text()
+    deadline = time.monotonic() + 10
+    while any(_alive(c) for c in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(c) for c in children)

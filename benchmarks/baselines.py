@@ -152,6 +152,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _experiments() -> str:
+    env: dict[str, str] = dict(os.environ)
+    apply_grpc_experiments(Settings(), env)
+    value = env.get("GRPC_EXPERIMENTS", "")
+    return f"`GRPC_EXPERIMENTS={value}`" if value else "none (grpc's defaults)"
+
+
 class Bare:
     def __init__(self, model_dir: Path) -> None:
         http_port, grpc_port = _free_port(), _free_port()
@@ -251,7 +258,7 @@ def main() -> None:
         "",
         "*Bare* is `benchmarks/baselines.py serve`: a grpc.aio servicer and a Starlette JSON handler in",
         "one uvloop process whose infer handlers only decode, run onnxruntime and encode. It runs with",
-        f"the grpc experiments Turnout sets (`GRPC_EXPERIMENTS={os.environ.get('GRPC_EXPERIMENTS', Settings().grpc_experiments)}`).",
+        f"the grpc experiments Turnout sets: {_experiments()}.",
         "",
         "| what | bare | Turnout | Turnout / bare (each pair) |",
         "|---|---|---|---|",

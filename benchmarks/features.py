@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import shutil
 import statistics
 import subprocess
@@ -146,13 +148,20 @@ def main() -> None:
     # grpc's default listener (EventEngine: I/O on its own threads) against the classic one (I/O
     # on the thread that waits for completions): latency at concurrency 1 against throughput
     listener: dict[str, tuple[list[float], list[float]]] = {}
+    if "grpc-listener" in only and {"GRPC_EXPERIMENTS", "TURNOUT_GRPC_EXPERIMENTS"} & set(os.environ):
+        raise SystemExit(
+            "grpc-listener: unset GRPC_EXPERIMENTS and TURNOUT_GRPC_EXPERIMENTS (they set both arms)"
+        )
     for _ in range(ns.repeats if "grpc-listener" in only else 0):
         for i, args in enumerate(((), ("--grpc-experiments=-event_engine_listener",))):
             srv = _server(repo, work, *args)
             try:
                 pa = perf_analyzer.run_point("mlp_small", "grpc", srv.grpc, 1, 3000, 6, 30)
                 values = {
-                    "grpc's listener, mlp_small grpc c=1 p50 (perf_analyzer)": ("ms", pa["p50_ms"]),
+                    "grpc's listener, mlp_small grpc c=1 p50 (perf_analyzer)": (
+                        "ms",
+                        pa.get("p50_ms", math.nan),
+                    ),
                     **{
                         f"grpc's listener, mlp_small grpc c={c} throughput (loadgen_grpc.py)": (
                             "inf/s",

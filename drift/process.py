@@ -23,6 +23,7 @@ import queue
 import signal
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -140,6 +141,12 @@ def _query(monitor: DriftMonitor, method: str, args: tuple[Any, ...]) -> Any:
     raise ValueError(f"unknown query {method!r}")
 
 
+def _kill(proc: Any) -> None:
+    if proc.pid is not None and proc.exitcode is None:
+        proc.kill()
+        proc.join(5)
+
+
 class _Child:
     """One child process and the two threads that talk to it."""
 
@@ -151,6 +158,9 @@ class _Child:
         self.outbox, child_out = ctx.Pipe(duplex=False)
         self.proc = ctx.Process(target=_child, args=(child_in, child_out), name="turnout-drift", daemon=True)
         self.proc.start()
+        # At interpreter exit, before multiprocessing waits for its daemon children (it sends
+        # SIGTERM, which the child ignores, then joins forever): kill a child never stopped.
+        weakref.finalize(self, _kill, self.proc)
         child_in.close()
         child_out.close()
         self.queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue(maxsize=max_queued)
@@ -215,7 +225,7 @@ class _Child:
         self.alive = False
         self.proc.join(timeout)
         if self.proc.is_alive():
-            self.proc.terminate()
+            self.proc.kill()  # it ignores SIGTERM (a signal to the process group is the parent's)
             self.proc.join(timeout)
         self.reader.join(timeout)
         self.inbox.close()

@@ -31,10 +31,12 @@ import contextlib
 import logging
 import multiprocessing as mp
 import os
+import pickle
 import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -100,12 +102,15 @@ class Pacing:
 class _Worker:
     proc: Any  # multiprocessing's spawn Process
     conn: Connection
+    busy_since: float | None = None  # monotonic time the current run was sent, if any
+    timed_out: bool = False  # killed by the watchdog
 
 
-def _kill_workers(workers: list[_Worker]) -> None:
+def _kill_workers(workers: list[_Worker], stop_watch: threading.Event) -> None:
     """Kill what is still running (continued first, in case it was stopped) and close the
     pipes. Also runs at interpreter exit for a session never closed, before multiprocessing
     waits for its children: the children ignore SIGTERM, so that wait would never end."""
+    stop_watch.set()
     for w in workers:
         pid = w.proc.pid
         if pid is not None and w.proc.exitcode is None:
@@ -148,7 +153,8 @@ class ProcessSession:
         self.load_timeout_s = options.process_load_timeout_s
         self._closed = False
         self._workers: list[_Worker] = []
-        self._finalizer = weakref.finalize(self, _kill_workers, self._workers)
+        self._stop_watch = threading.Event()
+        self._finalizer = weakref.finalize(self, _kill_workers, self._workers, self._stop_watch)
         try:
             replies = self._start(config, options, max(instances, 1), pacing, start, idle)
         except BaseException as exc:
@@ -168,6 +174,11 @@ class ProcessSession:
         for w in self._workers:
             self._free.put(w)
         self.executor = ThreadPoolExecutor(len(self._workers), thread_name_prefix=f"turnout-{name}-{version}")
+        # A child that stops reading its pipe blocks a large request's send, which no receive
+        # timeout covers: a watchdog kills a child whose run has outlasted the run timeout.
+        threading.Thread(
+            target=_watch, args=(self._workers, self.run_timeout_s, self._stop_watch), daemon=True
+        ).start()
 
     def _start(
         self,
@@ -286,22 +297,28 @@ class ProcessSession:
         if not self.healthy:  # fail fast: the version is unready until the model is loaded again
             raise RuntimeError(self.failure)
         w = self._free.get()  # this session's executor has one thread per worker
+        hung = (
+            f"its process did not answer within {self.run_timeout_s:g} s and was stopped;"
+            " load the model again to restart it"
+        )
+        w.busy_since = time.monotonic()
         try:
             w.conn.send(("run", feeds))
             if not w.conn.poll(self.run_timeout_s):
+                w.timed_out = True
                 w.proc.kill()  # hung: end it, so the version turns unready and a load restarts it
                 w.proc.join(5)
-                raise RuntimeError(
-                    f"its process did not answer within {self.run_timeout_s:g} s and was stopped;"
-                    " load the model again to restart it"
-                )
+                raise RuntimeError(hung)
             kind, value = w.conn.recv()
         except (EOFError, OSError):
             w.proc.join(0.5)
+            if w.timed_out:
+                raise RuntimeError(hung) from None
             raise RuntimeError(
                 f"its process exited (exit code {w.proc.exitcode}); load the model again to restart it"
             ) from None
         finally:
+            w.busy_since = None
             self._free.put(w)
         if kind != "ok":
             raise RuntimeError(str(value))
@@ -326,6 +343,19 @@ class ProcessSession:
     @property
     def closed(self) -> bool:
         return self._closed
+
+
+def _watch(workers: list[_Worker], timeout_s: float, stop: threading.Event) -> None:
+    """Kill a child whose run was sent more than ``timeout_s`` ago (checked a few times per
+    timeout, at most once a second)."""
+    while not stop.wait(min(1.0, timeout_s / 4)):
+        now = time.monotonic()
+        for w in workers:
+            since = w.busy_since
+            if since is not None and now - since > timeout_s and w.proc.pid is not None:
+                w.timed_out = True
+                with contextlib.suppress(OSError):
+                    os.kill(w.proc.pid, signal.SIGKILL)
 
 
 def _continue(pids: list[int]) -> None:
@@ -358,9 +388,15 @@ def _all_threads_normal() -> None:
 
 
 def _log_setup() -> tuple[int, logging.Formatter | None]:
-    """The parent's log level and line format, for a child to log as the server does."""
+    """The parent's log level and line format, for a child to log as the server does. A
+    formatter that cannot travel to the child (one holding a stream, say) gives way to
+    logging's plain default."""
     root = logging.getLogger()
     formatter = next((h.formatter for h in root.handlers if h.formatter is not None), None)
+    try:
+        pickle.dumps(formatter)
+    except Exception:
+        formatter = None
     return root.getEffectiveLevel(), formatter
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import logging
 import os
 import signal
 import sys
@@ -193,6 +194,12 @@ def settings_from_args(ns: argparse.Namespace) -> Settings:
 
 
 async def run_server(settings: Settings) -> None:
+    # The loop takes SIGTERM/SIGINT over first: from here on a signal only asks for a stop, so it
+    # never interrupts the construction of the runtime (which starts threads and a child process).
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_requested.set)
     try:
         import uvloop  # noqa: F401
     except ImportError:  # pragma: no cover - non-Linux platforms
@@ -200,10 +207,11 @@ async def run_server(settings: Settings) -> None:
     from server.runtime import Runtime
 
     runtime = Runtime(settings)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, runtime.request_stop)
     try:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, runtime.request_stop)
+        if stop_requested.is_set():
+            return
         await runtime.start()
         # Everything alive now (modules, the first models) lives as long as the process: move it
         # out of the collector's reach, so a full collection later scans only what came after.
@@ -243,13 +251,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure(settings.log_verbose, settings.log_format)
     apply_grpc_experiments(settings, os.environ)
+    if os.environ.get("GRPC_EXPERIMENTS"):
+        logging.getLogger("turnout").info("grpc experiments: %s", os.environ["GRPC_EXPERIMENTS"])
     if settings.workers > 1:
         from server.supervisor import Supervisor
 
         args = list(argv if argv is not None else sys.argv[1:])
         return Supervisor(settings, args[args.index("serve") + 1 :]).run()
-    # Until the event loop takes SIGTERM over (run_server), it ends the start quietly: nothing
-    # runs yet that needs stopping, and the exit status is that of a requested stop.
+    # Until the event loop takes SIGTERM over (first thing in run_server), it ends the start
+    # quietly: nothing has started yet that needs stopping, and the exit status is that of a
+    # requested stop. The loop does not give the handler back; the default is restored after it.
     signal.signal(signal.SIGTERM, _stop_before_start)
     try:
         import uvloop
@@ -257,6 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         uvloop.run(run_server(settings))
     except ImportError:  # pragma: no cover
         asyncio.run(run_server(settings))
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return 0
 
 

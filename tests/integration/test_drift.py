@@ -25,15 +25,30 @@ def send(s: ServerProc, x: np.ndarray, batch: int = 20) -> None:
     with httpx.Client(base_url=s.base, timeout=30) as c:
         for i in range(0, len(x), batch):
             part = np.ascontiguousarray(x[i : i + batch])
-            header = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": list(part.shape),
-                                             "parameters": {"binary_data_size": part.nbytes}}]}).encode()
-            r = c.post("/v2/models/iris/infer", content=header + part.tobytes(),
-                       headers={"inference-header-content-length": str(len(header))})
+            header = json.dumps(
+                {
+                    "inputs": [
+                        {
+                            "name": "input",
+                            "datatype": "FP32",
+                            "shape": list(part.shape),
+                            "parameters": {"binary_data_size": part.nbytes},
+                        }
+                    ]
+                }
+            ).encode()
+            r = c.post(
+                "/v2/models/iris/infer",
+                content=header + part.tobytes(),
+                headers={"inference-header-content-length": str(len(header))},
+            )
             assert r.status_code == 200, r.text
 
 
 def report(s: ServerProc, view: str = "window") -> dict:
-    return httpx.get(f"{s.base}/v2/models/iris/versions/1/drift", params={"view": view, "histograms": "0"}).json()
+    return httpx.get(
+        f"{s.base}/v2/models/iris/versions/1/drift", params={"view": view, "histograms": "0"}
+    ).json()
 
 
 def wait_status(s: ServerProc, want: str, timeout: float = 20) -> dict:
@@ -68,7 +83,13 @@ class _Hook(BaseHTTPRequestHandler):
 def test_shift_is_detected_and_the_reference_survives_a_restart(tmp_path: Path) -> None:
     hook = HTTPServer(("127.0.0.1", 0), _Hook)
     threading.Thread(target=hook.serve_forever, daemon=True).start()
-    args = [*DRIFT_ARGS, "--state-dir", str(tmp_path / "state"), "--drift-webhook", f"http://127.0.0.1:{hook.server_port}/drift"]
+    args = [
+        *DRIFT_ARGS,
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--drift-webhook",
+        f"http://127.0.0.1:{hook.server_port}/drift",
+    ]
     rng = np.random.default_rng(1)
     try:
         with running_server(tmp_path, args=args) as s:
@@ -107,7 +128,11 @@ def test_histograms_from_two_processes_add_up_exactly(tmp_path: Path) -> None:
     stream[::17, 1] = np.nan  # missing values land in the NaN bin
     stream[::29, 3] = 50.0  # beyond the last edge: the overflow bin
     args = ["--drift-window-rows", "100000"]
-    with running_server(tmp_path, repo, args) as a, running_server(tmp_path, repo, args) as b, running_server(tmp_path, repo, args) as whole:
+    with (
+        running_server(tmp_path, repo, args) as a,
+        running_server(tmp_path, repo, args) as b,
+        running_server(tmp_path, repo, args) as whole,
+    ):
         send(a, stream[:250])
         send(b, stream[250:])
         send(whole, stream)
@@ -117,7 +142,9 @@ def test_histograms_from_two_processes_add_up_exactly(tmp_path: Path) -> None:
         for fa, fb, fw in zip(ha[key], hb[key], hw[key], strict=True):
             assert fa["name"] == fw["name"]
             assert fa.get("edges") == fw.get("edges")
-            assert [x + y for x, y in zip(fa["counts"], fb["counts"], strict=True)] == fw["counts"], fw["name"]
+            assert [x + y for x, y in zip(fa["counts"], fb["counts"], strict=True)] == fw["counts"], fw[
+                "name"
+            ]
     assert Reference.from_npz(repo / "iris" / "1" / "reference.npz").feature_names == ["a", "b", "c", "d"]
 
 
@@ -154,7 +181,10 @@ def test_a_killed_drift_process_costs_no_request_and_comes_back(tmp_path: Path) 
             if time.monotonic() > deadline:
                 raise AssertionError("no new drift monitor process")
             children = [c for c in _children(s.proc.pid) if c != first]
-            if any("spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes().decode(errors="replace") for c in children):
+            if any(
+                "spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes().decode(errors="replace")
+                for c in children
+            ):
                 break
             time.sleep(0.5)
         send(s, iris_like(rng, 400))

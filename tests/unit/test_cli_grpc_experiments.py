@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from server.cli import apply_grpc_experiments, serve_parser, settings_from_args
 from server.settings import Settings
 
@@ -25,7 +27,8 @@ def test_an_explicit_environment_variable_wins() -> None:
     assert env == {"GRPC_EXPERIMENTS": "tcp_rcv_lowat"}
 
 
-def test_by_default_grpc_keeps_its_own_experiments() -> None:
+def test_by_default_grpc_keeps_its_own_experiments(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TURNOUT_GRPC_EXPERIMENTS", raising=False)
     env: dict[str, str] = {}
     apply_grpc_experiments(Settings(), env)
     assert env == {}

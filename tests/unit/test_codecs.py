@@ -26,7 +26,9 @@ FIXED = [n for n in BY_V2 if n != "BYTES"]
 def _array(datatype: str, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     if datatype == "BYTES":
-        return np.array([f"x{i}\u00e9".encode() for i in range(int(np.prod(shape)))], dtype=object).reshape(shape)
+        return np.array([f"x{i}\u00e9".encode() for i in range(int(np.prod(shape)))], dtype=object).reshape(
+            shape
+        )
     if datatype == "BOOL":
         return rng.integers(0, 2, shape).astype(bool)
     dt = BY_V2[datatype].numpy
@@ -77,16 +79,23 @@ def test_raw_round_trip_property(datatype: str, shape: list[int], seed: int) -> 
 def test_http_json_and_binary_request() -> None:
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
     y = np.array([True, False])
-    header = json.dumps({
-        "id": "7",
-        "parameters": {"routing_key": "u1", "priority": 2},
-        "inputs": [
-            {"name": "x", "datatype": "FP32", "shape": [2, 3], "parameters": {"binary_data_size": x.nbytes}},
-            {"name": "y", "datatype": "BOOL", "shape": [2], "data": [True, False]},
-            {"name": "s", "datatype": "BYTES", "shape": [1, 2], "data": [["a", "\u00e9"]]},
-        ],
-        "outputs": [{"name": "out", "parameters": {"binary_data": True}}],
-    }).encode()
+    header = json.dumps(
+        {
+            "id": "7",
+            "parameters": {"routing_key": "u1", "priority": 2},
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": "FP32",
+                    "shape": [2, 3],
+                    "parameters": {"binary_data_size": x.nbytes},
+                },
+                {"name": "y", "datatype": "BOOL", "shape": [2], "data": [True, False]},
+                {"name": "s", "datatype": "BYTES", "shape": [1, 2], "data": [["a", "\u00e9"]]},
+            ],
+            "outputs": [{"name": "out", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
     req = decode_infer_request("m", "3", header + x.tobytes(), str(len(header)))
     assert (req.model_name, req.model_version, req.id, req.routing_key) == ("m", "3", "7", "u1")
     np.testing.assert_array_equal(req.inputs[0].data, x)
@@ -102,9 +111,17 @@ def test_http_json_and_binary_request() -> None:
         (b"[]", None, "JSON object"),
         (b'{"inputs": []}', None, "non-empty"),
         (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [1]}]}', None, "expected 2"),
-        (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": "2", "data": [1]}]}', None, "list of integers"),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": "2", "data": [1]}]}',
+            None,
+            "list of integers",
+        ),
         (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1]}]}', None, "neither 'data'"),
-        (b'{"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1], "data": [1]}]}', None, "JSON strings"),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1], "data": [1]}]}',
+            None,
+            "JSON strings",
+        ),
         (b"{}", "x", "must be an integer"),
         (b"{}", "9", "but the body has"),
     ],
@@ -116,12 +133,19 @@ def test_http_decode_errors(body: bytes, header: str | None, message: str) -> No
 
 def test_http_response_json_and_binary() -> None:
     out = np.arange(4, dtype=np.float32).reshape(2, 2)
-    resp = InferResponse("m", "1", "9", [Tensor("a", "FP32", (2, 2), out), Tensor("b", "INT64", (2,), np.array([1, 2]))])
+    resp = InferResponse(
+        "m", "1", "9", [Tensor("a", "FP32", (2, 2), out), Tensor("b", "INT64", (2,), np.array([1, 2]))]
+    )
     req = InferRequest("m", parameters={})
     body, n = encode_infer_response(resp, req)
     assert n is None
     doc = json.loads(body)
-    assert doc["outputs"][0] == {"name": "a", "datatype": "FP32", "shape": [2, 2], "data": [0.0, 1.0, 2.0, 3.0]}
+    assert doc["outputs"][0] == {
+        "name": "a",
+        "datatype": "FP32",
+        "shape": [2, 2],
+        "data": [0.0, 1.0, 2.0, 3.0],
+    }
     req_bin = InferRequest("m", parameters={"binary_data_output": True})
     body, n = encode_infer_response(resp, req_bin)
     assert n is not None
@@ -146,7 +170,9 @@ def test_grpc_round_trip() -> None:
     t.contents.uint_contents.append(4)
     with pytest.raises(InvalidInput, match="expected 3"):
         decode_request(typed)
-    out = encode_response(InferResponse("m", "2", "r", [Tensor("y", "BYTES", (2,), np.array([b"a", b"bc"], dtype=object))]))
+    out = encode_response(
+        InferResponse("m", "2", "r", [Tensor("y", "BYTES", (2,), np.array([b"a", b"bc"], dtype=object))])
+    )
     assert out.raw_output_contents[0] == b"\x01\x00\x00\x00a\x02\x00\x00\x00bc"
 
 

@@ -20,7 +20,10 @@ def test_derived_from_the_graph() -> None:
     assert cfg.max_batch_size == 32 and cfg.HasField("dynamic_batching")
     sig = signature_of(cfg)
     assert [(s.name, s.datatype, s.shape) for s in sig.inputs] == [("input", "FP32", (4,))]
-    assert [(s.name, s.datatype, s.shape) for s in sig.outputs] == [("label", "INT64", ()), ("probabilities", "FP32", (3,))]
+    assert [(s.name, s.datatype, s.shape) for s in sig.outputs] == [
+        ("label", "INT64", ()),
+        ("probabilities", "FP32", (3,)),
+    ]
 
 
 def test_triton_config_text_parses(tmp_path: Path) -> None:
@@ -28,7 +31,7 @@ def test_triton_config_text_parses(tmp_path: Path) -> None:
         'name: "m"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 8\n'
         'input [ { name: "input" data_type: TYPE_FP32 dims: [ 4 ] } ]\n'
         "dynamic_batching { preferred_batch_size: [ 4 ] max_queue_delay_microseconds: 100 }\n"
-        "optimization { execution_accelerators { cpu_execution_accelerator : [ { name : \"openvino\" } ] } }\n"
+        'optimization { execution_accelerators { cpu_execution_accelerator : [ { name : "openvino" } ] } }\n'
         "sequence_batching { }\n"
     )
     cfg = read_config_file(tmp_path, "m")
@@ -64,7 +67,13 @@ def test_config_checked_against_the_graph() -> None:
         complete_config(ModelConfig(name="m"), GRAPH_IN, GRAPH_OUT, default_max_batch_size=32, strict=True)
     static = [("input", "tensor(float)", [1, 4])]
     with pytest.raises(LoadError, match="no dynamic leading"):
-        complete_config(ModelConfig(name="m", max_batch_size=4), static, [("y", "tensor(float)", [1, 2])], default_max_batch_size=32, strict=False)
+        complete_config(
+            ModelConfig(name="m", max_batch_size=4),
+            static,
+            [("y", "tensor(float)", [1, 2])],
+            default_max_batch_size=32,
+            strict=False,
+        )
 
 
 def test_version_policies() -> None:

@@ -249,6 +249,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"turnout: invalid settings:\n{exc}", file=sys.stderr)
         return 2
+    # Until the event loop (first thing in run_server) or the supervisor takes SIGTERM over, it
+    # ends the start quietly: nothing has started yet that needs stopping, and the exit status is
+    # that of a requested stop. The loop does not give the handler back; the default is restored
+    # after it.
+    signal.signal(signal.SIGTERM, _stop_before_start)
     configure(settings.log_verbose, settings.log_format)
     apply_grpc_experiments(settings, os.environ)
     if os.environ.get("GRPC_EXPERIMENTS"):
@@ -258,10 +263,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         args = list(argv if argv is not None else sys.argv[1:])
         return Supervisor(settings, args[args.index("serve") + 1 :]).run()
-    # Until the event loop takes SIGTERM over (first thing in run_server), it ends the start
-    # quietly: nothing has started yet that needs stopping, and the exit status is that of a
-    # requested stop. The loop does not give the handler back; the default is restored after it.
-    signal.signal(signal.SIGTERM, _stop_before_start)
     try:
         import uvloop
 

@@ -178,6 +178,11 @@ def serve_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--drift-webhook", help="URL that receives a JSON POST when a version's drift status changes"
     )
+    p.add_argument(
+        "--exit-timeout-secs",
+        type=float,
+        help="on SIGTERM, how long requests in flight may take to finish (default 30)",
+    )
     p.add_argument("--log-verbose", type=int, help="0 info, 1 more, 2 debug (default 0)")
     p.add_argument("--log-format", choices=["text", "json"], help="log line format (default text)")
     return p

@@ -299,7 +299,7 @@ class Runtime:
             access_log=False,
             log_level="warning",
             timeout_keep_alive=30,
-            timeout_graceful_shutdown=10,
+            timeout_graceful_shutdown=s.exit_timeout_secs,  # type: ignore[arg-type]  # a float works
             limit_concurrency=s.max_connections,  # a backstop; inference requests are limited by InferRoute
             **ssl,
         )
@@ -311,24 +311,32 @@ class Runtime:
         self._http_socket = sock
         self._http_task = asyncio.get_running_loop().create_task(server.main_loop())
 
+    async def _stop_http(self) -> None:
+        if self.http_server is not None:
+            self.http_server.should_exit = True
+            if self._http_task is not None:
+                await self._http_task
+            await self.http_server.shutdown(sockets=[self._http_socket] if self._http_socket else None)
+
+    async def _stop_grpc(self) -> None:
+        if self.grpc_server is not None:
+            await self.grpc_server.stop(self.settings.exit_timeout_secs)
+
     def request_stop(self) -> None:
         self._stopped.set()
 
     async def wait(self) -> None:
         await self._stopped.wait()
 
-    async def stop(self, grace: float = 5.0) -> None:
+    async def stop(self) -> None:
+        """Readiness false at once; both protocols stop taking new requests and give the ones
+        in flight up to ``exit_timeout_secs`` (together, not one after the other); then the
+        models, their processes and the background work end."""
         log.info("shutting down")
         self.core.started = False  # readiness goes false first, so load balancers drain us
         for task in self._background:
             task.cancel()
-        if self.http_server is not None:
-            self.http_server.should_exit = True
-            if self._http_task is not None:
-                await self._http_task
-            await self.http_server.shutdown(sockets=[self._http_socket] if self._http_socket else None)
-        if self.grpc_server is not None:
-            await self.grpc_server.stop(grace)
+        await asyncio.gather(self._stop_http(), self._stop_grpc())
         await self.mirror.close()
         if self.drift is not None:
             self.drift.stop()

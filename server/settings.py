@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     tls_key: Path | None = None
 
     # limits
+    # on SIGTERM: how long the requests in flight may take to finish (tritonserver's flag)
+    exit_timeout_secs: float = Field(30.0, ge=0)
     max_request_bytes: int = Field(64 * 1024 * 1024, gt=0)
     # inference requests in progress per protocol before new ones get 'busy' answers
     max_inflight: int = Field(256, gt=0)

@@ -336,7 +336,9 @@ class Runtime:
         self.core.started = False  # readiness goes false first, so load balancers drain us
         for task in self._background:
             task.cancel()
-        await asyncio.gather(self._stop_http(), self._stop_grpc())
+        for failure in await asyncio.gather(self._stop_http(), self._stop_grpc(), return_exceptions=True):
+            if isinstance(failure, BaseException):  # the models and processes must end regardless
+                log.error("stopping a protocol server failed", exc_info=failure)
         await self.mirror.close()
         if self.drift is not None:
             self.drift.stop()

@@ -222,6 +222,9 @@ class Runtime:
         if not names:
             log.warning("no models to load from %s", s.model_repository)
         for name in names:
+            if self._stopped.is_set():  # a stop during start: the models not loaded yet are skipped
+                log.info("stop requested: %d model(s) not loaded", len(names) - names.index(name))
+                return
             try:
                 await self.models.load(name)
             except Exception as exc:

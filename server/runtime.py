@@ -52,6 +52,10 @@ from server.traffic import TrafficRouting, servable
 log = logging.getLogger("turnout")
 
 
+# on a stop: how long nothing must be in flight before the servers close
+QUIET_S = 0.1
+
+
 class _Uvicorn(uvicorn.Server):
     """uvicorn inside our own event loop: the runtime, not uvicorn, owns the signals."""
 
@@ -121,6 +125,7 @@ class Runtime:
         self.http_server: _Uvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._http_socket: socket.socket | None = None
+        self._infer_route: InferRoute | None = None
         self.grpc_port = 0
         self.http_port = 0
         self._stopped = asyncio.Event()
@@ -281,7 +286,7 @@ class Runtime:
             build_routes(self.core, s.max_request_bytes, self.metrics, self.drift)
             + admin_routes(self.controller, self.auth)
         )
-        app = InferRoute(app, self.core, s.max_request_bytes, s.max_inflight)
+        app = self._infer_route = InferRoute(app, self.core, s.max_request_bytes, s.max_inflight)
         family = socket.AF_INET6 if ":" in s.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -314,16 +319,33 @@ class Runtime:
         self._http_socket = sock
         self._http_task = asyncio.get_running_loop().create_task(server.main_loop())
 
-    async def _stop_http(self) -> None:
+    async def _lame_duck(self, limit_s: float) -> float:
+        """Serve on, unready, until no request has been in flight for ``QUIET_S`` (at most
+        ``limit_s``). Closing the servers at once would cancel requests already on their way:
+        grpc cancels the calls its transport holds but Python has not taken yet. Returns the
+        seconds it took."""
+        loop = asyncio.get_running_loop()
+        start = quiet_since = loop.time()
+        while loop.time() - start < limit_s:
+            http = self._infer_route.inflight if self._infer_route is not None else 0
+            if http or self.models.in_flight():
+                quiet_since = loop.time()
+            elif loop.time() - quiet_since >= QUIET_S:
+                break
+            await asyncio.sleep(0.01)
+        return min(loop.time() - start, limit_s)
+
+    async def _stop_http(self, grace: float) -> None:
         if self.http_server is not None:
+            self.http_server.config.timeout_graceful_shutdown = grace  # type: ignore[assignment]
             self.http_server.should_exit = True
             if self._http_task is not None:
                 await self._http_task
             await self.http_server.shutdown(sockets=[self._http_socket] if self._http_socket else None)
 
-    async def _stop_grpc(self) -> None:
+    async def _stop_grpc(self, grace: float) -> None:
         if self.grpc_server is not None:
-            await self.grpc_server.stop(self.settings.exit_timeout_secs)
+            await self.grpc_server.stop(grace)
 
     def request_stop(self) -> None:
         self._stopped.set()
@@ -332,14 +354,19 @@ class Runtime:
         await self._stopped.wait()
 
     async def stop(self) -> None:
-        """Readiness false at once; both protocols stop taking new requests and give the ones
-        in flight up to ``exit_timeout_secs`` (together, not one after the other); then the
-        models, their processes and the background work end."""
+        """Readiness false at once. After a requested stop, serve on until nothing is in flight
+        (the lame-duck phase); then both protocols stop taking requests and give the ones in
+        flight what remains of ``exit_timeout_secs``, together. Then the models, their
+        processes and the background work end."""
         log.info("shutting down")
         self.core.started = False  # readiness goes false first, so load balancers drain us
+        grace = self.settings.exit_timeout_secs
+        if self._stopped.is_set():  # a requested stop (not a failed start): a lame-duck phase first
+            grace -= await self._lame_duck(grace)
         for task in self._background:
             task.cancel()
-        for failure in await asyncio.gather(self._stop_http(), self._stop_grpc(), return_exceptions=True):
+        stops = (self._stop_http(grace), self._stop_grpc(grace))
+        for failure in await asyncio.gather(*stops, return_exceptions=True):
             if isinstance(failure, BaseException):  # the models and processes must end regardless
                 log.error("stopping a protocol server failed", exc_info=failure)
         await self.mirror.close()

@@ -89,8 +89,8 @@ class Supervisor:
                 _mark_dead(p.pid)
                 self.procs[i] = self._spawn(i)
         for p in self.procs.values():
-            try:
-                p.wait(timeout=30)
+            try:  # a worker drains for up to --exit-timeout-secs, then unloads its models
+                p.wait(timeout=self.settings.exit_timeout_secs + 30)
             except subprocess.TimeoutExpired:
                 p.kill()
         return 0

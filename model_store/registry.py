@@ -170,10 +170,6 @@ class ModelRegistry:
     def get_state(self, name: str) -> ModelState | None:
         return self._models.get(name)
 
-    def in_flight(self) -> int:
-        """Requests executing or queued in the versions that serve now."""
-        return sum(sv.in_flight for state in self._models.values() for sv in state.versions.values())
-
     def model_names(self) -> list[str]:
         return sorted(self._models)
 

@@ -73,6 +73,7 @@ class Core:
         self.model_ops: ModelOpsLog | None = None  # set when several workers share the server
         self.live = True
         self.started = False
+        self.in_flight = 0  # requests inside infer (not shadows): what a stopping server waits for
         self._labels: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     # ---- inference ------------------------------------------------------------------
@@ -91,6 +92,7 @@ class Core:
                 version, shadows = choice
         sv = self.registry.resolve(req.model_name, version)
         sig = sv.session.signature
+        self.in_flight += 1
         try:
             feeds, rows = validate_inputs(req.model_name, sig, req.inputs)
             validate_outputs(req.model_name, sig, req.outputs)
@@ -103,6 +105,8 @@ class Core:
         except BaseException as exc:
             self._failed(req, sv, t0, exc, shadows)
             raise
+        finally:
+            self.in_flight -= 1
         latency = self.clock() - t0
         self._succeeded(req, sv, latency, max(rows, 1), feeds, outputs, shadows)
         return InferResponse(

@@ -126,10 +126,12 @@ class Runtime:
         self._http_task: asyncio.Task[None] | None = None
         self._http_socket: socket.socket | None = None
         self._infer_route: InferRoute | None = None
+        self._health: health_aio.HealthServicer | None = None
         self.grpc_port = 0
         self.http_port = 0
         self._stopped = asyncio.Event()
         self._background: list[asyncio.Task[Any]] = []
+        self._model_tasks: list[asyncio.Task[Any]] = []  # repository polling, other workers' loads
 
     # ---- model versions -> runners --------------------------------------------------
 
@@ -196,14 +198,14 @@ class Runtime:
             await self._start_http()
         await self._load_initial_models()
         if s.model_control_mode == "poll":
-            self._background.append(asyncio.get_running_loop().create_task(self._poll_forever()))
+            self._model_tasks.append(asyncio.get_running_loop().create_task(self._poll_forever()))
         self._background.append(asyncio.get_running_loop().create_task(self.traffic.tick_forever()))
         self._background.append(asyncio.get_running_loop().create_task(self.traffic.shadow_forever()))
         self._background.append(asyncio.get_running_loop().create_task(self._flush_metrics_forever()))
         if self.drift is not None:
             self._background.append(asyncio.get_running_loop().create_task(self.drift.flush_forever()))
         if self.core.model_ops is not None:
-            self._background.append(asyncio.get_running_loop().create_task(self._follow_model_ops()))
+            self._model_tasks.append(asyncio.get_running_loop().create_task(self._follow_model_ops()))
         self.core.started = True
         if s.ports_file is not None:
             tmp = s.ports_file.with_suffix(".tmp")
@@ -328,7 +330,7 @@ class Runtime:
         start = quiet_since = loop.time()
         while loop.time() - start < limit_s:
             http = self._infer_route.inflight if self._infer_route is not None else 0
-            if http or self.models.in_flight():
+            if http or self.core.in_flight:
                 quiet_since = loop.time()
             elif loop.time() - quiet_since >= QUIET_S:
                 break
@@ -339,9 +341,10 @@ class Runtime:
         if self.http_server is not None:
             self.http_server.config.timeout_graceful_shutdown = grace  # type: ignore[assignment]
             self.http_server.should_exit = True
+            # at once, not at uvicorn's next tick; its main loop then ends by itself
+            await self.http_server.shutdown(sockets=[self._http_socket] if self._http_socket else None)
             if self._http_task is not None:
                 await self._http_task
-            await self.http_server.shutdown(sockets=[self._http_socket] if self._http_socket else None)
 
     async def _stop_grpc(self, grace: float) -> None:
         if self.grpc_server is not None:
@@ -360,9 +363,13 @@ class Runtime:
         processes and the background work end."""
         log.info("shutting down")
         self.core.started = False  # readiness goes false first, so load balancers drain us
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()  # grpc.health.v1 says NOT_SERVING too
+        for task in self._model_tasks:  # no model changes while draining
+            task.cancel()
         grace = self.settings.exit_timeout_secs
         if self._stopped.is_set():  # a requested stop (not a failed start): a lame-duck phase first
-            grace -= await self._lame_duck(grace)
+            grace -= await self._lame_duck(grace / 2)  # at least half the timeout stays for the drain
         for task in self._background:
             task.cancel()
         stops = (self._stop_http(grace), self._stop_grpc(grace))

@@ -16,7 +16,7 @@ import tritonclient.grpc.aio as grpcaio
 import tritonclient.http.aio as httpaio
 
 from model_store.demo.build import mlp
-from tests.server_proc import running_server
+from tests.server_proc import ServerProc, running_server
 
 DIMS = [256, 1024, 1024, 1024, 1024, 16]  # ~4 ms per 64-row batch on one core
 ROWS = 64
@@ -37,26 +37,56 @@ def _repo(root: Path) -> Path:
     return repo
 
 
-async def _grpc(url: str, x: np.ndarray) -> tuple[np.ndarray, float]:
-    c = grpcaio.InferenceServerClient(url)
-    try:
-        i = grpcaio.InferInput("input", list(x.shape), "FP32")
-        i.set_data_from_numpy(x)
-        out = (await c.infer("heavy", [i], client_timeout=60)).as_numpy("output")
-        return out, time.monotonic()
-    finally:
-        await c.close()
+async def _grpc(c: grpcaio.InferenceServerClient, x: np.ndarray) -> tuple[np.ndarray, float]:
+    i = grpcaio.InferInput("input", list(x.shape), "FP32")
+    i.set_data_from_numpy(x)
+    out = (await c.infer("heavy", [i], client_timeout=60)).as_numpy("output")
+    return out, time.monotonic()
 
 
-async def _http(url: str, x: np.ndarray) -> tuple[np.ndarray, float]:
-    c = httpaio.InferenceServerClient(url, conn_timeout=60)
+async def _http(c: httpaio.InferenceServerClient, x: np.ndarray) -> tuple[np.ndarray, float]:
+    i = httpaio.InferInput("input", list(x.shape), "FP32")
+    i.set_data_from_numpy(x, binary_data=True)
+    out = (await c.infer("heavy", [i])).as_numpy("output")
+    return out, time.monotonic()
+
+
+async def _scenario(
+    s: ServerProc, xs: list[np.ndarray]
+) -> tuple[list[tuple[np.ndarray, float]], float, bool]:
+    # one client per protocol, connected before the burst, as a service's clients would be
+    g = grpcaio.InferenceServerClient(s.grpc_url)
+    hc = httpaio.InferenceServerClient(s.http_url, conn_limit=REQUESTS, conn_timeout=60)
     try:
-        i = httpaio.InferInput("input", list(x.shape), "FP32")
-        i.set_data_from_numpy(x, binary_data=True)
-        out = (await c.infer("heavy", [i])).as_numpy("output")
-        return out, time.monotonic()
+        assert await g.is_server_ready() and await hc.is_server_ready()
+        calls = [_grpc(g, x) for x in xs[:REQUESTS]] + [_http(hc, x) for x in xs[REQUESTS:]]
+        tasks = [asyncio.create_task(c) for c in calls]
+        async with httpx.AsyncClient() as h:
+            # signal once the server is busy with them: its first batches have run
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                stats = (await h.get(f"{s.base}/v2/models/heavy/stats")).json()["model_stats"][0]
+                if stats["inference_count"] >= 2 * ROWS:
+                    break
+                await asyncio.sleep(0.002)
+            s.proc.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            # from the signal on, readiness is false (503) until the HTTP side closes
+            unready = False
+            for _ in range(2000):
+                try:
+                    r = await h.get(f"{s.base}/v2/health/ready", timeout=1)
+                except httpx.HTTPError:
+                    unready = True
+                    break
+                if r.status_code == 503:
+                    unready = True
+                    break
+                await asyncio.sleep(0.005)
+        return await asyncio.gather(*tasks), signalled, unready
     finally:
-        await c.close()
+        await g.close()
+        await hc.close()
 
 
 def test_sigterm_under_load_finishes_every_accepted_request(tmp_path: Path) -> None:
@@ -67,37 +97,7 @@ def test_sigterm_under_load_finishes_every_accepted_request(tmp_path: Path) -> N
     ]
 
     with running_server(tmp_path, repo) as s:
-
-        async def scenario() -> tuple[list[tuple[np.ndarray, float]], float, bool]:
-            calls = [_grpc(s.grpc_url, x) for x in xs[:REQUESTS]] + [
-                _http(s.http_url, x) for x in xs[REQUESTS:]
-            ]
-            tasks = [asyncio.create_task(c) for c in calls]
-            # signal once the server is busy with them: its first batches have run
-            async with httpx.AsyncClient() as h:
-                deadline = time.monotonic() + 30
-                while time.monotonic() < deadline:
-                    stats = (await h.get(f"{s.base}/v2/models/heavy/stats")).json()["model_stats"][0]
-                    if stats["inference_count"] >= 2 * ROWS:
-                        break
-                    await asyncio.sleep(0.002)
-                s.proc.send_signal(signal.SIGTERM)
-                signalled = time.monotonic()
-                # from the signal on, readiness is false (503) until the HTTP side closes
-                unready = False
-                for _ in range(5000):
-                    try:
-                        r = await h.get(f"{s.base}/v2/health/ready", timeout=1)
-                    except httpx.HTTPError:
-                        unready = True
-                        break
-                    if r.status_code == 503:
-                        unready = True
-                        break
-                    await asyncio.sleep(0.001)
-            return await asyncio.gather(*tasks), signalled, unready
-
-        results, signalled, unready = asyncio.run(scenario())
+        results, signalled, unready = asyncio.run(_scenario(s, xs))
         code = s.proc.wait(60)
 
     assert code == 0, s.log()

@@ -174,8 +174,9 @@ class ProcessSession:
         for w in self._workers:
             self._free.put(w)
         self.executor = ThreadPoolExecutor(len(self._workers), thread_name_prefix=f"turnout-{name}-{version}")
-        # A child that stops reading its pipe blocks a large request's send, which no receive
-        # timeout covers: a watchdog kills a child whose run has outlasted the run timeout.
+        # One watchdog for the whole run, the send included (a child that stops reading its pipe
+        # blocks a large request's send, which a receive timeout would not cover): it kills a
+        # child whose run has outlasted the run timeout.
         threading.Thread(
             target=_watch, args=(self._workers, self.run_timeout_s, self._stop_watch), daemon=True
         ).start()
@@ -297,23 +298,17 @@ class ProcessSession:
         if not self.healthy:  # fail fast: the version is unready until the model is loaded again
             raise RuntimeError(self.failure)
         w = self._free.get()  # this session's executor has one thread per worker
-        hung = (
-            f"its process did not answer within {self.run_timeout_s:g} s and was stopped;"
-            " load the model again to restart it"
-        )
-        w.busy_since = time.monotonic()
+        w.busy_since = time.monotonic()  # a run that outlasts the timeout: the watchdog kills the child
         try:
             w.conn.send(("run", feeds))
-            if not w.conn.poll(self.run_timeout_s):
-                w.timed_out = True
-                w.proc.kill()  # hung: end it, so the version turns unready and a load restarts it
-                w.proc.join(5)
-                raise RuntimeError(hung)
             kind, value = w.conn.recv()
         except (EOFError, OSError):
             w.proc.join(0.5)
-            if w.timed_out:
-                raise RuntimeError(hung) from None
+            if w.timed_out:  # hung: killed, so the version turns unready and a load restarts it
+                raise RuntimeError(
+                    f"its process did not answer within {self.run_timeout_s:g} s and was stopped;"
+                    " load the model again to restart it"
+                ) from None
             raise RuntimeError(
                 f"its process exited (exit code {w.proc.exitcode}); load the model again to restart it"
             ) from None

@@ -84,6 +84,16 @@ def wait_for(cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None
         time.sleep(0.05)
 
 
+MAX_SECONDS = 150.0  # the load's binding bound (LoadDriver.max_requests is far above what fits in it)
+
+
+def wait_for_traffic(driver: LoadDriver, version: str) -> None:
+    wait_for(lambda: driver.seen(version) or not driver.running(), f"traffic on version {version}")
+    assert driver.seen(version), (
+        f"the load driver stopped after {driver.count()} requests before version {version} answered"
+    )
+
+
 def index(s: ServerProc) -> dict[tuple[str, str], dict[str, str]]:
     return {(m["name"], m.get("version", "")): m for m in httpx.post(f"{s.base}/v2/repository/index").json()}
 
@@ -169,11 +179,16 @@ def test_poll_mode_swaps_under_load(tmp_path: Path) -> None:
     ]
     with running_server(tmp_path, repo, args) as s:
         driver = LoadDriver(
-            s.grpc_url, s.http_url, "m", x_for, threads_per_protocol=2, max_seconds=120
+            s.grpc_url,
+            s.http_url,
+            "m",
+            x_for,
+            threads_per_protocol=2,
+            max_seconds=MAX_SECONDS,
         ).start()
         try:
             contents = scenario(s, repo, lambda: None)
-            wait_for(lambda: driver.seen("3"), "traffic on version 3")  # it has only just gone live
+            wait_for_traffic(driver, "3")  # it has only just gone live
         finally:
             outcomes = driver.stop()
         check(outcomes, contents)
@@ -198,11 +213,16 @@ def test_explicit_mode_swaps_under_load(tmp_path: Path, isolation: str) -> None:
                 assert "cannot load" in str(exc)
 
         driver = LoadDriver(
-            s.grpc_url, s.http_url, "m", x_for, threads_per_protocol=2, max_seconds=120
+            s.grpc_url,
+            s.http_url,
+            "m",
+            x_for,
+            threads_per_protocol=2,
+            max_seconds=MAX_SECONDS,
         ).start()
         try:
             contents = scenario(s, repo, load)
-            wait_for(lambda: driver.seen("3"), "traffic on version 3")  # it has only just gone live
+            wait_for_traffic(driver, "3")  # it has only just gone live
         finally:
             outcomes = driver.stop()
         check(outcomes, contents)

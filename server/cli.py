@@ -84,6 +84,11 @@ def serve_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--allow-http", type=_bool, help="serve HTTP (default true)")
     p.add_argument("--allow-grpc", type=_bool, help="serve gRPC (default true)")
     p.add_argument(
+        "--grpc-transport",
+        choices=("asyncio", "grpcio"),
+        help="gRPC server: asyncio (Turnout's HTTP/2 server on the event loop, default) or grpcio's",
+    )
+    p.add_argument(
         "--grpc-experiments",
         help="grpc core experiments, as GRPC_EXPERIMENTS (default: grpc's own); -event_engine_listener"
         " lowers latency at low concurrency and costs throughput under load; the environment variable wins",

@@ -20,7 +20,8 @@ import orjson
 import uvicorn
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import _async as reflection_aio
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from drift import DriftConfig
@@ -37,6 +38,7 @@ from server.auth import AdminAuth
 from server.core import Core
 from server.grpc.admin import AdminServicer
 from server.grpc.servicer import SERVICE, make_handlers
+from server.grpc.transport import AsyncioGrpcServer, server_tls
 from server.http.admin import admin_routes
 from server.http.app import build_app, build_routes
 from server.http.infer_route import InferRoute
@@ -121,7 +123,7 @@ class Runtime:
         if settings.worker_id is not None and settings.state_dir is not None:
             self.core.model_ops = ModelOpsLog(settings.state_dir / "model-ops.jsonl", settings.worker_id)
         self.auth = AdminAuth(settings.admin_token)
-        self.grpc_server: grpc.aio.Server | None = None
+        self.grpc_server: grpc.aio.Server | AsyncioGrpcServer | None = None
         self.http_server: _Uvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._http_socket: socket.socket | None = None
@@ -242,24 +244,21 @@ class Runtime:
 
     async def _start_grpc(self) -> None:
         s = self.settings
-        limit = s.max_request_bytes
-        server = grpc.aio.server(
-            maximum_concurrent_rpcs=s.max_inflight,  # excess answered RESOURCE_EXHAUSTED by the C core, cheaply
-            options=[
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", limit),
-                ("grpc.so_reuseport", 1 if s.worker_id is not None else 0),
-                # calls the core holds before Python takes them: beyond this they are refused at
-                # once instead of queueing (the default, 1000, hides seconds of queueing)
-                ("grpc.server.max_pending_requests", s.max_inflight),
-                ("grpc.server.max_pending_requests_hard_limit", 2 * s.max_inflight),
-            ],
-        )
+        server: grpc.aio.Server | AsyncioGrpcServer
+        if s.grpc_transport == "asyncio":
+            server = AsyncioGrpcServer(
+                max_message_bytes=s.max_request_bytes,
+                max_calls=s.max_inflight,  # excess answered RESOURCE_EXHAUSTED at once
+                reuse_port=s.worker_id is not None,
+            )
+        else:
+            server = self._grpcio_server()
         handlers = make_handlers(self.core)
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
         server.add_registered_method_handlers(SERVICE, handlers)  # faster dispatch than the generic lookup
         admin_pb2_grpc.add_AdminServicer_to_server(
-            AdminServicer(self.controller, self.auth, self.drift.report_async if self.drift else None), server
+            AdminServicer(self.controller, self.auth, self.drift.report_async if self.drift else None),
+            server,
         )
         health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -271,16 +270,37 @@ class Runtime:
             admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
             reflection.SERVICE_NAME,
         )
-        reflection.enable_server_reflection(service_names, server)
-        address = f"{_bracket(s.host)}:{s.grpc_port}"
-        if s.tls_cert and s.tls_key:
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection_aio.ReflectionServicer(service_names),
+            server,
+        )
+        if isinstance(server, AsyncioGrpcServer):
+            tls = server_tls(str(s.tls_cert), str(s.tls_key)) if s.tls_cert and s.tls_key else None
+            self.grpc_port = server.add_port(s.host, s.grpc_port, tls)
+        elif s.tls_cert and s.tls_key:
             creds = grpc.ssl_server_credentials([(s.tls_key.read_bytes(), s.tls_cert.read_bytes())])
-            self.grpc_port = server.add_secure_port(address, creds)
+            self.grpc_port = server.add_secure_port(f"{_bracket(s.host)}:{s.grpc_port}", creds)
         else:
-            self.grpc_port = server.add_insecure_port(address)
+            self.grpc_port = server.add_insecure_port(f"{_bracket(s.host)}:{s.grpc_port}")
         await server.start()
         self.grpc_server = server
         self._health = health
+
+    def _grpcio_server(self) -> grpc.aio.Server:
+        s = self.settings
+        limit = s.max_request_bytes
+        return grpc.aio.server(
+            maximum_concurrent_rpcs=s.max_inflight,  # excess answered RESOURCE_EXHAUSTED by the C core, cheaply
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 1 if s.worker_id is not None else 0),
+                # calls the core holds before Python takes them: beyond this they are refused at
+                # once instead of queueing (the default, 1000, hides seconds of queueing)
+                ("grpc.server.max_pending_requests", s.max_inflight),
+                ("grpc.server.max_pending_requests_hard_limit", 2 * s.max_inflight),
+            ],
+        )
 
     async def _start_http(self) -> None:
         s = self.settings

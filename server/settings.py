@@ -38,7 +38,10 @@ class Settings(BaseSettings):
     grpc_port: int = Field(8001, ge=0, le=65535)
     allow_http: bool = True
     allow_grpc: bool = True
-    # grpc core experiments (grpc's GRPC_EXPERIMENTS syntax), applied before grpc starts unless
+    # which gRPC server: "asyncio" (Turnout's HTTP/2 gRPC server on the event loop,
+    # server/grpc/transport.py) or "grpcio" (grpcio's asyncio server; README, Performance)
+    grpc_transport: Literal["asyncio", "grpcio"] = "asyncio"
+    # grpcio only: grpc core experiments (grpc's GRPC_EXPERIMENTS syntax), applied before grpc starts unless
     # GRPC_EXPERIMENTS is set in the environment. "-event_engine_listener" trades throughput under
     # load for latency at low concurrency (README, Performance). "" = grpc's own defaults.
     grpc_experiments: str = ""

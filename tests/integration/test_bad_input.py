@@ -18,9 +18,11 @@ from tests.server_proc import ServerProc, start_server
 LIMIT = 1 << 20  # 1 MiB request limit for this server
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
-    s = start_server(tmp_path_factory.mktemp("bad"), args=["--max-request-bytes", str(LIMIT)])
+@pytest.fixture(scope="module", params=["asyncio", "grpcio"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
+    """Each gRPC transport (Turnout's own, the default, and grpcio's) answers bad input alike."""
+    args = ["--max-request-bytes", str(LIMIT), "--grpc-transport", request.param]
+    s = start_server(tmp_path_factory.mktemp("bad"), args=args)
     yield s
     assert s.stop() == 0, s.log()
 

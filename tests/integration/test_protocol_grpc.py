@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
@@ -9,7 +11,20 @@ import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
 from tests.integration.tensors import DATATYPES, echo_arrays
-from tests.server_proc import ServerProc
+from tests.server_proc import ServerProc, start_server
+
+
+@pytest.fixture(scope="module", params=["asyncio", "grpcio"])
+def grpc_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProc]:
+    """The demo server on Turnout's own gRPC transport (the default) and on grpcio's."""
+    if request.param == "asyncio":
+        yield request.getfixturevalue("demo_server")
+        return
+    server = start_server(tmp_path_factory.mktemp("grpcio"), args=["--grpc-transport", "grpcio"])
+    yield server
+    assert server.stop() == 0, server.log()
 
 
 def _inputs(arrays: dict[str, np.ndarray]) -> list[grpcclient.InferInput]:
@@ -22,8 +37,8 @@ def _inputs(arrays: dict[str, np.ndarray]) -> list[grpcclient.InferInput]:
     return out
 
 
-def test_health_and_metadata(demo_server: ServerProc) -> None:
-    c = grpcclient.InferenceServerClient(demo_server.grpc_url)
+def test_health_and_metadata(grpc_server: ServerProc) -> None:
+    c = grpcclient.InferenceServerClient(grpc_server.grpc_url)
     assert c.is_server_live()
     assert c.is_server_ready()
     assert c.is_model_ready("mlp")
@@ -46,8 +61,8 @@ def test_health_and_metadata(demo_server: ServerProc) -> None:
     assert [o["name"] for o in iris["output"]] == ["label", "probabilities"]
 
 
-def test_every_datatype_round_trips(demo_server: ServerProc) -> None:
-    c = grpcclient.InferenceServerClient(demo_server.grpc_url)
+def test_every_datatype_round_trips(grpc_server: ServerProc) -> None:
+    c = grpcclient.InferenceServerClient(grpc_server.grpc_url)
     arrays = echo_arrays()
     res = c.infer("echo", _inputs(arrays), request_id="rt-1")
     assert res.get_response().id == "rt-1"
@@ -63,7 +78,7 @@ def test_every_datatype_round_trips(demo_server: ServerProc) -> None:
             np.testing.assert_array_equal(got, want, err_msg=dt)
 
 
-def test_typed_contents_are_accepted(demo_server: ServerProc) -> None:
+def test_typed_contents_are_accepted(grpc_server: ServerProc) -> None:
     """Requests may carry typed `contents` instead of raw bytes (tritonclient always sends
     raw, so build the protobuf message by hand)."""
     import grpc
@@ -90,7 +105,7 @@ def test_typed_contents_are_accepted(demo_server: ServerProc) -> None:
             continue
         t = req.inputs.add(name=f"IN_{dt}", datatype=dt, shape=[1, 2])
         getattr(t.contents, fields[dt]).extend(arrays[f"IN_{dt}"].reshape(-1).tolist())
-    with grpc.insecure_channel(demo_server.grpc_url) as ch:
+    with grpc.insecure_channel(grpc_server.grpc_url) as ch:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(ch)
         with pytest.raises(grpc.RpcError) as e:
             stub.ModelInfer(req)  # FP16 is missing: the model needs every input
@@ -103,8 +118,8 @@ def test_typed_contents_are_accepted(demo_server: ServerProc) -> None:
         assert "raw_input_contents" in e.value.details()
 
 
-def test_requested_outputs_and_classifier(demo_server: ServerProc) -> None:
-    c = grpcclient.InferenceServerClient(demo_server.grpc_url)
+def test_requested_outputs_and_classifier(grpc_server: ServerProc) -> None:
+    c = grpcclient.InferenceServerClient(grpc_server.grpc_url)
     x = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32)
     i = grpcclient.InferInput("input", [2, 4], "FP32")
     i.set_data_from_numpy(x)
@@ -113,11 +128,11 @@ def test_requested_outputs_and_classifier(demo_server: ServerProc) -> None:
     assert res.as_numpy("probabilities") is None
 
 
-def test_stream_infer(demo_server: ServerProc) -> None:
+def test_stream_infer(grpc_server: ServerProc) -> None:
     import queue
 
     results: queue.Queue[object] = queue.Queue()
-    c = grpcclient.InferenceServerClient(demo_server.grpc_url)
+    c = grpcclient.InferenceServerClient(grpc_server.grpc_url)
     c.start_stream(callback=lambda result, error: results.put(error or result))
     x = np.ones((1, 32), dtype=np.float32)
     for n in range(3):
@@ -135,8 +150,8 @@ def test_stream_infer(demo_server: ServerProc) -> None:
     assert len(errors) == 1 and "shape" in str(errors[0])
 
 
-def test_statistics_and_repository(demo_server: ServerProc) -> None:
-    c = grpcclient.InferenceServerClient(demo_server.grpc_url)
+def test_statistics_and_repository(grpc_server: ServerProc) -> None:
+    c = grpcclient.InferenceServerClient(grpc_server.grpc_url)
     x = np.zeros((3, 32), dtype=np.float32)
     i = grpcclient.InferInput("input", [3, 32], "FP32")
     i.set_data_from_numpy(x)
@@ -163,8 +178,8 @@ def test_statistics_and_repository(demo_server: ServerProc) -> None:
 
 
 @pytest.mark.asyncio
-async def test_aio_client(demo_server: ServerProc) -> None:
-    c = grpcaio.InferenceServerClient(demo_server.grpc_url)
+async def test_aio_client(grpc_server: ServerProc) -> None:
+    c = grpcaio.InferenceServerClient(grpc_server.grpc_url)
     try:
         assert await c.is_server_ready()
         arrays = echo_arrays(rows=4, cols=1, seed=11)
@@ -180,20 +195,20 @@ async def test_aio_client(demo_server: ServerProc) -> None:
         await c.close()
 
 
-def test_unimplemented_extension(demo_server: ServerProc) -> None:
-    c = grpcclient.InferenceServerClient(demo_server.grpc_url)
+def test_unimplemented_extension(grpc_server: ServerProc) -> None:
+    c = grpcclient.InferenceServerClient(grpc_server.grpc_url)
     with pytest.raises(InferenceServerException) as e:
         c.get_system_shared_memory_status()
     assert "StatusCode.UNIMPLEMENTED" in e.value.status()
     assert "not implemented" in e.value.message()
 
 
-def test_health_service_and_reflection(demo_server: ServerProc) -> None:
+def test_health_service_and_reflection(grpc_server: ServerProc) -> None:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-    with grpc.insecure_channel(demo_server.grpc_url) as ch:
+    with grpc.insecure_channel(grpc_server.grpc_url) as ch:
         health = health_pb2_grpc.HealthStub(ch)
         assert (
             health.Check(health_pb2.HealthCheckRequest(service="")).status

@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("turnout.grpc.h2")
 
 MAX_HEADER_LIST = 16 * 1024
+HPACK_HARD_LIMIT = 1 << 20
+RESETS_PER_WINDOW = 5000  # streams a peer may reset before they are answered, per 10 s
 MAX_HEADER_BLOCK = 64 * 1024  # HEADERS + CONTINUATION bytes before decoding
 STREAM_WINDOW = 1 << 20  # what we let a peer send per stream before it must wait for us
 CONNECTION_WINDOW = 16 << 20
@@ -70,6 +72,7 @@ class Stream:
         "queue",
         "received",
         "recv_credit",
+        "recv_window",
         "request_done",
         "reset",
         "responded",
@@ -91,6 +94,7 @@ class Stream:
         self.pending = b""  # streaming requests: bytes of an incomplete message
         self.received = 0
         self.recv_credit = 0  # bytes received on this stream not yet returned with WINDOW_UPDATE
+        self.recv_window = STREAM_WINDOW  # bytes the peer may still send before our next WINDOW_UPDATE
         self.request_done = False
         self.queue: asyncio.Queue[Any] | None = None
         self.send_window = send_window
@@ -110,7 +114,9 @@ class GrpcConnection(asyncio.Protocol):
         self.peer = ""
         self.buf = b""
         self.preface_seen = False
-        self.decoder = hpack.Decoder(max_header_list_size=MAX_HEADER_LIST)
+        # the decoder's own cap only guards against HPACK bombs (past it the decoder state is lost
+        # and the connection must close); the 16 KiB limit is checked per stream after decoding
+        self.decoder = hpack.Decoder(max_header_list_size=HPACK_HARD_LIMIT)
         self.streams: dict[int, Stream] = {}
         self.last_sid = 0
         self.continuation: tuple[int, int, bytearray] | None = None
@@ -125,6 +131,8 @@ class GrpcConnection(asyncio.Protocol):
         self.write_paused = False
         self.going_away = False
         self.closed = False
+        self.resets = 0
+        self.reset_window_start = 0.0
 
     # ------------------------------------------------------------------ transport events
 
@@ -184,6 +192,10 @@ class GrpcConnection(asyncio.Protocol):
         except ConnectionError_ as exc:
             self._connection_error(exc.code, str(exc))
             return
+        except Exception as exc:  # a bug or input we did not foresee: this connection only
+            log.exception("gRPC connection from %s failed", self.peer)
+            self._connection_error(H2Error.INTERNAL_ERROR, f"{type(exc).__name__}")
+            return
         self.buf = buf[pos:] if pos < len(buf) else b""
 
     # ------------------------------------------------------------------ frame parsing
@@ -219,9 +231,13 @@ class GrpcConnection(asyncio.Protocol):
             elif kind == Frame.RST_STREAM:
                 if len(payload) != 4 or not sid:
                     raise ConnectionError_(H2Error.PROTOCOL_ERROR, "bad RST_STREAM")
+                if sid > self.last_sid:
+                    raise ConnectionError_(H2Error.PROTOCOL_ERROR, "RST_STREAM on an idle stream")
                 st = self.streams.pop(sid, None)
                 if st is not None:
+                    self._count_reset()
                     self._cancel(st)
+                    self._close_if_done()
             elif kind == Frame.CONTINUATION:
                 self._on_continuation(sid, flags, payload)
             elif kind == Frame.GOAWAY:
@@ -243,10 +259,14 @@ class GrpcConnection(asyncio.Protocol):
                 delta, self.peer_initial_window = value - self.peer_initial_window, value
                 for st in self.streams.values():
                     st.send_window += delta
+                    if st.send_window > wire.MAX_WINDOW:
+                        raise ConnectionError_(H2Error.FLOW_CONTROL_ERROR, "a stream window overflowed")
             elif key == Setting.MAX_FRAME_SIZE:
                 if not 16_384 <= value <= 16_777_215:
                     raise ConnectionError_(H2Error.PROTOCOL_ERROR, "bad SETTINGS_MAX_FRAME_SIZE")
                 self.peer_max_frame = value
+            elif key == Setting.ENABLE_PUSH and value > 1:
+                raise ConnectionError_(H2Error.PROTOCOL_ERROR, "bad SETTINGS_ENABLE_PUSH")
         self._write(wire.frame(Frame.SETTINGS, ACK, 0))
         self._wake()
 
@@ -258,10 +278,17 @@ class GrpcConnection(asyncio.Protocol):
             if inc == 0 or self.send_window + inc > wire.MAX_WINDOW:
                 raise ConnectionError_(H2Error.FLOW_CONTROL_ERROR, "bad connection WINDOW_UPDATE")
             self.send_window += inc
+        elif sid > self.last_sid:
+            raise ConnectionError_(H2Error.PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream")
         else:
             st = self.streams.get(sid)
             if st is not None:
-                st.send_window += inc
+                if inc == 0:
+                    self._forget(st, H2Error.PROTOCOL_ERROR)
+                elif st.send_window + inc > wire.MAX_WINDOW:
+                    self._forget(st, H2Error.FLOW_CONTROL_ERROR)
+                else:
+                    st.send_window += inc
         if self.waiters:
             self._wake()
 
@@ -297,13 +324,23 @@ class GrpcConnection(asyncio.Protocol):
         if st is not None:  # trailers of a request stream
             if not flags & END_STREAM:
                 raise ConnectionError_(H2Error.PROTOCOL_ERROR, "second HEADERS without END_STREAM")
-            self._end_of_request(st)
+            if st.request_done:  # the request had already ended (RFC 9113 5.1, half-closed)
+                self._forget(st, H2Error.STREAM_CLOSED)
+            else:
+                self._end_of_request(st)
             return
         if sid <= self.last_sid:
             raise ConnectionError_(H2Error.STREAM_CLOSED, "HEADERS on a closed stream")
         self.last_sid = sid
         if self.going_away or len(self.streams) >= self.server.max_streams:
             self._write(wire.rst_stream(sid, H2Error.REFUSED_STREAM))
+            return
+        size = sum(len(name) + len(value) + 32 for name, value in headers)  # RFC 9113 6.5.2
+        if size > MAX_HEADER_LIST:
+            st = self.streams[sid] = Stream(sid, self.peer_initial_window)
+            st.request_done = bool(flags & END_STREAM)
+            msg = f"request metadata of {size} bytes exceeds the limit of {MAX_HEADER_LIST}"
+            self._finish(st, grpc.StatusCode.RESOURCE_EXHAUSTED, msg)
             return
         self._open(sid, flags, headers)
 
@@ -366,6 +403,8 @@ class GrpcConnection(asyncio.Protocol):
             self._end_of_request(st)
 
     def _on_data(self, sid: int, flags: int, payload: bytes) -> None:
+        if not sid:
+            raise ConnectionError_(H2Error.PROTOCOL_ERROR, "DATA on stream 0")
         n = len(payload)
         self.recv_window -= n
         if self.recv_window < 0:
@@ -383,46 +422,61 @@ class GrpcConnection(asyncio.Protocol):
         if st.request_done:
             self._forget(st, H2Error.STREAM_CLOSED)
             return
+        st.recv_window -= n
+        if st.recv_window < 0:
+            self._forget(st, H2Error.FLOW_CONTROL_ERROR)
+            return
         data = wire.strip_padding(flags, payload)
         st.received += len(data)
         if st.handler is None:  # answered early (error); the peer is still sending
             return
         end = bool(flags & END_STREAM)
+        if end:
+            st.request_done = True
         if st.queue is None:
             if st.received > self.server.max_message_bytes + 5:
                 self._finish_early(st, grpc.StatusCode.RESOURCE_EXHAUSTED, self._too_large(st.received - 5))
                 return
             st.chunks.append(data)
-            self._credit(st, n, end)
+            self._credit(st, n)
         else:
-            self._stream_messages(st, data)
-            st.recv_credit += n - len(data)  # padding is returned at once; messages when read
+            held = self._stream_messages(st, data)
+            self._credit(st, n - held)  # padding and partial messages at once; whole ones when read
+            if st.responded:
+                return
         if end:
             self._end_of_request(st)
 
-    def _credit(self, st: Stream, n: int, end: bool) -> None:
+    def _credit(self, st: Stream, n: int) -> None:
         st.recv_credit += n
-        if not end and st.recv_credit >= STREAM_WINDOW // 2:
+        if not st.request_done and st.recv_credit >= STREAM_WINDOW // 2:
             self._write(wire.window_update(st.sid, st.recv_credit))
+            st.recv_window += st.recv_credit
             st.recv_credit = 0
 
-    def _stream_messages(self, st: Stream, data: bytes) -> None:
+    def _stream_messages(self, st: Stream, data: bytes) -> int:
+        """Queue the messages ``data`` completes; returns how many of its bytes they hold."""
         assert st.queue is not None
-        buf = st.pending + data if st.pending else data
-        pos = 0
+        old = len(st.pending)
+        buf = st.pending + data if old else data
+        pos = held = 0
         while len(buf) - pos >= 5:
             size = int.from_bytes(buf[pos + 1 : pos + 5], "big")
             if size > self.server.max_message_bytes:
-                st.queue.put_nowait(
-                    Aborted(self._too_large(size))  # the handler's request iterator raises it
-                )
+                self._finish(st, grpc.StatusCode.RESOURCE_EXHAUSTED, self._too_large(size))
+                if st.task is not None:
+                    st.task.cancel()
                 st.pending = b""
-                return
-            if len(buf) - pos - 5 < size:
+                return 0
+            end = pos + 5 + size
+            if end > len(buf):
                 break
-            st.queue.put_nowait((buf[pos], buf[pos + 5 : pos + 5 + size]))
-            pos += 5 + size
+            new = end - max(pos, old) if end > old else 0  # bytes of this message that came now
+            st.queue.put_nowait((buf[pos], buf[pos + 5 : end], new))
+            held += new
+            pos = end
         st.pending = buf[pos:]
+        return held
 
     def _too_large(self, size: int) -> str:
         return f"received message larger than max ({size} vs. {self.server.max_message_bytes})"
@@ -447,8 +501,8 @@ class GrpcConnection(asyncio.Protocol):
         # before its first step (the coroutine body then never runs)
         task.add_done_callback(partial(self._task_done, st))
 
-    def _decode(self, st: Stream, item: tuple[int, bytes]) -> Any:
-        compressed, data = item
+    def _decode(self, st: Stream, item: tuple[int, bytes] | tuple[int, bytes, int]) -> Any:
+        compressed, data = item[0], item[1]
         if compressed:
             if not st.encoding or st.encoding == "identity":
                 raise Aborted("compressed message without grpc-encoding")
@@ -463,14 +517,8 @@ class GrpcConnection(asyncio.Protocol):
             item = await st.queue.get()
             if item is _EOF:
                 return
-            if isinstance(item, Aborted):
-                raise item
-            credit = len(item[1]) + 5
-            st.recv_credit += credit
-            if not st.request_done and st.recv_credit >= STREAM_WINDOW // 2:
-                self._write(wire.window_update(st.sid, st.recv_credit))
-                st.recv_credit = 0
-            yield self._decode(st, item)
+            self._credit(st, item[2])
+            yield self._decode(st, item[:2])
 
     async def _run(self, st: Stream, item: tuple[int, bytes] | None) -> None:
         h, ctx = st.handler, st.ctx
@@ -528,8 +576,7 @@ class GrpcConnection(asyncio.Protocol):
                 self._finish(st, grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
             else:
                 self._finish(st, grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
-        if self.going_away and not self.streams:
-            self._close_now()
+        self._close_if_done()
 
     def _expire(self, st: Stream) -> None:
         st.expired = True
@@ -554,25 +601,30 @@ class GrpcConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ answers
 
     def _send_unary(self, st: Stream, payload: bytes, ctx: Context) -> Awaitable[None] | None:
-        if st.reset or self.closed:
+        if st.responded or st.reset or self.closed:
             return None
         msg = wire.length_prefixed(payload)
         n = len(msg)
-        if st.headers_sent or n > self.send_window or n > st.send_window or n > self.peer_max_frame:
-            return self._send_unary_slowly(st, msg, ctx)
-        self.send_window -= n
-        st.send_window -= n
-        sid = st.sid
+        sid, max_frame = st.sid, self.peer_max_frame
         head = (
             wire.RESPONSE_HEADERS + wire.metadata_fields(ctx.initial)
             if ctx.initial
             else wire.RESPONSE_HEADERS
         )
         tail = wire.trailers(0, "", ctx.trailing) if ctx.trailing else wire.OK_TRAILERS
+        if st.headers_sent or self.write_paused or n > min(self.send_window, st.send_window, max_frame):
+            return self._send_unary_slowly(st, msg, ctx)
+        self.send_window -= n
+        st.send_window -= n
+        st.headers_sent = True
         self._write(
-            wire.frame(Frame.HEADERS, END_HEADERS, sid, head)
+            (
+                wire.frame(Frame.HEADERS, END_HEADERS, sid, head)
+                if len(head) <= max_frame
+                else wire.header_frames(sid, head, False, max_frame)
+            )
             + wire.frame(Frame.DATA, 0, sid, msg)
-            + wire.header_frames(sid, tail, True, self.peer_max_frame)
+            + wire.header_frames(sid, tail, True, max_frame)
         )
         self._closed(st)
         return None
@@ -587,6 +639,8 @@ class GrpcConnection(asyncio.Protocol):
         await self._send_data(st, wire.length_prefixed(serialize(message) if serialize else message))
 
     async def _send_data(self, st: Stream, msg: bytes) -> None:
+        if st.reset or self.closed:
+            raise asyncio.CancelledError
         self._send_headers(st)
         view, pos = memoryview(msg), 0
         while pos < len(msg):
@@ -651,6 +705,7 @@ class GrpcConnection(asyncio.Protocol):
         st.responded = True
         if st.request_done:
             self.streams.pop(st.sid, None)
+            self._close_if_done()
         else:  # the peer is still sending: tell it to stop (gRPC over HTTP/2: RST_STREAM NO_ERROR)
             self._forget(st, H2Error.NO_ERROR)
 
@@ -659,6 +714,22 @@ class GrpcConnection(asyncio.Protocol):
         self._write(wire.rst_stream(st.sid, code))
         if not st.responded:
             self._cancel(st)
+        self._close_if_done()
+
+    def _count_reset(self) -> None:
+        """Rapid-reset defence (CVE-2023-44487): a peer that keeps opening and resetting
+        streams before they are answered is told to go away."""
+        now = self.loop.time()
+        if now - self.reset_window_start > 10.0:
+            self.reset_window_start, self.resets = now, 0
+        self.resets += 1
+        if self.resets > RESETS_PER_WINDOW and not self.going_away:
+            log.warning("gRPC peer %s reset %d streams in 10 s; asking it to go away", self.peer, self.resets)
+            self.go_away(H2Error.ENHANCE_YOUR_CALM)  # calls in flight still finish
+
+    def _close_if_done(self) -> None:
+        if self.going_away and not self.streams:
+            self._close_now()
 
     # ------------------------------------------------------------------ output
 
@@ -670,7 +741,7 @@ class GrpcConnection(asyncio.Protocol):
 
     def _flush(self) -> None:
         self.flush_scheduled = False
-        if self.out and self.transport is not None and not self.closed:
+        if self.out and self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"".join(self.out) if len(self.out) > 1 else self.out[0])
         self.out.clear()
 
@@ -682,12 +753,12 @@ class GrpcConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def go_away(self) -> None:
+    def go_away(self, code: H2Error = H2Error.NO_ERROR) -> None:
         """Graceful close: no new streams; the connection closes once its calls are answered."""
         if self.going_away or self.closed:
             return
         self.going_away = True
-        self._write(wire.goaway(self.last_sid, H2Error.NO_ERROR))
+        self._write(wire.goaway(self.last_sid, code))
         if not self.streams:
             self._close_now()
 
@@ -696,7 +767,13 @@ class GrpcConnection(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
-    def abort_calls(self) -> None:
+    def abort_calls(self) -> list[asyncio.Task[None]]:
+        """Cancel every call (its status says the server is shutting down); returns the tasks."""
+        tasks = []
         for st in list(self.streams.values()):
             if st.task is not None:
                 st.task.cancel()
+                tasks.append(st.task)
+            elif st.handler is not None:  # still receiving its request
+                self._finish_early(st, grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+        return tasks

@@ -116,9 +116,9 @@ class AsyncioGrpcServer:
                 log.warning(
                     "%d gRPC calls still running after %.1f s; cancelling them", self.active_calls, grace
                 )
-        for conn in list(self.connections):
-            conn.abort_calls()
-        await asyncio.sleep(0)  # let cancelled calls send their status
+        tasks = [task for conn in list(self.connections) for task in conn.abort_calls()]
+        if tasks:  # let cancelled calls send their status
+            await asyncio.wait(tasks, timeout=1.0)
         for conn in list(self.connections):
             conn._close_now()
         for server in self._servers:

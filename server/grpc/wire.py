@@ -162,14 +162,22 @@ def metadata_fields(metadata: tuple[tuple[str, str | bytes], ...]) -> bytes:
     return b"".join(out)
 
 
-MAX_MESSAGE_CHARS = 4096  # keeps a trailer block within what clients accept (grpc: 8-16 KiB)
+MAX_MESSAGE_BYTES = 2048  # escaped grpc-message; keeps trailers well within clients' 8 KiB
 
 
 def trailers(code: int, message: str = "", metadata: tuple[tuple[str, str | bytes], ...] = ()) -> bytes:
     block = OK_TRAILERS if code == 0 else literal(b"grpc-status", str(code).encode())
     if message:
-        block += literal(b"grpc-message", percent_encode(message[:MAX_MESSAGE_CHARS]))
+        block += literal(b"grpc-message", _truncate_escaped(percent_encode(message)))
     return block + metadata_fields(metadata) if metadata else block
+
+
+def _truncate_escaped(escaped: bytes) -> bytes:
+    if len(escaped) <= MAX_MESSAGE_BYTES:
+        return escaped
+    cut = escaped[:MAX_MESSAGE_BYTES]
+    pct = cut.rfind(b"%", len(cut) - 2)
+    return cut[:pct] if pct >= 0 else cut  # never split a %XX escape
 
 
 def header_frames(stream_id: int, block: bytes, end_stream: bool, max_frame: int) -> bytes:
@@ -192,7 +200,7 @@ _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1
 def parse_timeout(value: str) -> float | None:
     """``grpc-timeout`` (1 to 8 digits and a unit) in seconds; None if malformed."""
     digits, unit = value[:-1], value[-1:]
-    if not (1 <= len(digits) <= 8 and digits.isdigit()) or unit not in _TIMEOUT_UNITS:
+    if not (1 <= len(digits) <= 8 and digits.isascii() and digits.isdigit()) or unit not in _TIMEOUT_UNITS:
         return None
     return int(digits) * _TIMEOUT_UNITS[unit]
 

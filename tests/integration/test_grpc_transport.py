@@ -414,3 +414,95 @@ def test_protocol_errors_close_only_that_connection(
         assert any(kind == 0x7 for kind, *_ in frames), frames  # GOAWAY
     assert rest == b""  # closed
     assert method(channel, "Echo")(b"still serving") == b"still serving"
+
+
+def test_streamed_requests_larger_than_the_stream_window(channel: grpc.Channel) -> None:
+    sizes = [300_000, 900_000, 2_500_000, 10, 1_100_000]  # one message over the 1 MiB window
+    chunks = [bytes([i]) * n for i, n in enumerate(sizes)]
+    assert (
+        channel.stream_unary(f"/{SERVICE}/ClientStream")(iter(chunks), timeout=30) == str(sum(sizes)).encode()
+    )
+    assert list(channel.stream_stream(f"/{SERVICE}/Bidi")(iter(chunks), timeout=30)) == [
+        c[::-1] for c in chunks
+    ]
+
+
+def test_oversized_streamed_message(channel: grpc.Channel) -> None:
+    with pytest.raises(grpc.RpcError) as e:
+        channel.stream_unary(f"/{SERVICE}/ClientStream")(iter([b"ok", b"x" * (LIMIT + 1)]), timeout=30)
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert method(channel, "Echo")(b"after") == b"after"
+
+
+def _message(body: bytes) -> bytes:
+    return b"\x00" + len(body).to_bytes(4, "big") + body
+
+
+def test_second_end_of_request_resets_the_stream(srv: ServerThread) -> None:
+    with socket.create_connection(("127.0.0.1", srv.port)) as sock:
+        sock.sendall(
+            PREFACE
+            + _frame(0x4, 0, 0, b"")
+            + _frame(0x1, 0x4, 1, _request_headers(f"/{SERVICE}/Sleep"))
+            + _frame(0x0, 0x1, 1, _message(b"0.3"))
+            + _frame(0x1, 0x4 | 0x1, 1, hpack.Encoder().encode([("x-late", "1")]))  # END_STREAM again
+        )
+        frames = _read_frames(sock, lambda fs: any(f[0] == 0x3 for f in fs), timeout=3)
+        assert (0x3, 0, 1, (0x5).to_bytes(4, "big")) in frames  # RST_STREAM STREAM_CLOSED
+        time.sleep(0.6)  # the handler finishes; nothing more is sent on stream 1
+        frames += _read_frames(sock, lambda fs: False, timeout=0.3)
+    assert not [f for f in frames if f[2] == 1 and f[0] in (0x0, 0x1)]
+    wait_until(lambda: srv.active_calls == 0)
+
+
+def test_rapid_reset_is_told_to_go_away(srv: ServerThread, channel: grpc.Channel) -> None:
+    block = _request_headers(f"/{SERVICE}/Sleep")
+    pairs = b"".join(
+        _frame(0x1, 0x4, sid, block) + _frame(0x3, 0, sid, (0x8).to_bytes(4, "big"))
+        for sid in range(1, 2 * 5200, 2)
+    )
+    with socket.create_connection(("127.0.0.1", srv.port)) as sock:
+        sock.sendall(PREFACE + _frame(0x4, 0, 0, b"") + pairs)
+        frames = _read_frames(sock, lambda fs: any(f[0] == 0x7 for f in fs), timeout=10)
+    goaway = [p for kind, _, _, p in frames if kind == 0x7]
+    assert goaway and int.from_bytes(goaway[0][4:8], "big") == 0xB  # ENHANCE_YOUR_CALM
+    wait_until(lambda: srv.active_calls == 0)
+    assert method(channel, "Echo")(b"others unaffected") == b"others unaffected"
+
+
+def test_header_limits_refuse_one_stream(srv: ServerThread) -> None:
+    big = hpack.Encoder().encode(
+        [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", f"/{SERVICE}/Echo"),
+            (":authority", "localhost"),
+            ("content-type", "application/grpc"),
+            ("x-big", "v" * 20_000),
+        ]
+    )
+    odd_timeout = hpack.Encoder().encode(
+        [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", f"/{SERVICE}/Echo"),
+            (":authority", "localhost"),
+            ("content-type", "application/grpc"),
+            ("grpc-timeout", "²S"),  # not ASCII digits: ignored, like any malformed timeout
+        ]
+    )
+    with socket.create_connection(("127.0.0.1", srv.port)) as sock:
+        sock.sendall(
+            PREFACE
+            + _frame(0x4, 0, 0, b"")
+            + _frame(0x1, 0, 1, big[:16_000])
+            + _frame(0x9, 0x4, 1, big[16_000:])
+            + _frame(0x0, 0x1, 1, _message(b"x"))
+            + _frame(0x1, 0x4, 3, odd_timeout)
+            + _frame(0x0, 0x1, 3, _message(b"y"))
+        )
+        frames = _read_frames(sock, lambda fs: sum(1 for f in fs if f[0] == 0x1 and f[1] & 0x1) >= 2)
+    d = hpack.Decoder()
+    ends = {sid: dict(d.decode(p)) for kind, flags, sid, p in frames if kind == 0x1 and flags & 0x1}
+    assert ends[1]["grpc-status"] == "8" and "metadata" in ends[1]["grpc-message"]
+    assert ends[3]["grpc-status"] == "0"

@@ -56,7 +56,8 @@ def test_long_names_and_values_use_multibyte_lengths() -> None:
 
 def test_grpc_message_is_truncated_to_fit_a_trailer_block() -> None:
     block = wire.trailers(13, "x" * 100_000)
-    assert len(block) < wire.MAX_MESSAGE_CHARS + 64
+    assert len(block) < wire.MAX_MESSAGE_BYTES + 64
+    assert len(wire.trailers(13, "é" * 5000)) < wire.MAX_MESSAGE_BYTES + 64
 
 
 def test_header_frames_split_into_continuations() -> None:

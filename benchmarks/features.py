@@ -5,9 +5,10 @@
 * shadow traffic: 100 % mirrored to a second version vs none, p50 at concurrency 8 (gRPC);
 * isolation: p99 of mlp_small at concurrency 4 while mlp_large loads, vs without; and while
   mlp_large is loaded and unloaded back to back (a stress figure);
-* grpc's listener: the default against ``--grpc-experiments=-event_engine_listener`` (p50 at
-  concurrency 1 with perf_analyzer, throughput at concurrency 4 and 32 with the harness's
-  loadgen_grpc.py; all on one server per run).
+* the gRPC transport: Turnout's own HTTP/2 gRPC server (the default) against grpcio's
+  (``--grpc-transport grpcio``); and, on grpcio's, grpc's default listener against
+  ``--grpc-experiments=-event_engine_listener``. Each: p50 at concurrency 1 with perf_analyzer,
+  throughput at concurrency 4 and 32 with the harness's loadgen_grpc.py, one server per run.
 
     python -m benchmarks.features [--duration 5] [--repeats 3] [--out benchmarks/results]
 """
@@ -101,7 +102,7 @@ def ab(
     return va, vb
 
 
-SECTIONS = ("drift", "batching", "shadow", "isolation", "grpc-listener")
+SECTIONS = ("drift", "batching", "shadow", "isolation", "grpc-transport", "grpc-listener")
 
 
 def main() -> None:
@@ -145,38 +146,50 @@ def main() -> None:
         )
         line(f"batching on/off, mlp_small {proto} c=1 p50", "ms", a, b, "off", "on")
 
-    # grpc's default listener (EventEngine: I/O on its own threads) against the classic one (I/O
-    # on the thread that waits for completions): latency at concurrency 1 against throughput
-    listener: dict[str, tuple[list[float], list[float]]] = {}
+    # the gRPC server: grpcio's against Turnout's own; then, on grpcio's, grpc's default listener
+    # (EventEngine: I/O on its own threads) against the classic one (I/O on the thread that waits
+    # for completions): latency at concurrency 1 against throughput
     if "grpc-listener" in only and {"GRPC_EXPERIMENTS", "TURNOUT_GRPC_EXPERIMENTS"} & set(os.environ):
         raise SystemExit(
             "grpc-listener: unset GRPC_EXPERIMENTS and TURNOUT_GRPC_EXPERIMENTS (they set both arms)"
         )
-    for _ in range(ns.repeats if "grpc-listener" in only else 0):
-        for i, args in enumerate(((), ("--grpc-experiments=-event_engine_listener",))):
-            srv = _server(repo, work, *args)
-            try:
-                pa = perf_analyzer.run_point("mlp_small", "grpc", srv.grpc, 1, 3000, 6, 30)
-                values = {
-                    "grpc's listener, mlp_small grpc c=1 p50 (perf_analyzer)": (
-                        "ms",
-                        pa.get("p50_ms", math.nan),
-                    ),
-                    **{
-                        f"grpc's listener, mlp_small grpc c={c} throughput (loadgen_grpc.py)": (
-                            "inf/s",
-                            peer_tool("loadgen_grpc.py", srv.grpc, c, ns.duration)["infer_per_s"],
-                        )
-                        for c in (4, 32)
-                    },
-                }
-            finally:
-                srv.stop()
-            for name, (unit, v) in values.items():
-                listener.setdefault(f"{name}|{unit}", ([], []))[i].append(float(v))
-    for key, (a, b) in listener.items():
-        name, unit = key.split("|")
-        line(name, unit, a, b, "EventEngine (default)", "classic")
+    grpcio = ("--grpc-transport", "grpcio")
+    comparisons = (
+        ("grpc-transport", "gRPC transport", (grpcio, ()), ("grpcio", "Turnout's (default)")),
+        (
+            "grpc-listener",
+            "grpcio's listener",
+            (grpcio, (*grpcio, "--grpc-experiments=-event_engine_listener")),
+            ("EventEngine (grpc's default)", "classic"),
+        ),
+    )
+    for section, title, arms, labels in comparisons:
+        measured: dict[str, tuple[list[float], list[float]]] = {}
+        for _ in range(ns.repeats if section in only else 0):
+            for i, args in enumerate(arms):
+                srv = _server(repo, work, *args)
+                try:
+                    pa = perf_analyzer.run_point("mlp_small", "grpc", srv.grpc, 1, 3000, 6, 30)
+                    values = {
+                        f"{title}, mlp_small grpc c=1 p50 (perf_analyzer)": (
+                            "ms",
+                            pa.get("p50_ms", math.nan),
+                        ),
+                        **{
+                            f"{title}, mlp_small grpc c={c} throughput (loadgen_grpc.py)": (
+                                "inf/s",
+                                peer_tool("loadgen_grpc.py", srv.grpc, c, ns.duration)["infer_per_s"],
+                            )
+                            for c in (4, 32)
+                        },
+                    }
+                finally:
+                    srv.stop()
+                for name, (unit, v) in values.items():
+                    measured.setdefault(f"{name}|{unit}", ([], []))[i].append(float(v))
+        for key, (a, b) in measured.items():
+            name, unit = key.split("|")
+            line(name, unit, a, b, *labels)
 
     shadow_repo = work / "shadow-repo"
     shutil.copytree(repo / "mlp_small", shadow_repo / "mlp_small")

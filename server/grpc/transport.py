@@ -37,7 +37,7 @@ class AsyncioGrpcServer:
         *,
         max_message_bytes: int,
         max_calls: int,
-        max_streams: int = 4096,
+        max_streams: int = 1024,
         max_frame: int = 16_384,
         reuse_port: bool = False,
     ) -> None:

@@ -7,6 +7,8 @@ sent as two ASGI messages. Every other path goes to the Starlette app unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.core import Core
@@ -61,31 +63,48 @@ class InferRoute:
         await self.app(scope, receive, send)
 
     async def infer(self, scope: Scope, receive: Receive, send: Send, model: str, version: str) -> None:
-        header_length = routing_key = content_length = None
-        for k, v in scope["headers"]:
-            if k == b"content-length":
-                content_length = v
-            elif k == b"inference-header-content-length":
-                header_length = v.decode("latin-1")
-            elif k == b"x-routing-key":
-                routing_key = v.decode("latin-1")
+        content_length, header_length, routing_key = infer_headers(scope["headers"])
         try:
             body = await receive_body(receive, content_length, self.limit)
+        except Exception as exc:
+            await _reply(send, wire_status(exc).http, dumps({"error": public_message(exc)}), _JSON, ())
+            return
+        await _reply(send, *await self.answer(model, version, body, header_length, routing_key))
+
+    async def answer(
+        self, model: str, version: str, body: bytes, header_length: str | None, routing_key: str | None
+    ) -> Answer:
+        """Status, body, content type and extra headers for one inference request's body."""
+        try:
             req = decode_infer_request(model, version, body, header_length)
             if req.routing_key is None:
                 req.routing_key = routing_key
             resp = await self.core.infer(req)
             payload, json_length = encode_infer_response(resp, req)
         except Exception as exc:
-            status = wire_status(exc)
-            await _reply(send, status.http, dumps({"error": public_message(exc)}), _JSON, ())
-            return
+            return wire_status(exc).http, dumps({"error": public_message(exc)}), _JSON, ()
         extra: tuple[tuple[bytes, bytes], ...] = ((b"x-model-version", resp.model_version.encode()),)
         if json_length is None:
-            await _reply(send, 200, payload, _JSON, extra)
-        else:
-            extra += ((b"inference-header-content-length", str(json_length).encode()),)
-            await _reply(send, 200, payload, _BINARY, extra)
+            return 200, payload, _JSON, extra
+        extra += ((b"inference-header-content-length", str(json_length).encode()),)
+        return 200, payload, _BINARY, extra
+
+
+Answer = tuple[int, bytes, bytes, tuple[tuple[bytes, bytes], ...]]
+
+
+def infer_headers(headers: Iterable[tuple[bytes, bytes]]) -> tuple[bytes | None, str | None, str | None]:
+    """Content-Length, the binary extension's JSON length and the routing key, if sent."""
+    header_length = routing_key = None
+    content_length = None
+    for k, v in headers:
+        if k == b"content-length":
+            content_length = v
+        elif k == b"inference-header-content-length":
+            header_length = v.decode("latin-1")
+        elif k == b"x-routing-key":
+            routing_key = v.decode("latin-1")
+    return content_length, header_length, routing_key
 
 
 async def _reply(

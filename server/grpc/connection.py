@@ -69,6 +69,7 @@ class Stream:
         "metadata",
         "path",
         "pending",
+        "pending_held",
         "queue",
         "received",
         "recv_credit",
@@ -92,6 +93,7 @@ class Stream:
         self.timer: asyncio.TimerHandle | None = None
         self.chunks: list[bytes] = []
         self.pending = b""  # streaming requests: bytes of an incomplete message
+        self.pending_held = 0  # ... of which not yet returned to the peer's window
         self.received = 0
         self.recv_credit = 0  # bytes received on this stream not yet returned with WINDOW_UPDATE
         self.recv_window = STREAM_WINDOW  # bytes the peer may still send before our next WINDOW_UPDATE
@@ -441,21 +443,25 @@ class GrpcConnection(asyncio.Protocol):
             self._credit(st, n)
         else:
             held = self._stream_messages(st, data)
-            self._credit(st, n - held)  # padding and partial messages at once; whole ones when read
             if st.responded:
                 return
+            self._credit(st, n - held)  # padding at once; messages when read (see _stream_messages)
         if end:
             self._end_of_request(st)
 
     def _credit(self, st: Stream, n: int) -> None:
         st.recv_credit += n
-        if not st.request_done and st.recv_credit >= STREAM_WINDOW // 2:
+        if not st.request_done and not st.responded and st.recv_credit >= STREAM_WINDOW // 2:
             self._write(wire.window_update(st.sid, st.recv_credit))
             st.recv_window += st.recv_credit
             st.recv_credit = 0
 
     def _stream_messages(self, st: Stream, data: bytes) -> int:
-        """Queue the messages ``data`` completes; returns how many of its bytes they hold."""
+        """Queue the messages ``data`` completes; returns how many of its bytes stay unreturned
+        to the peer's stream window. A queued message's bytes return when the handler reads it.
+        The bytes of a message still arriving return at once while the handler has read
+        everything queued (so a message larger than the window cannot stall), and are held with
+        it otherwise (so a handler that falls behind stops the peer within about one window)."""
         assert st.queue is not None
         old = len(st.pending)
         buf = st.pending + data if old else data
@@ -472,10 +478,18 @@ class GrpcConnection(asyncio.Protocol):
             if end > len(buf):
                 break
             new = end - max(pos, old) if end > old else 0  # bytes of this message that came now
-            st.queue.put_nowait((buf[pos], buf[pos + 5 : end], new))
+            owed = new
+            if pos < old:  # the message that was arriving: what it held back is owed with it
+                owed += st.pending_held
+                st.pending_held = 0
+            st.queue.put_nowait((buf[pos], buf[pos + 5 : end], owed))
             held += new
             pos = end
         st.pending = buf[pos:]
+        if st.pending and not st.queue.empty():
+            arrived = len(buf) - max(pos, old)
+            st.pending_held += arrived
+            held += arrived
         return held
 
     def _too_large(self, size: int) -> str:
@@ -486,6 +500,8 @@ class GrpcConnection(asyncio.Protocol):
         if st.handler is None:
             return
         if st.queue is not None:
+            if st.pending:  # the request ended inside a message
+                st.queue.put_nowait(Aborted("the request stream ended inside a message"))
             st.queue.put_nowait(_EOF)
             return
         body = st.chunks[0] if len(st.chunks) == 1 else b"".join(st.chunks)
@@ -517,7 +533,13 @@ class GrpcConnection(asyncio.Protocol):
             item = await st.queue.get()
             if item is _EOF:
                 return
-            self._credit(st, item[2])
+            if isinstance(item, Aborted):
+                raise item
+            owed = item[2]
+            if st.pending_held and st.queue.empty():  # caught up: the message arriving flows again
+                owed += st.pending_held
+                st.pending_held = 0
+            self._credit(st, owed)
             yield self._decode(st, item[:2])
 
     async def _run(self, st: Stream, item: tuple[int, bytes] | None) -> None:
@@ -750,6 +772,7 @@ class GrpcConnection(asyncio.Protocol):
         self._write(wire.goaway(self.last_sid, code, message.encode()[:256]))
         self._flush()
         self.closed = True
+        self._wake()  # senders waiting for window give up
         if self.transport is not None:
             self.transport.close()
 

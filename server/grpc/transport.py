@@ -121,6 +121,10 @@ class AsyncioGrpcServer:
             await asyncio.wait(tasks, timeout=1.0)
         for conn in list(self.connections):
             conn._close_now()
+        await asyncio.sleep(0.1)  # closing flushes; a peer that stopped reading is cut off
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
         for server in self._servers:
             await server.wait_closed()
 

@@ -122,6 +122,8 @@ class FastCycle:
 
     __slots__ = (
         "body",
+        "body_done",
+        "counted",
         "disconnected",
         "header_length",
         "keep_alive",
@@ -136,6 +138,8 @@ class FastCycle:
         self, model: str, version: str, header_length: str | None, routing_key: str | None, keep_alive: bool
     ) -> None:
         self.body: list[bytes] = []
+        self.counted = True  # holds one of InferRoute.inflight until released
+        self.body_done = False  # the whole body arrived; a task answers it
         self.model, self.version = model, version
         self.header_length, self.routing_key = header_length, routing_key
         self.keep_alive = keep_alive
@@ -189,6 +193,10 @@ class HeadHoldingHttpToolsProtocol(HttpToolsProtocol):
             or (self.cycle is not None and not self.cycle.response_complete)
             or self.expect_100_continue
             or route.inflight >= route.max_inflight
+            or (
+                self.limit_concurrency is not None  # uvicorn's backstop answers these 503
+                and max(len(self.connections), len(self.tasks)) >= self.limit_concurrency
+            )
             or self.parser.get_method() != b"POST"
             or self.parser.should_upgrade()
         ):
@@ -203,6 +211,7 @@ class HeadHoldingHttpToolsProtocol(HttpToolsProtocol):
         if (
             content_length is None
             or not content_length.isdigit()
+            or len(content_length) > 19
             or int(content_length) > route.limit
             or any(k == b"transfer-encoding" for k, _ in self.headers)
         ):
@@ -221,11 +230,27 @@ class HeadHoldingHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         cycle = self.cycle
         if isinstance(cycle, FastCycle):
+            cycle.body_done = True
             task = self.loop.create_task(self._answer(cycle))
             task.add_done_callback(self.tasks.discard)
+            # released in a callback as well: a task cancelled before its first step (at the
+            # shutdown timeout) never runs its body
+            task.add_done_callback(lambda _t, c=cycle: self._release(c))
             self.tasks.add(task)
         else:
             super().on_message_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        cycle = self.cycle
+        if isinstance(cycle, FastCycle) and not cycle.response_complete and not cycle.body_done:
+            self._release(cycle)  # its body never came: no task will release it
+        super().connection_lost(exc)
+
+    def _release(self, cycle: FastCycle) -> None:
+        if cycle.counted:
+            cycle.counted = False
+            assert self._route is not None
+            self._route.inflight -= 1
 
     async def _answer(self, cycle: FastCycle) -> None:
         route = self._route
@@ -235,8 +260,18 @@ class HeadHoldingHttpToolsProtocol(HttpToolsProtocol):
             status, payload, content_type, extra = await route.answer(
                 cycle.model, cycle.version, body, cycle.header_length, cycle.routing_key
             )
+        except BaseException:  # cancelled at the shutdown timeout: answer as uvicorn would
+            if not cycle.disconnected and not self.transport.is_closing():
+                self._holding.send(
+                    b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                )
+                self.transport.close()
+            cycle.response_complete = True
+            raise
         finally:
-            route.inflight -= 1
+            self._release(cycle)
+        if self.flow.write_paused and not cycle.disconnected:
+            await self.flow.drain()  # a client that does not read its answers stops being answered
         cycle.response_complete = True
         if cycle.disconnected or self.transport.is_closing():
             return

@@ -79,6 +79,13 @@ class Handlers:
             total += len(r)
         return str(total).encode()
 
+    async def hold(self, requests: AsyncIterator[bytes], ctx: Any) -> bytes:
+        await asyncio.sleep(1.5)  # reads nothing for a while: the peer must be held back
+        count = 0
+        async for _ in requests:
+            count += 1
+        return str(count).encode()
+
     def generic(self) -> grpc.GenericRpcHandler:
         u, s = grpc.unary_unary_rpc_method_handler, grpc.unary_stream_rpc_method_handler
         return grpc.method_handlers_generic_handler(
@@ -93,6 +100,7 @@ class Handlers:
                 "WriteStream": s(self.write_stream),
                 "Bidi": grpc.stream_stream_rpc_method_handler(self.bidi),
                 "ClientStream": grpc.stream_unary_rpc_method_handler(self.client_stream),
+                "Hold": grpc.stream_unary_rpc_method_handler(self.hold),
             },
         )
 
@@ -506,3 +514,17 @@ def test_header_limits_refuse_one_stream(srv: ServerThread) -> None:
     ends = {sid: dict(d.decode(p)) for kind, flags, sid, p in frames if kind == 0x1 and flags & 0x1}
     assert ends[1]["grpc-status"] == "8" and "metadata" in ends[1]["grpc-message"]
     assert ends[3]["grpc-status"] == "0"
+
+
+def test_a_handler_that_does_not_read_holds_the_peer_back(channel: grpc.Channel) -> None:
+    sent = [0]
+
+    def messages() -> Iterator[bytes]:
+        for _ in range(300):  # 300 x 64 KiB = 19 MiB, if nothing held the client back
+            sent[0] += 1
+            yield b"m" * 65_536
+
+    fut = channel.stream_unary(f"/{SERVICE}/Hold").future(messages(), timeout=60)
+    time.sleep(1.0)
+    assert sent[0] < 150, sent[0]  # about one 1 MiB window plus the client's own buffers
+    assert fut.result(60) == b"300"

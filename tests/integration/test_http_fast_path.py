@@ -111,3 +111,13 @@ def test_large_binary_body_and_chunked_upload(demo_server: ServerProc) -> None:
     chunked = httpx.post(url, content=iter(parts), headers={"content-type": "application/json"})
     assert plain.status_code == chunked.status_code == 200
     assert plain.json()["outputs"] == chunked.json()["outputs"]
+
+
+def test_requests_cut_off_mid_body_do_not_hold_capacity(demo_server: ServerProc) -> None:
+    body = json.dumps(ROW).encode()
+    for _ in range(300):  # more than --max-inflight (256): each would hold a slot if leaked
+        with socket.create_connection(("127.0.0.1", demo_server.http_port)) as sock:
+            sock.sendall(_post("/v2/models/iris/infer", body)[: -len(body) // 2])
+    time.sleep(0.5)
+    r = httpx.post(f"{demo_server.base}/v2/models/iris/infer", json=ROW)
+    assert r.status_code == 200, r.text

@@ -380,16 +380,15 @@ class GrpcConnection(asyncio.Protocol):
             return
         handler = self.server.lookup(st.path)
         if handler is None:
-            self._trailers_only(st, grpc.StatusCode.UNIMPLEMENTED, f"Method not found: {st.path}")
-            return
-        if self.server.active_calls >= self.server.max_calls:
-            self._trailers_only(st, grpc.StatusCode.RESOURCE_EXHAUSTED, "too many concurrent calls")
+            self._finish(st, grpc.StatusCode.UNIMPLEMENTED, f"Method not found: {st.path}")
             return
         if st.encoding not in ("", "identity", "gzip", "deflate"):
             msg = f"grpc-encoding {st.encoding!r} is not supported (identity, deflate, gzip are)"
-            self._trailers_only(st, grpc.StatusCode.UNIMPLEMENTED, msg)
+            self._finish(st, grpc.StatusCode.UNIMPLEMENTED, msg)
             return
-        self.server.active_calls += 1
+        if not self.server.admit():
+            self._finish(st, grpc.StatusCode.RESOURCE_EXHAUSTED, "too many concurrent calls")
+            return
         st.handler = handler
         st.metadata = tuple(metadata)
         if timeout is not None:
@@ -706,9 +705,6 @@ class GrpcConnection(asyncio.Protocol):
             block = wire.STATUS_200 + wire.CONTENT_TYPE_GRPC + block
         self._write(wire.header_frames(st.sid, block, True, self.peer_max_frame))
         self._closed(st)
-
-    def _trailers_only(self, st: Stream, code: grpc.StatusCode, message: str) -> None:
-        self._finish(st, code, message)
 
     def _finish_early(self, st: Stream, code: grpc.StatusCode, message: str) -> None:
         """Answer a call whose handler never started."""

@@ -66,6 +66,13 @@ class AsyncioGrpcServer:
         for method, handler in handlers.items():
             self._registered[f"/{service}/{method}"] = handler
 
+    def admit(self) -> bool:
+        """Take a call slot; False when all ``max_calls`` are taken."""
+        if self.active_calls >= self.max_calls:
+            return False
+        self.active_calls += 1
+        return True
+
     def release(self) -> None:
         """One call ended (answered, reset or failed)."""
         self.active_calls -= 1

@@ -84,7 +84,10 @@ def wait_for(cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None
         time.sleep(0.05)
 
 
-MAX_SECONDS = 150.0  # the load's binding bound (LoadDriver.max_requests is far above what fits in it)
+def start_load(s: ServerProc) -> LoadDriver:
+    """Two gRPC and two HTTP clients sending until stopped; 150 s is the bound that binds
+    (LoadDriver.max_requests is far above what fits in it)."""
+    return LoadDriver(s.grpc_url, s.http_url, "m", x_for, threads_per_protocol=2, max_seconds=150.0).start()
 
 
 def wait_for_traffic(driver: LoadDriver, version: str) -> None:
@@ -178,14 +181,7 @@ def test_poll_mode_swaps_under_load(tmp_path: Path) -> None:
         "0.3",
     ]
     with running_server(tmp_path, repo, args) as s:
-        driver = LoadDriver(
-            s.grpc_url,
-            s.http_url,
-            "m",
-            x_for,
-            threads_per_protocol=2,
-            max_seconds=MAX_SECONDS,
-        ).start()
+        driver = start_load(s)
         try:
             contents = scenario(s, repo, lambda: None)
             wait_for_traffic(driver, "3")  # it has only just gone live
@@ -212,14 +208,7 @@ def test_explicit_mode_swaps_under_load(tmp_path: Path, isolation: str) -> None:
             except Exception as exc:  # the corrupt version fails the load; serving versions stay
                 assert "cannot load" in str(exc)
 
-        driver = LoadDriver(
-            s.grpc_url,
-            s.http_url,
-            "m",
-            x_for,
-            threads_per_protocol=2,
-            max_seconds=MAX_SECONDS,
-        ).start()
+        driver = start_load(s)
         try:
             contents = scenario(s, repo, load)
             wait_for_traffic(driver, "3")  # it has only just gone live

@@ -8,7 +8,9 @@
 * the gRPC transport: Turnout's own HTTP/2 gRPC server (the default) against grpcio's
   (``--grpc-transport grpcio``); and, on grpcio's, grpc's default listener against
   ``--grpc-experiments=-event_engine_listener``. Each: p50 at concurrency 1 with perf_analyzer,
-  throughput at concurrency 4 and 32 with the harness's loadgen_grpc.py, one server per run.
+  throughput at concurrency 4 and 32 with the harness's loadgen_grpc.py, one server per run;
+* the HTTP fast path (inference answered inside the protocol) against ``--http-fast-path false``
+  (through ASGI): p50 at concurrency 1 and throughput at concurrency 32 with wrk.
 
     python -m benchmarks.features [--duration 5] [--repeats 3] [--out benchmarks/results]
 """
@@ -102,7 +104,7 @@ def ab(
     return va, vb
 
 
-SECTIONS = ("drift", "batching", "shadow", "isolation", "grpc-transport", "grpc-listener")
+SECTIONS = ("drift", "batching", "shadow", "isolation", "grpc-transport", "grpc-listener", "http-fast-path")
 
 
 def main() -> None:
@@ -154,6 +156,7 @@ def main() -> None:
             "grpc-listener: unset GRPC_EXPERIMENTS and TURNOUT_GRPC_EXPERIMENTS (they set both arms)"
         )
     grpcio = ("--grpc-transport", "grpcio")
+    fast_path: dict[str, tuple[list[float], list[float]]] = {}
     comparisons = (
         ("grpc-transport", "gRPC transport", (grpcio, ()), ("grpcio", "Turnout's (default)")),
         (
@@ -163,6 +166,24 @@ def main() -> None:
             ("EventEngine (grpc's default)", "classic"),
         ),
     )
+    fast_path_arms = (("--http-fast-path", "false"), ())
+    for _ in range(ns.repeats if "http-fast-path" in only else 0):
+        for i, args in enumerate(fast_path_arms):
+            srv = _server(repo, work, *args)
+            try:
+                c1 = peer_tool("loadgen_rest.py", srv.http, 1, ns.duration)
+                c32 = peer_tool("loadgen_rest.py", srv.http, 32, ns.duration)
+            finally:
+                srv.stop()
+            for name, unit, v in (
+                ("HTTP fast path, mlp_small http c=1 p50 (wrk)", "ms", c1["p50_ms"]),
+                ("HTTP fast path, mlp_small http c=32 throughput (wrk)", "inf/s", c32["infer_per_s"]),
+            ):
+                fast_path.setdefault(f"{name}|{unit}", ([], []))[i].append(float(v))
+    for key, (a, b) in fast_path.items():
+        name, unit = key.split("|")
+        line(name, unit, a, b, "through ASGI", "fast path (default)")
+
     for section, title, arms, labels in comparisons:
         measured: dict[str, tuple[list[float], list[float]]] = {}
         for _ in range(ns.repeats if section in only else 0):

@@ -108,6 +108,11 @@ def serve_parser(sub: Any) -> argparse.ArgumentParser:
         "--max-connections", type=int, help="HTTP connections before uvicorn answers 503 (default 10000)"
     )
     p.add_argument(
+        "--http-fast-path",
+        type=_bool,
+        help="answer inference requests inside the HTTP protocol, without ASGI (default true)",
+    )
+    p.add_argument(
         "--intra-op-threads", type=int, help="onnxruntime intra-op threads per session (default 1)"
     )
     p.add_argument(

@@ -308,7 +308,9 @@ class Runtime:
             build_routes(self.core, s.max_request_bytes, self.metrics, self.drift)
             + admin_routes(self.controller, self.auth)
         )
-        app = self._infer_route = InferRoute(app, self.core, s.max_request_bytes, s.max_inflight)
+        app = self._infer_route = InferRoute(
+            app, self.core, s.max_request_bytes, s.max_inflight, fast_path=s.http_fast_path
+        )
         family = socket.AF_INET6 if ":" in s.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     max_inflight: int = Field(256, gt=0)
     # HTTP connections + requests before uvicorn itself answers 503 (a backstop)
     max_connections: int = Field(10_000, gt=0)
+    # answer POST .../infer inside the HTTP protocol, without ASGI (server/http/protocol.py)
+    http_fast_path: bool = True
 
     # onnxruntime
     intra_op_threads: int = Field(1, ge=0)

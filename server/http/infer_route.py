@@ -35,11 +35,14 @@ def parse_infer_path(path: str) -> tuple[str, str] | None:
 
 
 class InferRoute:
-    def __init__(self, app: ASGIApp, core: Core, max_request_bytes: int, max_inflight: int) -> None:
+    def __init__(
+        self, app: ASGIApp, core: Core, max_request_bytes: int, max_inflight: int, fast_path: bool = True
+    ) -> None:
         self.app = app
         self.core = core
         self.limit = max_request_bytes
         self.max_inflight = max_inflight
+        self.fast_path = fast_path  # may the HTTP protocol answer requests itself (protocol.py)
         self.inflight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -166,7 +166,7 @@ class HeadHoldingHttpToolsProtocol(HttpToolsProtocol):
         tasks: Sized = self.tasks
         self._holding = HeadHoldingTransport(transport, self.loop, lambda: len(tasks) > 1)
         app = self.config.app
-        self._route: InferRoute | None = app if isinstance(app, InferRoute) else None
+        self._route: InferRoute | None = app if isinstance(app, InferRoute) and app.fast_path else None
         super().connection_made(self._holding)  # type: ignore[arg-type]
 
     def on_response_complete(self) -> None:

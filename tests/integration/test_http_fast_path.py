@@ -7,13 +7,15 @@ from __future__ import annotations
 import json
 import socket
 import time
+from collections.abc import Iterator
 
 import httpx
 import numpy as np
+import pytest
 import tritonclient.http as httpclient
 
 from tests.integration.tensors import echo_arrays
-from tests.server_proc import ServerProc
+from tests.server_proc import ServerProc, start_server
 
 ROW = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [1.0, 2.0, 3.0, 4.0]}]}
 
@@ -50,7 +52,19 @@ def _responses(
     return out
 
 
-def test_pipelined_mix_answers_in_order(demo_server: ServerProc) -> None:
+@pytest.fixture(scope="module", params=["fast path", "through ASGI"])
+def either(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
+    """The demo server with the fast path (the default) and without (--http-fast-path false)."""
+    if request.param == "fast path":
+        yield request.getfixturevalue("demo_server")
+        return
+    server = start_server(tmp_path_factory.mktemp("asgi"), args=["--http-fast-path", "false"])
+    yield server
+    assert server.stop() == 0, server.log()
+
+
+def test_pipelined_mix_answers_in_order(either: ServerProc) -> None:
+    demo_server = either
     body = json.dumps(ROW).encode()
     bad = json.dumps(
         {"inputs": [{"name": "nope", "datatype": "FP32", "shape": [1, 4], "data": [0, 0, 0, 0]}]}
@@ -74,7 +88,8 @@ def test_pipelined_mix_answers_in_order(demo_server: ServerProc) -> None:
     assert got[0][2] == got[2][2] == got[5][2]
 
 
-def test_connection_close_and_http10(demo_server: ServerProc) -> None:
+def test_connection_close_and_http10(either: ServerProc) -> None:
+    demo_server = either
     body = json.dumps(ROW).encode()
     for request in (
         _post("/v2/models/iris/infer", body, "Connection: close\r\n"),

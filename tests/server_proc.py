@@ -15,6 +15,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_REPO = ROOT / "model_store" / "demo" / "repository"
 
@@ -114,3 +116,16 @@ def cuda_runtime_lib() -> str:
         return str(Path(next(iter(cr.__path__))) / "lib")
     except ImportError:
         return ""
+
+
+def demo_or_variant(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, variant_args: list[str] | None
+) -> Iterator[ServerProc]:
+    """For a fixture parametrized over a default and a variant: the shared demo server when
+    ``variant_args`` is None, else a demo server of its own started with those flags."""
+    if variant_args is None:
+        yield request.getfixturevalue("demo_server")
+        return
+    server = start_server(tmp_path_factory.mktemp("variant"), args=variant_args)
+    yield server
+    assert server.stop() == 0, server.log()

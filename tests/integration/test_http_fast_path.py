@@ -15,7 +15,7 @@ import pytest
 import tritonclient.http as httpclient
 
 from tests.integration.tensors import echo_arrays
-from tests.server_proc import ServerProc, start_server
+from tests.server_proc import ServerProc, demo_or_variant
 
 ROW = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [1.0, 2.0, 3.0, 4.0]}]}
 
@@ -55,12 +55,8 @@ def _responses(
 @pytest.fixture(scope="module", params=["fast path", "through ASGI"])
 def either(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
     """The demo server with the fast path (the default) and without (--http-fast-path false)."""
-    if request.param == "fast path":
-        yield request.getfixturevalue("demo_server")
-        return
-    server = start_server(tmp_path_factory.mktemp("asgi"), args=["--http-fast-path", "false"])
-    yield server
-    assert server.stop() == 0, server.log()
+    variant = None if request.param == "fast path" else ["--http-fast-path", "false"]
+    yield from demo_or_variant(request, tmp_path_factory, variant)
 
 
 def test_pipelined_mix_answers_in_order(either: ServerProc) -> None:

@@ -11,7 +11,7 @@ import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
 from tests.integration.tensors import DATATYPES, echo_arrays
-from tests.server_proc import ServerProc, start_server
+from tests.server_proc import ServerProc, demo_or_variant
 
 
 @pytest.fixture(scope="module", params=["asyncio", "grpcio"])
@@ -19,12 +19,8 @@ def grpc_server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProc]:
     """The demo server on Turnout's own gRPC transport (the default) and on grpcio's."""
-    if request.param == "asyncio":
-        yield request.getfixturevalue("demo_server")
-        return
-    server = start_server(tmp_path_factory.mktemp("grpcio"), args=["--grpc-transport", "grpcio"])
-    yield server
-    assert server.stop() == 0, server.log()
+    variant = None if request.param == "asyncio" else ["--grpc-transport", "grpcio"]
+    yield from demo_or_variant(request, tmp_path_factory, variant)
 
 
 def _inputs(arrays: dict[str, np.ndarray]) -> list[grpcclient.InferInput]:

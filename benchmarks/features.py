@@ -29,6 +29,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -156,54 +157,51 @@ def main() -> None:
             "grpc-listener: unset GRPC_EXPERIMENTS and TURNOUT_GRPC_EXPERIMENTS (they set both arms)"
         )
     grpcio = ("--grpc-transport", "grpcio")
-    fast_path: dict[str, tuple[list[float], list[float]]] = {}
-    comparisons = (
-        ("grpc-transport", "gRPC transport", (grpcio, ()), ("grpcio", "Turnout's (default)")),
+    Values = dict[str, tuple[str, float]]
+
+    def grpc_points(title: str) -> Callable[[Turnout], Values]:
+        def measure(srv: Turnout) -> Values:
+            pa = perf_analyzer.run_point("mlp_small", "grpc", srv.grpc, 1, 3000, 6, 30)
+            values = {f"{title}, mlp_small grpc c=1 p50 (perf_analyzer)": ("ms", pa.get("p50_ms", math.nan))}
+            for c in (4, 32):
+                rps = peer_tool("loadgen_grpc.py", srv.grpc, c, ns.duration)["infer_per_s"]
+                values[f"{title}, mlp_small grpc c={c} throughput (loadgen_grpc.py)"] = ("inf/s", rps)
+            return values
+
+        return measure
+
+    def http_points(srv: Turnout) -> Values:
+        c1 = peer_tool("loadgen_rest.py", srv.http, 1, ns.duration)
+        c32 = peer_tool("loadgen_rest.py", srv.http, 32, ns.duration)
+        return {
+            "HTTP fast path, mlp_small http c=1 p50 (wrk)": ("ms", c1["p50_ms"]),
+            "HTTP fast path, mlp_small http c=32 throughput (wrk)": ("inf/s", c32["infer_per_s"]),
+        }
+
+    comparisons: tuple[
+        tuple[str, Callable[[Turnout], Values], tuple[tuple[str, ...], ...], tuple[str, str]], ...
+    ] = (
+        ("grpc-transport", grpc_points("gRPC transport"), (grpcio, ()), ("grpcio", "Turnout's (default)")),
         (
             "grpc-listener",
-            "grpcio's listener",
+            grpc_points("grpcio's listener"),
             (grpcio, (*grpcio, "--grpc-experiments=-event_engine_listener")),
             ("EventEngine (grpc's default)", "classic"),
         ),
+        (
+            "http-fast-path",
+            http_points,
+            (("--http-fast-path", "false"), ()),
+            ("through ASGI", "fast path (default)"),
+        ),
     )
-    fast_path_arms = (("--http-fast-path", "false"), ())
-    for _ in range(ns.repeats if "http-fast-path" in only else 0):
-        for i, args in enumerate(fast_path_arms):
-            srv = _server(repo, work, *args)
-            try:
-                c1 = peer_tool("loadgen_rest.py", srv.http, 1, ns.duration)
-                c32 = peer_tool("loadgen_rest.py", srv.http, 32, ns.duration)
-            finally:
-                srv.stop()
-            for name, unit, v in (
-                ("HTTP fast path, mlp_small http c=1 p50 (wrk)", "ms", c1["p50_ms"]),
-                ("HTTP fast path, mlp_small http c=32 throughput (wrk)", "inf/s", c32["infer_per_s"]),
-            ):
-                fast_path.setdefault(f"{name}|{unit}", ([], []))[i].append(float(v))
-    for key, (a, b) in fast_path.items():
-        name, unit = key.split("|")
-        line(name, unit, a, b, "through ASGI", "fast path (default)")
-
-    for section, title, arms, labels in comparisons:
+    for section, measure, arms, labels in comparisons:
         measured: dict[str, tuple[list[float], list[float]]] = {}
         for _ in range(ns.repeats if section in only else 0):
             for i, args in enumerate(arms):
                 srv = _server(repo, work, *args)
                 try:
-                    pa = perf_analyzer.run_point("mlp_small", "grpc", srv.grpc, 1, 3000, 6, 30)
-                    values = {
-                        f"{title}, mlp_small grpc c=1 p50 (perf_analyzer)": (
-                            "ms",
-                            pa.get("p50_ms", math.nan),
-                        ),
-                        **{
-                            f"{title}, mlp_small grpc c={c} throughput (loadgen_grpc.py)": (
-                                "inf/s",
-                                peer_tool("loadgen_grpc.py", srv.grpc, c, ns.duration)["infer_per_s"],
-                            )
-                            for c in (4, 32)
-                        },
-                    }
+                    values = measure(srv)
                 finally:
                     srv.stop()
                 for name, (unit, v) in values.items():

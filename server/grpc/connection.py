@@ -584,12 +584,17 @@ class GrpcConnection(asyncio.Protocol):
     def _task_done(self, st: Stream, _task: asyncio.Task[None]) -> None:
         self._done(st)
 
-    def _done(self, st: Stream) -> None:
+    def _end_call(self, st: Stream) -> None:
+        """Give back the call's slot and stop its deadline timer (once; later calls do nothing)."""
         if st.handler is not None:
             st.handler = None
             self.server.release()
         if st.timer is not None:
             st.timer.cancel()
+            st.timer = None
+
+    def _done(self, st: Stream) -> None:
+        self._end_call(st)
         if st.ctx is not None:
             st.ctx.done_ = True
         if not st.responded and not st.reset and not self.closed:  # cancelled before it started
@@ -612,12 +617,9 @@ class GrpcConnection(asyncio.Protocol):
         if st.ctx is not None:
             st.ctx.cancelled_ = True
         if st.task is not None:
-            st.task.cancel()
-        elif st.handler is not None:
-            st.handler = None
-            self.server.release()
-            if st.timer is not None:
-                st.timer.cancel()
+            st.task.cancel()  # the task's callback ends the call
+        else:
+            self._end_call(st)
 
     # ------------------------------------------------------------------ answers
 
@@ -709,11 +711,7 @@ class GrpcConnection(asyncio.Protocol):
     def _finish_early(self, st: Stream, code: grpc.StatusCode, message: str) -> None:
         """Answer a call whose handler never started."""
         self._finish(st, code, message)
-        if st.handler is not None:
-            st.handler = None
-            self.server.release()
-        if st.timer is not None:
-            st.timer.cancel()
+        self._end_call(st)
 
     def _http_error(self, st: Stream, status: int) -> None:
         self._write(wire.frame(Frame.HEADERS, END_HEADERS | END_STREAM, st.sid, wire.http_status(status)))

@@ -53,9 +53,7 @@ class InferRoute:
                     exc = QueueFull(
                         f"server busy: {self.inflight} inference requests in progress (--max-inflight)"
                     )
-                    await _reply(
-                        send, wire_status(exc).http, dumps({"error": public_message(exc)}), _JSON, ()
-                    )
+                    await _reply(send, *error_answer(exc))
                     return
                 self.inflight += 1
                 try:
@@ -70,7 +68,7 @@ class InferRoute:
         try:
             body = await receive_body(receive, content_length, self.limit)
         except Exception as exc:
-            await _reply(send, wire_status(exc).http, dumps({"error": public_message(exc)}), _JSON, ())
+            await _reply(send, *error_answer(exc))
             return
         await _reply(send, *await self.answer(model, version, body, header_length, routing_key))
 
@@ -85,7 +83,7 @@ class InferRoute:
             resp = await self.core.infer(req)
             payload, json_length = encode_infer_response(resp, req)
         except Exception as exc:
-            return wire_status(exc).http, dumps({"error": public_message(exc)}), _JSON, ()
+            return error_answer(exc)
         extra: tuple[tuple[bytes, bytes], ...] = ((b"x-model-version", resp.model_version.encode()),)
         if json_length is None:
             return 200, payload, _JSON, extra
@@ -94,6 +92,11 @@ class InferRoute:
 
 
 Answer = tuple[int, bytes, bytes, tuple[tuple[bytes, bytes], ...]]
+
+
+def error_answer(exc: BaseException) -> Answer:
+    """The status and ``{"error": ...}`` body the error table gives ``exc``."""
+    return wire_status(exc).http, dumps({"error": public_message(exc)}), _JSON, ()
 
 
 def infer_headers(headers: Iterable[tuple[bytes, bytes]]) -> tuple[bytes | None, str | None, str | None]:

@@ -213,8 +213,7 @@ class HeadHoldingHttpToolsProtocol(HttpToolsProtocol):
             or not content_length.isdigit()
             or len(content_length) > 19
             or int(content_length) > route.limit
-            or any(k == b"transfer-encoding" for k, _ in self.headers)
-        ):
+        ):  # (httptools refuses Transfer-Encoding beside Content-Length before this runs)
             return None
         keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
         route.inflight += 1  # counted from here, as the ASGI route counts from its call

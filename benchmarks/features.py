@@ -10,7 +10,10 @@
   ``--grpc-experiments=-event_engine_listener``. Each: p50 at concurrency 1 with perf_analyzer,
   throughput at concurrency 4 and 32 with the harness's loadgen_grpc.py, one server per run;
 * the HTTP fast path (inference answered inside the protocol) against ``--http-fast-path false``
-  (through ASGI): p50 at concurrency 1 and throughput at concurrency 32 with wrk.
+  (through ASGI): p50 at concurrency 1 and throughput at concurrency 32 with wrk;
+* busy polling (the default ``--busy-poll-us``) against ``--busy-poll-us 0``: p50 at concurrency
+  1 (wrk, perf_analyzer) with the server's CPU use in the wrk run, and throughput at concurrency
+  32 (wrk, loadgen_grpc.py).
 
     python -m benchmarks.features [--duration 5] [--repeats 3] [--out benchmarks/results]
 """
@@ -37,6 +40,7 @@ import numpy as np
 
 from benchmarks import models, perf_analyzer
 from benchmarks.baselines import peer_tool
+from benchmarks.cpu import pgid_cpu
 from benchmarks.loadgen import Config, run_sync
 from benchmarks.server import Turnout
 
@@ -105,7 +109,16 @@ def ab(
     return va, vb
 
 
-SECTIONS = ("drift", "batching", "shadow", "isolation", "grpc-transport", "grpc-listener", "http-fast-path")
+SECTIONS = (
+    "drift",
+    "batching",
+    "shadow",
+    "isolation",
+    "grpc-transport",
+    "grpc-listener",
+    "http-fast-path",
+    "busy-poll",
+)
 
 
 def main() -> None:
@@ -178,6 +191,25 @@ def main() -> None:
             "HTTP fast path, mlp_small http c=32 throughput (wrk)": ("inf/s", c32["infer_per_s"]),
         }
 
+    def busy_points(srv: Turnout) -> Values:
+        t0, cpu0 = time.monotonic(), pgid_cpu(srv.pgid)
+        c1 = peer_tool("loadgen_rest.py", srv.http, 1, ns.duration)
+        cores = (pgid_cpu(srv.pgid) - cpu0) / (time.monotonic() - t0)
+        pa = perf_analyzer.run_point("mlp_small", "grpc", srv.grpc, 1, 3000, 6, 30)
+        return {
+            "busy polling, mlp_small http c=1 p50 (wrk)": ("ms", c1["p50_ms"]),
+            "busy polling, server cores busy during the http c=1 run": ("cores", cores),
+            "busy polling, mlp_small grpc c=1 p50 (perf_analyzer)": ("ms", pa.get("p50_ms", math.nan)),
+            "busy polling, mlp_small http c=32 throughput (wrk)": (
+                "inf/s",
+                peer_tool("loadgen_rest.py", srv.http, 32, ns.duration)["infer_per_s"],
+            ),
+            "busy polling, mlp_small grpc c=32 throughput (loadgen_grpc.py)": (
+                "inf/s",
+                peer_tool("loadgen_grpc.py", srv.grpc, 32, ns.duration)["infer_per_s"],
+            ),
+        }
+
     comparisons: tuple[
         tuple[str, Callable[[Turnout], Values], tuple[tuple[str, ...], ...], tuple[str, str]], ...
     ] = (
@@ -194,6 +226,7 @@ def main() -> None:
             (("--http-fast-path", "false"), ()),
             ("through ASGI", "fast path (default)"),
         ),
+        ("busy-poll", busy_points, (("--busy-poll-us", "0"), ()), ("off", "polling (default)")),
     )
     for section, measure, arms, labels in comparisons:
         measured: dict[str, tuple[list[float], list[float]]] = {}

@@ -19,6 +19,7 @@ from model_store.config import instance_count
 from model_store.session import Session
 from protos.model_config_pb2 import ModelConfig
 from server.batching import BatchingConfig, DynamicBatcher
+from server.busy_poll import BusyPoll
 from server.errors import InferenceFailed, TurnoutError
 from server.observe.metrics import Metrics
 from server.observe.stats import VersionStats
@@ -70,12 +71,15 @@ class Compute:
     row: wall time would count waits for the GIL, inflate the estimate under contention and
     push a tiny model onto the pool, where the hand-offs cost more than the model."""
 
-    __slots__ = ("_every", "_pool", "_runs", "inline_ns", "row_ns", "session")
+    __slots__ = ("_busy_poll", "_every", "_pool", "_runs", "inline_ns", "row_ns", "session")
 
     SAMPLE_EVERY = 8  # one execution in this many measures its CPU time
 
-    def __init__(self, session: Session, pool: Executor, inline_ns: float) -> None:
+    def __init__(
+        self, session: Session, pool: Executor, inline_ns: float, busy_poll: BusyPoll | None = None
+    ) -> None:
         self.session = session
+        self._busy_poll = busy_poll or BusyPoll(0.0)
         self._pool = session.executor or pool  # a process-served version brings its own threads
         self._runs = 0
         self.inline_ns = inline_ns
@@ -92,9 +96,13 @@ class Compute:
         if done is not None:
             return done
         loop = asyncio.get_running_loop()
-        out, ns, cpu_ns = await loop.run_in_executor(
-            self._pool, _execute_sync, self.session, feeds, self._sample()
-        )
+        self._busy_poll.pause()  # the thread must get the GIL back to hand over the result
+        try:
+            out, ns, cpu_ns = await loop.run_in_executor(
+                self._pool, _execute_sync, self.session, feeds, self._sample()
+            )
+        finally:
+            self._busy_poll.resume()
         if cpu_ns >= 0:
             self.row_ns += 0.3 * (cpu_ns / max(rows, 1) - self.row_ns)
         return out, ns

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import socket
@@ -35,6 +36,7 @@ from router.controller import TrafficController
 from router.shadow import ShadowMirror
 from router.store import ControlPlaneStore
 from server.auth import AdminAuth
+from server.busy_poll import BusyPoll
 from server.core import Core
 from server.grpc.admin import AdminServicer
 from server.grpc.servicer import SERVICE, make_handlers
@@ -71,6 +73,7 @@ class Runtime:
         self.settings = settings
         self.prom = registry or CollectorRegistry()
         self.metrics = Metrics(self.prom)
+        self.busy_poll = BusyPoll(settings.busy_poll_us / 1e6)
         self.pool = ThreadPoolExecutor(max_workers=settings.infer_threads, thread_name_prefix="turnout-infer")
         options = SessionOptions(
             intra_op_threads=settings.intra_op_threads,
@@ -141,7 +144,7 @@ class Runtime:
         stats = VersionStats(session.name, session.version)
         self.metrics.model_ready.labels(session.name, session.version).set(1)
         cfg = batching_config(session.config, self.settings)
-        compute = Compute(session, self.pool, self.settings.inline_compute_us * 1000.0)
+        compute = Compute(session, self.pool, self.settings.inline_compute_us * 1000.0, self.busy_poll)
         if cfg is None:
             return DirectRunner(session, compute, instance_count(session.config), stats)
         return BatchingRunner(session, compute, cfg, stats, self.metrics)
@@ -250,6 +253,7 @@ class Runtime:
                 max_message_bytes=s.max_request_bytes,
                 max_calls=s.max_inflight,  # excess answered RESOURCE_EXHAUSTED at once
                 reuse_port=s.worker_id is not None,
+                busy_poll=self.busy_poll,
             )
         else:
             server = self._grpcio_server()
@@ -326,7 +330,7 @@ class Runtime:
         config = uvicorn.Config(
             app,
             loop="none",
-            http=HeadHoldingHttpToolsProtocol,
+            http=functools.partial(HeadHoldingHttpToolsProtocol, busy_poll=self.busy_poll),  # type: ignore[arg-type]
             lifespan="off",
             access_log=False,
             log_level="warning",

@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     max_connections: int = Field(10_000, gt=0)
     # answer POST .../infer inside the HTTP protocol, without ASGI (server/http/protocol.py)
     http_fast_path: bool = True
+    # after network input the event loop polls instead of sleeping for this long (server/busy_poll.py)
+    busy_poll_us: float = Field(500.0, ge=0)
 
     # onnxruntime
     intra_op_threads: int = Field(1, ge=0)

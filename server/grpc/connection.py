@@ -112,6 +112,7 @@ class GrpcConnection(asyncio.Protocol):
     def __init__(self, server: AsyncioGrpcServer) -> None:
         self.server = server
         self.loop = server.loop
+        self.kick = server.busy_poll.kick
         self.transport: asyncio.Transport | None = None
         self.peer = ""
         self.buf = b""
@@ -178,6 +179,7 @@ class GrpcConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
+        self.kick()
         buf = self.buf + data if self.buf else data
         try:
             if not self.preface_seen:
@@ -759,6 +761,7 @@ class GrpcConnection(asyncio.Protocol):
         self.flush_scheduled = False
         if self.out and self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"".join(self.out) if len(self.out) > 1 else self.out[0])
+            self.kick()  # the client's next request often follows its answer
         self.out.clear()
 
     def _connection_error(self, code: H2Error, message: str) -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from server.busy_poll import BusyPoll
 from server.grpc.connection import GrpcConnection
 
 log = logging.getLogger("turnout.grpc")
@@ -40,6 +41,7 @@ class AsyncioGrpcServer:
         max_streams: int = 1024,
         max_frame: int = 16_384,
         reuse_port: bool = False,
+        busy_poll: BusyPoll | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.max_message_bytes = max_message_bytes
@@ -47,6 +49,7 @@ class AsyncioGrpcServer:
         self.max_streams = max_streams
         self.max_frame = max_frame  # largest frame we accept (SETTINGS_MAX_FRAME_SIZE default)
         self.reuse_port = reuse_port
+        self.busy_poll = busy_poll or BusyPoll(0.0)
         self.active_calls = 0
         self._idle: asyncio.Event | None = None  # set when the last call ends, while stopping
         self.connections: set[GrpcConnection] = set()

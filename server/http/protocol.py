@@ -29,6 +29,7 @@ from typing import Any
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from server.busy_poll import BusyPoll
 from server.http.infer_route import InferRoute, infer_headers, parse_infer_path
 
 _HEAD = b"HTTP/1.1 "
@@ -162,6 +163,14 @@ def _status_line(status: int) -> bytes:
 
 
 class HeadHoldingHttpToolsProtocol(HttpToolsProtocol):
+    def __init__(self, *args: Any, busy_poll: BusyPoll | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._kick = (busy_poll or BusyPoll(0.0)).kick
+
+    def data_received(self, data: bytes) -> None:
+        self._kick()
+        super().data_received(data)
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         tasks: Sized = self.tasks
         self._holding = HeadHoldingTransport(transport, self.loop, lambda: len(tasks) > 1)
@@ -171,6 +180,7 @@ class HeadHoldingHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         self._holding.release()
+        self._kick()  # the client's next request often follows its answer
         super().on_response_complete()
 
     # ------------------------------------------------------------------ the inference fast path

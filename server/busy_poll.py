@@ -32,7 +32,7 @@ class BusyPoll:
         self._paused = 0
 
     def kick(self) -> None:
-        """Network input arrived: poll for another window from now."""
+        """Traffic (input arrived, or an answer went out): poll for another window from now."""
         if self.window_s <= 0:
             return
         self._deadline = self._clock() + self.window_s

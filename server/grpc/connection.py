@@ -26,6 +26,7 @@ import hpack
 
 from server.grpc import wire
 from server.grpc.context import Aborted, Context, Metadata
+from server.grpc.header_cache import HeaderDecoder
 from server.grpc.wire import (
     ACK,
     END_HEADERS,
@@ -119,7 +120,7 @@ class GrpcConnection(asyncio.Protocol):
         self.preface_seen = False
         # the decoder's own cap only guards against HPACK bombs (past it the decoder state is lost
         # and the connection must close); the 16 KiB limit is checked per stream after decoding
-        self.decoder = hpack.Decoder(max_header_list_size=HPACK_HARD_LIMIT)
+        self.decoder = HeaderDecoder(max_header_list_size=HPACK_HARD_LIMIT)
         self.streams: dict[int, Stream] = {}
         self.last_sid = 0
         self.continuation: tuple[int, int, bytearray] | None = None

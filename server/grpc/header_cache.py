@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import hpack
 
-# the bytes that are a complete one-byte indexed field: what is left after deleting them is not
+# every byte that is a whole indexed field by itself; a block with nothing left once they are
+# deleted is made of such fields only
 _ONE_BYTE_INDEXED = bytes(range(0x81, 0xFF))
 MAX_ENTRIES = 32
 

@@ -194,11 +194,7 @@ def peer_tool(script: str, url: str, concurrency: int, duration: float) -> dict[
 
 
 def measure(http: str, grpc: str, duration: float) -> dict[str, float]:
-    for _attempt in range(2):  # on a noisy machine perf_analyzer may find no stable window
-        pa = perf_analyzer.run_point(MODEL, "grpc", grpc, 1, 3000, 6, 30)
-        if "error" not in pa:
-            break
-        print(f"perf_analyzer: {pa['error']}", flush=True)
+    pa = perf_analyzer.run_point(MODEL, "grpc", grpc, 1, 3000, 6, 30, retries=1)
     return {
         "grpc_c1_p50_ms": float(pa.get("p50_ms", float("nan"))),
         "http_c1_p50_ms": float(peer_tool("loadgen_rest.py", http, 1, duration)["p50_ms"]),

@@ -60,8 +60,28 @@ def run_point(
     max_trials: int = 6,
     stability_pct: int = 10,
     stats_url: str | None = None,
+    retries: int = 0,
 ) -> dict[str, Any]:
-    """One perf_analyzer point; ``{"error": ...}`` if it failed (e.g. no stable measurement)."""
+    """One perf_analyzer point; ``{"error": ...}`` if it failed (e.g. no stable measurement),
+    after ``retries`` more attempts (on a noisy machine a run may find no stable window)."""
+    for _attempt in range(retries):
+        res = _run_once(model, proto, url, concurrency, interval_ms, max_trials, stability_pct, stats_url)
+        if "error" not in res:
+            return res
+        print(f"perf_analyzer: {res['error']}; trying again", flush=True)
+    return _run_once(model, proto, url, concurrency, interval_ms, max_trials, stability_pct, stats_url)
+
+
+def _run_once(
+    model: str,
+    proto: str,
+    url: str,
+    concurrency: int,
+    interval_ms: int,
+    max_trials: int,
+    stability_pct: int,
+    stats_url: str | None,
+) -> dict[str, Any]:
     check_loopback(url)
     from benchmarks.server import http_json
 

@@ -105,8 +105,60 @@ def serve_parser(sub: Any) -> argparse.ArgumentParser:
         help="requests in progress per protocol before new ones get RESOURCE_EXHAUSTED / 503 at once (default 256)",
     )
     p.add_argument(
-        "--max-connections", type=int, help="HTTP connections before uvicorn answers 503 (default 10000)"
+        "--max-connections",
+        type=int,
+        help="connections per protocol; beyond, new ones are closed at once (default 10000,"
+        " lowered to fit the open-files limit)",
     )
+    edge = p.add_argument_group("edge limits (what one client may hold)")
+    edge.add_argument(
+        "--max-streams-per-connection", type=int, help="gRPC concurrent streams per connection (default 100)"
+    )
+    edge.add_argument(
+        "--handshake-timeout-secs",
+        type=float,
+        help="from accept to the TLS handshake and HTTP/2 preface, or an HTTP request's first byte (default 10)",
+    )
+    edge.add_argument(
+        "--header-timeout-secs", type=float, help="HTTP: a request's headers must arrive within (default 10)"
+    )
+    edge.add_argument(
+        "--request-timeout-secs",
+        type=float,
+        help="from a request's headers to its last byte, both protocols (default 60)",
+    )
+    edge.add_argument(
+        "--idle-timeout-secs",
+        type=float,
+        help="gRPC: GOAWAY to a connection with no stream and no frame this long; a streamed call"
+        " that receives nothing this long ends (default 300; 0 = off)",
+    )
+    edge.add_argument(
+        "--max-connection-age-secs",
+        type=float,
+        help="gRPC: GOAWAY to connections older than this, so clients reconnect and L4 balancers"
+        " rebalance (default off)",
+    )
+    edge.add_argument(
+        "--max-connection-age-grace-secs",
+        type=float,
+        help="after --max-connection-age-secs, calls still running get this long (default 30)",
+    )
+    edge.add_argument(
+        "--write-timeout-secs",
+        type=float,
+        help="close a connection whose peer reads none of its answers this long (default 30)",
+    )
+    edge.add_argument(
+        "--max-queued-bytes",
+        type=int,
+        help="gRPC: answer bytes waiting for a slow peer before its connection opens no new streams"
+        " (default 64 MiB)",
+    )
+    edge.add_argument(
+        "--http-max-header-bytes", type=int, help="HTTP: request line and headers, at most (default 65536)"
+    )
+    edge.add_argument("--http-max-headers", type=int, help="HTTP: header fields per request (default 100)")
     p.add_argument(
         "--http-fast-path",
         type=_bool,

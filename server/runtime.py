@@ -39,16 +39,18 @@ from server.auth import AdminAuth
 from server.busy_poll import BusyPoll
 from server.core import Core
 from server.grpc.admin import AdminServicer
+from server.grpc.limits import TransportLimits
 from server.grpc.servicer import SERVICE, make_handlers
 from server.grpc.transport import AsyncioGrpcServer, server_tls
 from server.http.admin import admin_routes
 from server.http.app import build_app, build_routes
 from server.http.infer_route import InferRoute
-from server.http.protocol import HeadHoldingHttpToolsProtocol
+from server.http.protocol import HeadHoldingHttpToolsProtocol, HttpLimits
 from server.model_ops import ModelOpsLog
 from server.observe.drift import DriftWiring
 from server.observe.metrics import Metrics
 from server.observe.stats import VersionStats
+from server.os_limits import connection_cap
 from server.runner import BatchingRunner, Compute, DirectRunner, Runner, batching_config
 from server.settings import Settings
 from server.traffic import TrafficRouting, servable
@@ -134,6 +136,13 @@ class Runtime:
         self._health: health_aio.HealthServicer | None = None
         self.grpc_port = 0
         self.http_port = 0
+        # the edge's timeouts are checked this often (a quarter of the shortest, at most 1 s)
+        self.sweep_interval_s = min(
+            1.0, settings.handshake_timeout_secs / 4, settings.header_timeout_secs / 4
+        )
+        self.max_connections = connection_cap(
+            settings.max_connections, int(settings.allow_grpc) + int(settings.allow_http)
+        )
         self._stopped = asyncio.Event()
         self._background: list[asyncio.Task[Any]] = []
         self._model_tasks: list[asyncio.Task[Any]] = []  # repository polling, other workers' loads
@@ -167,6 +176,21 @@ class Runtime:
         while True:
             await asyncio.sleep(interval)
             self.metrics.flush()
+
+    async def _sweep_http_forever(self) -> None:
+        """The HTTP connections' timeouts (``HttpLimits``), checked every ``sweep_interval_s``."""
+        assert self.http_server is not None
+        connections = self.http_server.server_state.connections
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.sweep_interval_s)
+            now = loop.time()
+            for conn in list(connections):
+                if isinstance(conn, HeadHoldingHttpToolsProtocol):
+                    try:
+                        conn.sweep(now)
+                    except Exception:  # one connection's trouble must not stop the timeouts of all
+                        log.exception("HTTP connection sweep failed")
 
     async def _follow_model_ops(self) -> None:
         """Replay explicit loads and unloads that other workers received."""
@@ -207,6 +231,8 @@ class Runtime:
         self._background.append(asyncio.get_running_loop().create_task(self.traffic.tick_forever()))
         self._background.append(asyncio.get_running_loop().create_task(self.traffic.shadow_forever()))
         self._background.append(asyncio.get_running_loop().create_task(self._flush_metrics_forever()))
+        if self.http_server is not None:
+            self._background.append(asyncio.get_running_loop().create_task(self._sweep_http_forever()))
         if self.drift is not None:
             self._background.append(asyncio.get_running_loop().create_task(self.drift.flush_forever()))
         if self.core.model_ops is not None:
@@ -252,8 +278,12 @@ class Runtime:
             server = AsyncioGrpcServer(
                 max_message_bytes=s.max_request_bytes,
                 max_calls=s.max_inflight,  # excess answered RESOURCE_EXHAUSTED at once
+                limits=self.transport_limits(),
+                limited=(f"/{SERVICE}/ModelInfer",),  # health, metadata, control: never refused
                 reuse_port=s.worker_id is not None,
                 busy_poll=self.busy_poll,
+                sweep_interval_s=self.sweep_interval_s,
+                on_event=self.metrics.edge_event("grpc"),
             )
         else:
             server = self._grpcio_server()
@@ -290,6 +320,32 @@ class Runtime:
         self.grpc_server = server
         self._health = health
 
+    def transport_limits(self) -> TransportLimits:
+        s = self.settings
+        return TransportLimits(
+            max_streams=s.max_streams_per_connection,
+            max_connections=self.max_connections,
+            handshake_timeout_s=s.handshake_timeout_secs,
+            request_timeout_s=s.request_timeout_secs,
+            idle_timeout_s=s.idle_timeout_secs or None,
+            max_age_s=s.max_connection_age_secs,
+            max_age_grace_s=s.max_connection_age_grace_secs,
+            write_timeout_s=s.write_timeout_secs,
+            max_queued_bytes=s.max_queued_bytes,
+        )
+
+    def http_limits(self) -> HttpLimits:
+        s = self.settings
+        return HttpLimits(
+            max_connections=self.max_connections,
+            handshake_timeout_s=s.handshake_timeout_secs,
+            header_timeout_s=s.header_timeout_secs,
+            request_timeout_s=s.request_timeout_secs,
+            write_timeout_s=s.write_timeout_secs,
+            max_header_bytes=s.http_max_header_bytes,
+            max_headers=s.http_max_headers,
+        )
+
     def _grpcio_server(self) -> grpc.aio.Server:
         s = self.settings
         limit = s.max_request_bytes
@@ -303,6 +359,20 @@ class Runtime:
                 # once instead of queueing (the default, 1000, hides seconds of queueing)
                 ("grpc.server.max_pending_requests", s.max_inflight),
                 ("grpc.server.max_pending_requests_hard_limit", 2 * s.max_inflight),
+                ("grpc.max_concurrent_streams", s.max_streams_per_connection),
+                *(
+                    [("grpc.max_connection_idle_ms", int(s.idle_timeout_secs * 1000))]
+                    if s.idle_timeout_secs
+                    else []
+                ),
+                *(
+                    [
+                        ("grpc.max_connection_age_ms", int(s.max_connection_age_secs * 1000)),
+                        ("grpc.max_connection_age_grace_ms", int(s.max_connection_age_grace_secs * 1000)),
+                    ]
+                    if s.max_connection_age_secs
+                    else []
+                ),
             ],
         )
 
@@ -330,7 +400,12 @@ class Runtime:
         config = uvicorn.Config(
             app,
             loop="none",
-            http=functools.partial(HeadHoldingHttpToolsProtocol, busy_poll=self.busy_poll),  # type: ignore[arg-type]
+            http=functools.partial(  # type: ignore[arg-type]
+                HeadHoldingHttpToolsProtocol,
+                busy_poll=self.busy_poll,
+                limits=self.http_limits(),
+                events=self.metrics.edge_event("http"),
+            ),
             lifespan="off",
             access_log=False,
             log_level="warning",

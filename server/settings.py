@@ -55,12 +55,25 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(64 * 1024 * 1024, gt=0)
     # inference requests in progress per protocol before new ones get 'busy' answers
     max_inflight: int = Field(256, gt=0)
-    # HTTP connections + requests before uvicorn itself answers 503 (a backstop)
+    # connections per protocol; beyond, new ones are closed at once (capped by the open-files limit)
     max_connections: int = Field(10_000, gt=0)
     # answer POST .../infer inside the HTTP protocol, without ASGI (server/http/protocol.py)
     http_fast_path: bool = True
     # after network input the event loop polls instead of sleeping for this long (server/busy_poll.py)
     busy_poll_us: float = Field(500.0, ge=0)
+
+    # the edge: what one client may hold (server/grpc/limits.py, server/http/protocol.py)
+    max_streams_per_connection: int = Field(100, gt=0)  # gRPC concurrent streams per connection
+    handshake_timeout_secs: float = Field(10.0, gt=0)  # accept to TLS + HTTP/2 preface / first request
+    header_timeout_secs: float = Field(10.0, gt=0)  # HTTP: first byte of a request to its last header
+    request_timeout_secs: float = Field(60.0, gt=0)  # request headers to the request's last byte
+    idle_timeout_secs: float = Field(300.0, ge=0)  # gRPC: no stream and no frame this long (0 = off)
+    max_connection_age_secs: float | None = Field(None, gt=0)  # gRPC: GOAWAY after this long
+    max_connection_age_grace_secs: float = Field(30.0, ge=0)  # ... and closed this long after
+    write_timeout_secs: float = Field(30.0, gt=0)  # a peer that reads nothing of its answers this long
+    max_queued_bytes: int = Field(64 * 1024 * 1024, gt=0)  # gRPC answer bytes waiting per connection
+    http_max_header_bytes: int = Field(64 * 1024, gt=0)  # HTTP request line + headers
+    http_max_headers: int = Field(100, gt=0)
 
     # onnxruntime
     intra_op_threads: int = Field(1, ge=0)

@@ -6,9 +6,12 @@ HEADERS + DATA + trailing HEADERS in one buffer when the flow-control windows al
 common case), otherwise chunked as the peer opens its windows. Writes made in one loop
 iteration leave in one ``transport.write``.
 
-Limits: header lists (16 KiB), request messages (``max_message_bytes``), concurrent streams
-per connection, concurrent calls per server (excess answered RESOURCE_EXHAUSTED at once), and
-the receive windows. A protocol violation answers GOAWAY and closes the connection; other
+Limits (``server/grpc/limits.py``): header lists (16 KiB), request messages
+(``max_message_bytes``), concurrent streams per connection (REFUSED_STREAM beyond), concurrent
+inference calls per server (a slot is taken only once a request has fully arrived; excess
+answered RESOURCE_EXHAUSTED at once), the receive windows, a budget for frames that carry no
+request, answer bytes queued for a peer that does not read, and the timeouts that the server's
+``sweep`` enforces. A protocol violation answers GOAWAY and closes the connection; other
 connections and calls are unaffected.
 """
 
@@ -27,6 +30,7 @@ import hpack
 from server.grpc import wire
 from server.grpc.context import Aborted, Context, Metadata
 from server.grpc.header_cache import HeaderDecoder
+from server.grpc.limits import FloodBudget
 from server.grpc.wire import (
     ACK,
     END_HEADERS,
@@ -44,14 +48,19 @@ if TYPE_CHECKING:
 log = logging.getLogger("turnout.grpc.h2")
 
 MAX_HEADER_LIST = 16 * 1024
-HPACK_HARD_LIMIT = 1 << 20
-RESETS_PER_WINDOW = 5000  # streams a peer may reset before they are answered, per 10 s
+# past this the decoder gives up and the connection closes (its HPACK state is lost): a bound on
+# what one header block can make us allocate, whatever the dynamic table holds
+HPACK_HARD_LIMIT = 64 * 1024
 MAX_HEADER_BLOCK = 64 * 1024  # HEADERS + CONTINUATION bytes before decoding
+SENT_PER_CREDIT = 16_384  # answer bytes sent that earn the peer one control frame (WINDOW_UPDATE, PING)
 STREAM_WINDOW = 1 << 20  # what we let a peer send per stream before it must wait for us
 CONNECTION_WINDOW = 16 << 20
 _NOT_METADATA = frozenset(("content-type", "te", "grpc-timeout", "grpc-encoding", "grpc-accept-encoding"))
 _EOF = object()
 _OK = grpc.StatusCode.OK
+# frames that carry requests cost no flood budget unless empty; every other frame does, and the
+# budget is earned back by requests opened and answer bytes sent (which a client acknowledges)
+_REQUEST_FRAMES = frozenset((Frame.DATA, Frame.HEADERS, Frame.CONTINUATION))
 
 
 def _status(code: grpc.StatusCode) -> int:
@@ -60,14 +69,17 @@ def _status(code: grpc.StatusCode) -> int:
 
 class Stream:
     __slots__ = (
-        "chunks",
+        "admitted",
+        "body",
         "ctx",
         "deadline",
         "encoding",
         "expired",
         "handler",
         "headers_sent",
+        "last_rx",
         "metadata",
+        "opened",
         "path",
         "pending",
         "pending_held",
@@ -84,16 +96,20 @@ class Stream:
         "timer",
     )
 
-    def __init__(self, sid: int, send_window: int) -> None:
+    def __init__(self, sid: int, send_window: int, now: float = 0.0) -> None:
         self.sid = sid
+        self.opened = self.last_rx = now
         self.handler: grpc.RpcMethodHandler | None = None
+        self.admitted = False  # holds one of the server's call slots
         self.path = ""
         self.metadata: Metadata = ()
         self.encoding = ""
         self.deadline: float | None = None
         self.timer: asyncio.TimerHandle | None = None
-        self.chunks: list[bytes] = []
-        self.pending = b""  # streaming requests: bytes of an incomplete message
+        # a unary request's bytes: the first DATA payload as it came, then one growing buffer (a
+        # list of tiny frames would cost ~50 bytes of overhead per byte received)
+        self.body: bytes | bytearray = b""
+        self.pending = bytearray()  # streaming requests: bytes of an incomplete message
         self.pending_held = 0  # ... of which not yet returned to the peer's window
         self.received = 0
         self.recv_credit = 0  # bytes received on this stream not yet returned with WINDOW_UPDATE
@@ -135,16 +151,27 @@ class GrpcConnection(asyncio.Protocol):
         self.write_paused = False
         self.going_away = False
         self.closed = False
-        self.resets = 0
-        self.reset_window_start = 0.0
+        self.refused = False  # over the server's connection limit: closed at once
+        self.opened_at = self.last_rx = self.loop.time()
+        self.flood = FloodBudget(self.opened_at)
+        self.queued = 0  # answer bytes waiting for the peer's window
+        self.blocked_since: float | None = None  # answers waiting on the peer since then
+        self.host = ""
 
     # ------------------------------------------------------------------ transport events
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        if len(self.server.connections) >= self.server.limits_.max_connections:
+            # refused before it costs more than a file descriptor for an instant
+            self.refused = self.closed = True
+            self.server.count("connection_refused")
+            self.transport.abort()
+            return
         addr = transport.get_extra_info("peername")
         if isinstance(addr, tuple) and len(addr) >= 2:
             host, port = addr[0], addr[1]
+            self.host = host
             self.peer = f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
         self.server.connections.add(self)
         self._write(
@@ -159,6 +186,8 @@ class GrpcConnection(asyncio.Protocol):
         )
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.refused:
+            return
         self.closed = True
         self.server.connections.discard(self)
         for st in list(self.streams.values()):
@@ -168,11 +197,14 @@ class GrpcConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        if self.blocked_since is None:
+            self.blocked_since = self.loop.time()
         if self.transport is not None:
             self.transport.pause_reading()  # no new calls while the peer does not read its answers
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self.blocked_since = None
         if self.transport is not None and not self.closed:
             self.transport.resume_reading()
         self._wake()
@@ -181,6 +213,7 @@ class GrpcConnection(asyncio.Protocol):
         if self.closed:
             return
         self.kick()
+        self.last_rx = self.loop.time()
         buf = self.buf + data if self.buf else data
         try:
             if not self.preface_seen:
@@ -220,6 +253,11 @@ class GrpcConnection(asyncio.Protocol):
             pos = end
             if self.continuation is not None and kind != Frame.CONTINUATION:
                 raise ConnectionError_(H2Error.PROTOCOL_ERROR, "header block interrupted")
+            if (kind not in _REQUEST_FRAMES or (length == 0 and not flags & END_STREAM)) and not (
+                self.flood.spend(self.last_rx)
+            ):
+                self.server.count("control_flood")
+                raise ConnectionError_(H2Error.ENHANCE_YOUR_CALM, "too many frames that carry no request")
             if kind == Frame.DATA:
                 self._on_data(sid, flags, payload)
             elif kind == Frame.HEADERS:
@@ -295,6 +333,7 @@ class GrpcConnection(asyncio.Protocol):
                 else:
                     st.send_window += inc
         if self.waiters:
+            self.blocked_since = None  # the peer made room: the write timeout starts again
             self._wake()
 
     def _on_headers(self, sid: int, flags: int, payload: bytes) -> None:
@@ -337,12 +376,20 @@ class GrpcConnection(asyncio.Protocol):
         if sid <= self.last_sid:
             raise ConnectionError_(H2Error.STREAM_CLOSED, "HEADERS on a closed stream")
         self.last_sid = sid
-        if self.going_away or len(self.streams) >= self.server.max_streams:
+        if (
+            self.going_away
+            or len(self.streams) >= self.server.max_streams
+            or self.queued > self.server.limits_.max_queued_bytes
+        ):
+            self.server.count("stream_refused")
+            if not self.flood.spend(self.last_rx):  # refusals cost us a write and earn nothing
+                raise ConnectionError_(H2Error.ENHANCE_YOUR_CALM, "too many refused streams")
             self._write(wire.rst_stream(sid, H2Error.REFUSED_STREAM))
             return
+        self.flood.earn(self.flood.earn_per_stream)
         size = sum(len(name) + len(value) + 32 for name, value in headers)  # RFC 9113 6.5.2
         if size > MAX_HEADER_LIST:
-            st = self.streams[sid] = Stream(sid, self.peer_initial_window)
+            st = self.streams[sid] = Stream(sid, self.peer_initial_window, self.last_rx)
             st.request_done = bool(flags & END_STREAM)
             msg = f"request metadata of {size} bytes exceeds the limit of {MAX_HEADER_LIST}"
             self._finish(st, grpc.StatusCode.RESOURCE_EXHAUSTED, msg)
@@ -352,7 +399,7 @@ class GrpcConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ calls
 
     def _open(self, sid: int, flags: int, headers: Iterable[Any]) -> None:
-        st = Stream(sid, self.peer_initial_window)
+        st = Stream(sid, self.peer_initial_window, self.last_rx)
         method = content_type = ""
         metadata: list[tuple[str, str | bytes]] = []
         timeout: float | None = None
@@ -389,16 +436,16 @@ class GrpcConnection(asyncio.Protocol):
             msg = f"grpc-encoding {st.encoding!r} is not supported (identity, deflate, gzip are)"
             self._finish(st, grpc.StatusCode.UNIMPLEMENTED, msg)
             return
-        if not self.server.admit():
-            self._finish(st, grpc.StatusCode.RESOURCE_EXHAUSTED, "too many concurrent calls")
-            return
         st.handler = handler
+        self.server.calls += 1
         st.metadata = tuple(metadata)
         if timeout is not None:
             st.deadline = time.monotonic() + timeout
             st.timer = self.loop.call_later(timeout, self._expire, st)
         st.ctx = Context(st.metadata, self.peer, st.deadline, partial(self._write_message, st))
         if handler.request_streaming:
+            if not self._admit(st):
+                return
             st.queue = asyncio.Queue()
             self._start(st, None)
             if st.request_done:
@@ -432,6 +479,7 @@ class GrpcConnection(asyncio.Protocol):
             return
         data = wire.strip_padding(flags, payload)
         st.received += len(data)
+        st.last_rx = self.last_rx
         if st.handler is None:  # answered early (error); the peer is still sending
             return
         end = bool(flags & END_STREAM)
@@ -441,7 +489,15 @@ class GrpcConnection(asyncio.Protocol):
             if st.received > self.server.max_message_bytes + 5:
                 self._finish_early(st, grpc.StatusCode.RESOURCE_EXHAUSTED, self._too_large(st.received - 5))
                 return
-            st.chunks.append(data)
+            body = st.body
+            if not body:
+                st.body = data
+            elif isinstance(body, bytearray):
+                body += data
+            else:
+                grown = bytearray(body)
+                grown += data
+                st.body = grown
             self._credit(st, n)
         else:
             held = self._stream_messages(st, data)
@@ -465,31 +521,39 @@ class GrpcConnection(asyncio.Protocol):
         everything queued (so a message larger than the window cannot stall), and are held with
         it otherwise (so a handler that falls behind stops the peer within about one window)."""
         assert st.queue is not None
-        old = len(st.pending)
-        buf = st.pending + data if old else data
+        pending = st.pending
+        old = len(pending)
+        buf: bytes | bytearray = data
+        if old:  # appended in place: a message arriving in many frames costs linear time
+            pending += data
+            buf = pending
+        n = len(buf)
         pos = held = 0
-        while len(buf) - pos >= 5:
+        while n - pos >= 5:
             size = int.from_bytes(buf[pos + 1 : pos + 5], "big")
             if size > self.server.max_message_bytes:
                 self._finish(st, grpc.StatusCode.RESOURCE_EXHAUSTED, self._too_large(size))
                 if st.task is not None:
                     st.task.cancel()
-                st.pending = b""
+                st.pending = bytearray()
                 return 0
             end = pos + 5 + size
-            if end > len(buf):
+            if end > n:
                 break
             new = end - max(pos, old) if end > old else 0  # bytes of this message that came now
             owed = new
             if pos < old:  # the message that was arriving: what it held back is owed with it
                 owed += st.pending_held
                 st.pending_held = 0
-            st.queue.put_nowait((buf[pos], buf[pos + 5 : end], owed))
+            st.queue.put_nowait((buf[pos], bytes(buf[pos + 5 : end]) if old else buf[pos + 5 : end], owed))
             held += new
             pos = end
-        st.pending = buf[pos:]
-        if st.pending and not st.queue.empty():
-            arrived = len(buf) - max(pos, old)
+        if old:
+            del pending[:pos]
+        elif pos < n:
+            pending += data[pos:]
+        if pending and not st.queue.empty():
+            arrived = n - max(pos, old)
             st.pending_held += arrived
             held += arrived
         return held
@@ -506,12 +570,23 @@ class GrpcConnection(asyncio.Protocol):
                 st.queue.put_nowait(Aborted("the request stream ended inside a message"))
             st.queue.put_nowait(_EOF)
             return
-        body = st.chunks[0] if len(st.chunks) == 1 else b"".join(st.chunks)
-        st.chunks = []
+        body, st.body = st.body, b""
         if len(body) < 5 or int.from_bytes(body[1:5], "big") != len(body) - 5:
             self._finish_early(st, grpc.StatusCode.INTERNAL, "a unary call needs exactly one request message")
             return
-        self._start(st, (body[0], body[5:]))
+        if not self._admit(st):
+            return
+        self._start(st, (body[0], body[5:] if isinstance(body, bytes) else bytes(memoryview(body)[5:])))
+
+    def _admit(self, st: Stream) -> bool:
+        """Take a call slot if the server limits this method (when its request has arrived, so a
+        client that never finishes a request holds none); answer RESOURCE_EXHAUSTED if none is free."""
+        if self.server.limits(st.path):
+            if not self.server.admit():
+                self._finish_early(st, grpc.StatusCode.RESOURCE_EXHAUSTED, "too many concurrent calls")
+                return False
+            st.admitted = True
+        return True
 
     def _start(self, st: Stream, item: tuple[int, bytes] | None) -> None:
         st.task = task = self.loop.create_task(self._run(st, item))
@@ -591,7 +666,8 @@ class GrpcConnection(asyncio.Protocol):
         """Give back the call's slot and stop its deadline timer (once; later calls do nothing)."""
         if st.handler is not None:
             st.handler = None
-            self.server.release()
+            self.server.release(st.admitted)
+            st.admitted = False
         if st.timer is not None:
             st.timer.cancel()
             st.timer = None
@@ -642,6 +718,7 @@ class GrpcConnection(asyncio.Protocol):
             return self._send_unary_slowly(st, msg, ctx)
         self.send_window -= n
         st.send_window -= n
+        self.flood.earn(n / SENT_PER_CREDIT)
         st.headers_sent = True
         self._write(
             (
@@ -668,18 +745,23 @@ class GrpcConnection(asyncio.Protocol):
         if st.reset or self.closed:
             raise asyncio.CancelledError
         self._send_headers(st)
-        view, pos = memoryview(msg), 0
-        while pos < len(msg):
-            if st.reset or self.closed:
-                raise asyncio.CancelledError
-            room = min(self.send_window, st.send_window, self.peer_max_frame, len(msg) - pos)
-            if room <= 0 or self.write_paused:
-                await self._wait()
-                continue
-            self.send_window -= room
-            st.send_window -= room
-            self._write(wire.frame(Frame.DATA, 0, st.sid, bytes(view[pos : pos + room])))
-            pos += room
+        view, pos, n = memoryview(msg), 0, len(msg)
+        self.queued += n  # counted while it waits for the peer (see _header_block, sweep)
+        try:
+            while pos < n:
+                if st.reset or self.closed:
+                    raise asyncio.CancelledError
+                room = min(self.send_window, st.send_window, self.peer_max_frame, n - pos)
+                if room <= 0 or self.write_paused:
+                    await self._wait()
+                    continue
+                self.send_window -= room
+                st.send_window -= room
+                self._write(wire.frame(Frame.DATA, 0, st.sid, bytes(view[pos : pos + room])))
+                pos += room
+        finally:
+            self.queued -= n
+            self.flood.earn(pos / SENT_PER_CREDIT)
 
     def _send_headers(self, st: Stream) -> None:
         if not st.headers_sent:
@@ -691,6 +773,8 @@ class GrpcConnection(asyncio.Protocol):
             self._write(wire.header_frames(st.sid, head, False, self.peer_max_frame))
 
     async def _wait(self) -> None:
+        if self.blocked_since is None:
+            self.blocked_since = self.loop.time()
         fut = self.loop.create_future()
         self.waiters.append(fut)
         await fut
@@ -736,15 +820,56 @@ class GrpcConnection(asyncio.Protocol):
         self._close_if_done()
 
     def _count_reset(self) -> None:
-        """Rapid-reset defence (CVE-2023-44487): a peer that keeps opening and resetting
-        streams before they are answered is told to go away."""
-        now = self.loop.time()
-        if now - self.reset_window_start > 10.0:
-            self.reset_window_start, self.resets = now, 0
-        self.resets += 1
-        if self.resets > RESETS_PER_WINDOW and not self.going_away:
-            log.warning("gRPC peer %s reset %d streams in 10 s; asking it to go away", self.peer, self.resets)
+        """Rapid-reset defence (CVE-2023-44487): a peer address that keeps opening and resetting
+        streams before they are answered is told to go away, on this connection and on any new
+        one that resets a stream while the address is over its allowance."""
+        if not self.server.resets.reset(self.host, self.last_rx) and not self.going_away:
+            self.server.count("rapid_reset")
+            log.warning("gRPC peer %s resets streams faster than allowed; asking it to go away", self.peer)
             self.go_away(H2Error.ENHANCE_YOUR_CALM)  # calls in flight still finish
+
+    def sweep(self, now: float) -> None:
+        """Enforce the timeouts (``TransportLimits``); the server calls this about once a second."""
+        lim = self.server.limits_
+        if self.closed or self.transport is None:
+            return
+        age = now - self.opened_at
+        if not self.preface_seen:
+            if age > lim.handshake_timeout_s:
+                self._drop("handshake_timeout", f"no connection preface within {lim.handshake_timeout_s:g} s")
+            return
+        if self.blocked_since is not None and now - self.blocked_since > lim.write_timeout_s:
+            self._drop("write_timeout", f"the peer read nothing for {lim.write_timeout_s:g} s")
+            return
+        if lim.max_age_s is not None and age > lim.max_age_s:
+            if not self.going_away:
+                self.server.count("max_age")
+                self.go_away()
+            elif age > lim.max_age_s + lim.max_age_grace_s:
+                self.abort_calls()
+                self.loop.call_soon(self._close_now)  # after the cancelled calls have answered
+                return
+        idle = lim.idle_timeout_s
+        if idle is not None and not self.streams and now - self.last_rx > idle and not self.going_away:
+            self.server.count("idle_timeout")
+            self.go_away()
+            return
+        for st in list(self.streams.values()):
+            if st.request_done or st.handler is None:
+                continue
+            if (st.queue is None and now - st.opened > lim.request_timeout_s) or (
+                idle is not None and now - st.last_rx > idle
+            ):
+                self.server.count("request_timeout")
+                self._expire(st)
+
+    def _drop(self, event: str, why: str) -> None:
+        self.server.count(event)
+        log.info("closing gRPC connection from %s: %s", self.peer, why)
+        self.closed = True
+        self._wake()
+        if self.transport is not None:
+            self.transport.abort()
 
     def _close_if_done(self) -> None:
         if self.going_away and not self.streams:

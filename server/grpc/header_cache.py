@@ -9,7 +9,11 @@ An indexed field only reads the dynamic table; it never changes it. So a block m
 one-byte indexed fields (every byte in 0x81..0xFE: index 1..126, no continuation byte) decodes
 to the same headers for as long as the table stays as it is, and its result can be reused. Any
 other block may change the table (a literal with incremental indexing, a size update), so it
-goes to the decoder and empties the memo."""
+goes to the decoder and empties the memo.
+
+The memo holds at most ``MAX_ENTRIES`` blocks whose decoded headers are each at most
+``MAX_ENTRY_BYTES`` (sized as RFC 9113 §6.5.2 counts them), so a peer cannot make one
+connection keep more than a few kilobytes, whatever its dynamic table holds."""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import hpack
 # deleted is made of such fields only
 _ONE_BYTE_INDEXED = bytes(range(0x81, 0xFF))
 MAX_ENTRIES = 32
+MAX_ENTRY_BYTES = 2048
 
 
 class HeaderDecoder:
@@ -41,7 +46,7 @@ class HeaderDecoder:
             memo.clear()  # the table may change: what the memo holds may no longer be true
         decoded = self._decoder.decode(block)
         headers = tuple((str(name), str(value)) for name, value in decoded)
-        if indexed_only:
+        if indexed_only and sum(len(n) + len(v) + 32 for n, v in headers) <= MAX_ENTRY_BYTES:
             if len(memo) >= MAX_ENTRIES:
                 memo.clear()
             memo[block] = headers

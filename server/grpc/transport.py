@@ -12,16 +12,19 @@ selects grpcio's server instead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import grpc
 
 from server.busy_poll import BusyPoll
 from server.grpc.connection import GrpcConnection
+from server.grpc.limits import ResetBudget, TransportLimits
 
 log = logging.getLogger("turnout.grpc")
 
@@ -38,19 +41,32 @@ class AsyncioGrpcServer:
         *,
         max_message_bytes: int,
         max_calls: int,
-        max_streams: int = 1024,
+        limits: TransportLimits | None = None,
+        limited: Collection[str] | None = None,
         max_frame: int = 16_384,
         reuse_port: bool = False,
         busy_poll: BusyPoll | None = None,
+        sweep_interval_s: float = 1.0,
+        on_event: Callable[[str], None] | None = None,
     ) -> None:
+        """``limited``: the method paths whose calls need one of ``max_calls`` slots (None: all);
+        health, metadata and control calls left out never wait behind inference."""
         self.loop = asyncio.get_running_loop()
         self.max_message_bytes = max_message_bytes
         self.max_calls = max_calls
-        self.max_streams = max_streams
+        self.limits_ = limits or TransportLimits()
+        self.max_streams = self.limits_.max_streams
+        self.limited = frozenset(limited) if limited is not None else None
         self.max_frame = max_frame  # largest frame we accept (SETTINGS_MAX_FRAME_SIZE default)
         self.reuse_port = reuse_port
         self.busy_poll = busy_poll or BusyPoll(0.0)
-        self.active_calls = 0
+        self.sweep_interval_s = sweep_interval_s
+        self.active_calls = 0  # calls holding a slot
+        self.calls = 0  # every call with a handler, slot or not
+        self.resets = ResetBudget()
+        self.events: Counter[str] = Counter()  # defences that fired, by name
+        self._on_event = on_event
+        self._sweeper: asyncio.Task[None] | None = None
         self._idle: asyncio.Event | None = None  # set when the last call ends, while stopping
         self.connections: set[GrpcConnection] = set()
         self._registered: dict[str, grpc.RpcMethodHandler] = {}
@@ -69,6 +85,10 @@ class AsyncioGrpcServer:
         for method, handler in handlers.items():
             self._registered[f"/{service}/{method}"] = handler
 
+    def limits(self, path: str) -> bool:
+        """Does a call of this method need one of the ``max_calls`` slots?"""
+        return self.limited is None or path in self.limited
+
     def admit(self) -> bool:
         """Take a call slot; False when all ``max_calls`` are taken."""
         if self.active_calls >= self.max_calls:
@@ -76,10 +96,12 @@ class AsyncioGrpcServer:
         self.active_calls += 1
         return True
 
-    def release(self) -> None:
-        """One call ended (answered, reset or failed)."""
-        self.active_calls -= 1
-        if not self.active_calls and self._idle is not None:
+    def release(self, admitted: bool) -> None:
+        """One call ended (answered, reset or failed); ``admitted``: it held a slot."""
+        self.calls -= 1
+        if admitted:
+            self.active_calls -= 1
+        if not self.calls and self._idle is not None:
             self._idle.set()
 
     def lookup(self, path: str) -> grpc.RpcMethodHandler | None:
@@ -108,24 +130,47 @@ class AsyncioGrpcServer:
 
     async def start(self) -> None:
         for sock, tls in self._sockets:
-            server = await self.loop.create_server(lambda: GrpcConnection(self), sock=sock, ssl=tls)
+            server = await self.loop.create_server(
+                lambda: GrpcConnection(self),
+                sock=sock,
+                ssl=tls,
+                ssl_handshake_timeout=self.limits_.handshake_timeout_s if tls is not None else None,
+            )
             self._servers.append(server)
+        self._sweeper = self.loop.create_task(self._sweep_forever())
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_interval_s)
+            now = self.loop.time()
+            for conn in list(self.connections):
+                try:
+                    conn.sweep(now)
+                except Exception:  # one connection's trouble must not stop the timeouts of all
+                    log.exception("gRPC connection sweep failed for %s", conn.peer)
+
+    def count(self, event: str) -> None:
+        self.events[event] += 1
+        if self._on_event is not None:
+            self._on_event(event)
 
     async def stop(self, grace: float | None) -> None:
         """Refuse new connections, send GOAWAY, let calls in flight finish for ``grace``
         seconds, then cancel what remains and close every connection."""
         for server in self._servers:
             server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         for conn in list(self.connections):
             conn.go_away()
-        if self.active_calls:
+        if self.calls:
             self._idle = asyncio.Event()
             try:
                 await asyncio.wait_for(self._idle.wait(), grace or 0.0)
             except TimeoutError:
-                log.warning(
-                    "%d gRPC calls still running after %.1f s; cancelling them", self.active_calls, grace
-                )
+                log.warning("%d gRPC calls still running after %.1f s; cancelling them", self.calls, grace)
         tasks = [task for conn in list(self.connections) for task in conn.abort_calls()]
         if tasks:  # let cancelled calls send their status
             await asyncio.wait(tasks, timeout=1.0)

@@ -3,7 +3,11 @@
 ``POST /v2/models/{m}[/versions/{v}]/infer`` is the request that matters for throughput, so
 it skips the router, the middleware stack and the Request/Response objects: the path is
 split once, the body read with the size limit enforced before buffering, and the reply
-sent as two ASGI messages. Every other path goes to the Starlette app unchanged."""
+sent as two ASGI messages. Every other path goes to the Starlette app unchanged.
+
+A request takes one of ``max_inflight`` slots only once its body has arrived, so clients that
+send headers and never a body hold nothing but their own connection (which the protocol's
+request timeout closes)."""
 
 from __future__ import annotations
 
@@ -49,17 +53,7 @@ class InferRoute:
         if scope["type"] == "http" and scope["method"] == "POST":
             target = parse_infer_path(scope["path"])
             if target is not None:
-                if self.inflight >= self.max_inflight:  # shed before reading or decoding anything
-                    exc = QueueFull(
-                        f"server busy: {self.inflight} inference requests in progress (--max-inflight)"
-                    )
-                    await _reply(send, *error_answer(exc))
-                    return
-                self.inflight += 1
-                try:
-                    await self.infer(scope, receive, send, target[0], target[1])
-                finally:
-                    self.inflight -= 1
+                await self.infer(scope, receive, send, target[0], target[1])
                 return
         await self.app(scope, receive, send)
 
@@ -70,7 +64,20 @@ class InferRoute:
         except Exception as exc:
             await _reply(send, *error_answer(exc))
             return
-        await _reply(send, *await self.answer(model, version, body, header_length, routing_key))
+        if self.inflight >= self.max_inflight:  # shed before decoding anything
+            await _reply(send, *self.busy())
+            return
+        self.inflight += 1
+        try:
+            answer = await self.answer(model, version, body, header_length, routing_key)
+        finally:
+            self.inflight -= 1
+        await _reply(send, *answer)
+
+    def busy(self) -> Answer:
+        """The answer to a whole request that finds every slot taken."""
+        exc = QueueFull(f"server busy: {self.inflight} inference requests in progress (--max-inflight)")
+        return error_answer(exc)
 
     async def answer(
         self, model: str, version: str, body: bytes, header_length: str | None, routing_key: str | None

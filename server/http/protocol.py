@@ -7,22 +7,26 @@ joins the two. The protocol releases a head still held when the response complet
 empty body), and ``close`` sends it before closing. An interim ``100 Continue`` is never held.
 
 While other requests are in flight, writes also wait for the end of the current loop step
-(``call_soon``): the loop finishes the work it has before the answers go out. With wrk at
-concurrency 32 on mlp_small that took the server from about 7,800 to 11,000 requests/s
-(3 alternating pairs); at concurrency 1 nothing waits, and latency did not change.
+(``call_soon``): the loop finishes the work it has before the answers go out.
 
 The inference fast path: ``POST /v2/models/{m}[/versions/{v}]/infer`` with a Content-Length
 within the limit, and nothing pipelined ahead of it, is answered by the protocol itself, with
 ``InferRoute.answer``: no ASGI scope, cycle, event or send messages. A stand-in cycle keeps
 uvicorn's bookkeeping (keep-alive, pipelining, shutdown) working. Everything else, including
-the 503 of a full server and chunked uploads, takes uvicorn's path. wrk, mlp_small, 3
-alternating pairs: p50 at concurrency 1 0.157-0.182 ms against 0.191-0.236 ms, and 12,800-14,200
-requests/s at concurrency 32 against 10,300-11,400."""
+chunked uploads, takes uvicorn's path.
+
+The edge (``HttpLimits``): connections beyond the cap are closed at once; a connection must
+start a request within the handshake timeout, finish its headers within the header timeout
+and its body within the request timeout (else 408 and close); request line and headers are
+bounded in bytes and fields (else 431, before the parser buffers them); a peer that reads none
+of its answers for the write timeout is cut off. An inference slot is taken only once the
+whole request has arrived. The server calls ``sweep`` about once a second."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sized
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
@@ -30,7 +34,31 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from server.busy_poll import BusyPoll
+from server.http.codec import dumps
 from server.http.infer_route import InferRoute, infer_headers, parse_infer_path
+
+
+@dataclass(frozen=True, kw_only=True)
+class HttpLimits:
+    max_connections: int = 10_000
+    handshake_timeout_s: float = 10.0  # accept (or TLS handshake) to a request's first byte
+    header_timeout_s: float = 10.0
+    request_timeout_s: float = 60.0  # headers complete to the body's last byte
+    write_timeout_s: float = 30.0
+    max_header_bytes: int = 64 * 1024
+    max_headers: int = 100
+
+
+# where a connection is in its request cycle; the sweep times the first three
+_FIRST, _HEADERS, _BODY, _BUSY, _IDLE = range(5)
+_END_OF_HEADERS = b"\r\n\r\n"
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
 
 _HEAD = b"HTTP/1.1 "
 _INTERIM = b"HTTP/1.1 1"
@@ -139,7 +167,7 @@ class FastCycle:
         self, model: str, version: str, header_length: str | None, routing_key: str | None, keep_alive: bool
     ) -> None:
         self.body: list[bytes] = []
-        self.counted = True  # holds one of InferRoute.inflight until released
+        self.counted = False  # holds one of InferRoute.inflight (from the body's end) until released
         self.body_done = False  # the whole body arrived; a task answers it
         self.model, self.version = model, version
         self.header_length, self.routing_key = header_length, routing_key
@@ -163,29 +191,127 @@ def _status_line(status: int) -> bytes:
 
 
 class HeadHoldingHttpToolsProtocol(HttpToolsProtocol):
-    def __init__(self, *args: Any, busy_poll: BusyPoll | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        busy_poll: BusyPoll | None = None,
+        limits: HttpLimits | None = None,
+        events: Callable[[str], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._kick = (busy_poll or BusyPoll(0.0)).kick
+        self._limits = limits or HttpLimits()
+        self._event = events or (lambda _name: None)
+        self._refused = False
+        self._phase = _FIRST
+        self._since = self.loop.time()
+        self._header_bytes = self._header_count = 0
+        self._tail = b""  # the last bytes while headers arrive: their end may straddle two reads
+        self._write_blocked: float | None = None
 
-    def data_received(self, data: bytes) -> None:
-        self._kick()
-        super().data_received(data)
+    # ------------------------------------------------------------------ the edge
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if len(self.connections) >= self._limits.max_connections:
+            self._refused = True  # closed before it costs more than a descriptor for an instant
+            self._event("connection_refused")
+            transport.abort()
+            return
         tasks: Sized = self.tasks
         self._holding = HeadHoldingTransport(transport, self.loop, lambda: len(tasks) > 1)
         app = self.config.app
         self._route: InferRoute | None = app if isinstance(app, InferRoute) and app.fast_path else None
+        self._since = self.loop.time()
         super().connection_made(self._holding)  # type: ignore[arg-type]
+
+    def data_received(self, data: bytes) -> None:
+        self._kick()
+        if self._phase < _BODY or self._phase == _IDLE:  # request line and headers still arriving
+            before = self._header_bytes
+            self._header_bytes = before + len(data)
+            if self._header_bytes > self._limits.max_header_bytes:
+                within = self._tail + data[: max(self._limits.max_header_bytes - before, 0)]
+                if _END_OF_HEADERS not in within:
+                    self._refuse(431, f"request headers larger than {self._limits.max_header_bytes} bytes")
+                    return
+            self._tail = data[-3:]
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except _Refused as exc:  # raised before the parser saw the bytes
+            self._refuse(exc.status, str(exc))
+        except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, _Refused):  # raised in one of our parser callbacks
+                self._refuse(exc.__context__.status, str(exc.__context__))
+            else:
+                self._event("bad_request")
+                self.send_400_response("Invalid HTTP request received.")
+        except httptools.HttpParserUpgrade:
+            self._unsupported_upgrade_warning()
+
+    def on_message_begin(self) -> None:
+        self._phase, self._since, self._header_count = _HEADERS, self.loop.time(), 0
+        super().on_message_begin()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        if self._header_count > self._limits.max_headers:
+            raise _Refused(431, f"more than {self._limits.max_headers} header fields")
+        super().on_header(name, value)
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer a request the edge will not take, and close the connection."""
+        self._event(f"refused_{status}")
+        if self.transport.is_closing():
+            return
+        body = dumps({"error": message})
+        self._holding.send(
+            _status_line(status)
+            + b"content-type: application/json\r\nconnection: close\r\ncontent-length: %d\r\n\r\n" % len(body)
+            + body
+        )
+        self.transport.close()
+
+    def sweep(self, now: float) -> None:
+        """Enforce the timeouts of ``HttpLimits``; the server calls this about once a second."""
+        if self._refused or self.transport is None or self.transport.is_closing():
+            return
+        lim, phase, waited = self._limits, self._phase, now - self._since
+        if self._write_blocked is not None and now - self._write_blocked > lim.write_timeout_s:
+            self._event("write_timeout")
+            self.transport.abort()
+        elif phase == _FIRST and waited > lim.handshake_timeout_s:
+            self._event("handshake_timeout")
+            self.transport.close()
+        elif phase == _HEADERS and waited > lim.header_timeout_s:
+            self._refuse(408, f"request headers not received within {lim.header_timeout_s:g} s")
+        elif phase == _BODY and waited > lim.request_timeout_s:
+            self._refuse(408, f"request body not received within {lim.request_timeout_s:g} s")
+
+    def pause_writing(self) -> None:
+        self._write_blocked = self.loop.time()
+        super().pause_writing()
+
+    def resume_writing(self) -> None:
+        self._write_blocked = None
+        super().resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._refused:
+            super().connection_lost(exc)
 
     def on_response_complete(self) -> None:
         self._holding.release()
         self._kick()  # the client's next request often follows its answer
+        if self._phase == _BUSY:
+            self._phase, self._header_bytes = _IDLE, 0
         super().on_response_complete()
 
     # ------------------------------------------------------------------ the inference fast path
 
     def on_headers_complete(self) -> None:
+        self._phase, self._since, self._header_bytes = _BODY, self.loop.time(), 0
         cycle = self._fast_cycle()
         if cycle is None:
             super().on_headers_complete()
@@ -202,7 +328,6 @@ class HeadHoldingHttpToolsProtocol(HttpToolsProtocol):
             or self.pipeline
             or (self.cycle is not None and not self.cycle.response_complete)
             or self.expect_100_continue
-            or route.inflight >= route.max_inflight
             or (
                 self.limit_concurrency is not None  # uvicorn's backstop answers these 503
                 and max(len(self.connections), len(self.tasks)) >= self.limit_concurrency
@@ -226,7 +351,6 @@ class HeadHoldingHttpToolsProtocol(HttpToolsProtocol):
         ):  # (httptools refuses Transfer-Encoding beside Content-Length before this runs)
             return None
         keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
-        route.inflight += 1  # counted from here, as the ASGI route counts from its call
         return FastCycle(target[0], target[1], header_length, routing_key, keep_alive)
 
     def on_body(self, body: bytes) -> None:
@@ -237,9 +361,15 @@ class HeadHoldingHttpToolsProtocol(HttpToolsProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
+        self._phase = _BUSY
         cycle = self.cycle
         if isinstance(cycle, FastCycle):
             cycle.body_done = True
+            route = self._route
+            assert route is not None
+            cycle.counted = route.inflight < route.max_inflight  # admitted now that it is whole
+            if cycle.counted:
+                route.inflight += 1
             task = self.loop.create_task(self._answer(cycle))
             task.add_done_callback(self.tasks.discard)
             # released in a callback as well: a task cancelled before its first step (at the
@@ -248,12 +378,6 @@ class HeadHoldingHttpToolsProtocol(HttpToolsProtocol):
             self.tasks.add(task)
         else:
             super().on_message_complete()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        cycle = self.cycle
-        if isinstance(cycle, FastCycle) and not cycle.response_complete and not cycle.body_done:
-            self._release(cycle)  # its body never came: no task will release it
-        super().connection_lost(exc)
 
     def _release(self, cycle: FastCycle) -> None:
         if cycle.counted:
@@ -266,9 +390,12 @@ class HeadHoldingHttpToolsProtocol(HttpToolsProtocol):
         assert route is not None
         try:
             body = cycle.body[0] if len(cycle.body) == 1 else b"".join(cycle.body)
-            status, payload, content_type, extra = await route.answer(
-                cycle.model, cycle.version, body, cycle.header_length, cycle.routing_key
-            )
+            if cycle.counted:
+                status, payload, content_type, extra = await route.answer(
+                    cycle.model, cycle.version, body, cycle.header_length, cycle.routing_key
+                )
+            else:
+                status, payload, content_type, extra = route.busy()
         except BaseException:  # cancelled at the shutdown timeout: answer as uvicorn would
             if not cycle.disconnected and not self.transport.is_closing():
                 self._holding.send(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from bisect import bisect_left
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
@@ -187,6 +188,20 @@ class Metrics:
             "Drift monitor processes started to replace one that died",
             registry=registry,
         )
+        self.edge_events = Counter(
+            "turnout_edge_events",
+            "Connections and requests the edge refused or closed, by protocol and defence",
+            ["protocol", "event"],
+            registry=registry,
+        )
+
+    def edge_event(self, protocol: str) -> Callable[[str], None]:
+        """A function that counts one event of the edge's defences for ``protocol``."""
+
+        def count(event: str) -> None:
+            self.edge_events.labels(protocol, event).inc()
+
+        return count
 
     def histogram_tally(self, metric: Histogram, *labels: str) -> HistogramTally:
         """The tally of ``metric`` for ``labels`` (one per label set, created once)."""

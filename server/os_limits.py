@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import resource
 
@@ -34,3 +35,19 @@ def connection_cap(requested: int, protocols: int) -> int:
         )
         return fits
     return requested
+
+
+M_MMAP_THRESHOLD = -3  # mallopt parameter (glibc's malloc.h)
+
+
+def return_large_buffers(threshold: int = 128 * 1024) -> bool:
+    """Have glibc serve allocations above ``threshold`` bytes with their own mappings and give
+    them back to the system when freed. glibc's default raises that threshold each time such a
+    buffer is freed, so after a burst of large requests their memory stays in the heap and the
+    process's RSS never comes down. Fixing it keeps RSS tied to the requests in flight. Returns
+    False where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold))
+    except (OSError, AttributeError):
+        return False

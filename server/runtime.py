@@ -50,7 +50,7 @@ from server.model_ops import ModelOpsLog
 from server.observe.drift import DriftWiring
 from server.observe.metrics import Metrics
 from server.observe.stats import VersionStats
-from server.os_limits import connection_cap
+from server.os_limits import connection_cap, return_large_buffers
 from server.runner import BatchingRunner, Compute, DirectRunner, Runner, batching_config
 from server.settings import Settings
 from server.traffic import TrafficRouting, servable
@@ -140,6 +140,7 @@ class Runtime:
         self.sweep_interval_s = min(
             1.0, settings.handshake_timeout_secs / 4, settings.header_timeout_secs / 4
         )
+        return_large_buffers()  # RSS comes back down after large requests have been answered
         self.max_connections = connection_cap(
             settings.max_connections, int(settings.allow_grpc) + int(settings.allow_http)
         )

@@ -22,6 +22,9 @@ import pytest
 import uvloop
 
 from server.grpc.transport import AsyncioGrpcServer, server_tls
+from tests.h2raw import PREFACE, message, request_headers
+from tests.h2raw import frame as _frame
+from tests.h2raw import read_frames as _read_frames
 
 SERVICE = "test.T"
 LIMIT = 4 << 20
@@ -333,45 +336,9 @@ def _self_signed(tmp: Path) -> tuple[Path, Path]:
 
 # ---------------------------------------------------------------- hand-written frames
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-
-def _frame(kind: int, flags: int, sid: int, payload: bytes) -> bytes:
-    return len(payload).to_bytes(3, "big") + bytes((kind, flags)) + sid.to_bytes(4, "big") + payload
-
-
-def _read_frames(sock: socket.socket, until: Any, timeout: float = 5.0) -> list[tuple[int, int, int, bytes]]:
-    sock.settimeout(timeout)
-    buf, frames = b"", []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            chunk = sock.recv(65536)
-        except TimeoutError:
-            break
-        if not chunk:
-            break
-        buf += chunk
-        while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
-            n = int.from_bytes(buf[:3], "big")
-            frames.append((buf[3], buf[4], int.from_bytes(buf[5:9], "big"), buf[9 : 9 + n]))
-            buf = buf[9 + n :]
-        if until(frames):
-            break
-    return frames
-
 
 def _request_headers(path: str = f"/{SERVICE}/Echo") -> bytes:
-    return hpack.Encoder().encode(
-        [
-            (":method", "POST"),
-            (":scheme", "http"),
-            (":path", path),
-            (":authority", "localhost"),
-            ("content-type", "application/grpc"),
-            ("te", "trailers"),
-        ]
-    )
+    return request_headers(path)
 
 
 def test_padding_continuation_and_ping(srv: ServerThread) -> None:
@@ -435,15 +402,11 @@ def test_streamed_requests_larger_than_the_stream_window(channel: grpc.Channel) 
     ]
 
 
-def test_oversized_streamed_message(channel: grpc.Channel) -> None:
+def test_oversized_streamedmessage(channel: grpc.Channel) -> None:
     with pytest.raises(grpc.RpcError) as e:
         channel.stream_unary(f"/{SERVICE}/ClientStream")(iter([b"ok", b"x" * (LIMIT + 1)]), timeout=30)
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert method(channel, "Echo")(b"after") == b"after"
-
-
-def _message(body: bytes) -> bytes:
-    return b"\x00" + len(body).to_bytes(4, "big") + body
 
 
 def test_second_end_of_request_resets_the_stream(srv: ServerThread) -> None:
@@ -452,7 +415,7 @@ def test_second_end_of_request_resets_the_stream(srv: ServerThread) -> None:
             PREFACE
             + _frame(0x4, 0, 0, b"")
             + _frame(0x1, 0x4, 1, _request_headers(f"/{SERVICE}/Sleep"))
-            + _frame(0x0, 0x1, 1, _message(b"0.3"))
+            + _frame(0x0, 0x1, 1, message(b"0.3"))
             + _frame(0x1, 0x4 | 0x1, 1, hpack.Encoder().encode([("x-late", "1")]))  # END_STREAM again
         )
         frames = _read_frames(sock, lambda fs: any(f[0] == 0x3 for f in fs), timeout=3)
@@ -505,9 +468,9 @@ def test_header_limits_refuse_one_stream(srv: ServerThread) -> None:
             + _frame(0x4, 0, 0, b"")
             + _frame(0x1, 0, 1, big[:16_000])
             + _frame(0x9, 0x4, 1, big[16_000:])
-            + _frame(0x0, 0x1, 1, _message(b"x"))
+            + _frame(0x0, 0x1, 1, message(b"x"))
             + _frame(0x1, 0x4, 3, odd_timeout)
-            + _frame(0x0, 0x1, 3, _message(b"y"))
+            + _frame(0x0, 0x1, 3, message(b"y"))
         )
         frames = _read_frames(sock, lambda fs: sum(1 for f in fs if f[0] == 0x1 and f[1] & 0x1) >= 2)
     d = hpack.Decoder()

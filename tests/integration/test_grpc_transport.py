@@ -109,9 +109,15 @@ class Handlers:
 
 
 class ServerThread:
-    def __init__(self, max_calls: int = 64, tls: tuple[Path, Path] | None = None) -> None:
+    def __init__(
+        self,
+        max_calls: int = 64,
+        tls: tuple[Path, Path] | None = None,
+        limited: tuple[str, ...] | None = None,
+    ) -> None:
         self.handlers = Handlers()
         self.max_calls = max_calls
+        self.limited = limited
         self.tls = tls
         self.port = 0
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -132,7 +138,9 @@ class ServerThread:
 
     async def _main(self) -> None:
         self.loop = asyncio.get_running_loop()
-        self.server = AsyncioGrpcServer(max_message_bytes=LIMIT, max_calls=self.max_calls)
+        self.server = AsyncioGrpcServer(
+            max_message_bytes=LIMIT, max_calls=self.max_calls, limited=self.limited
+        )
         self.server.add_generic_rpc_handlers((self.handlers.generic(),))
         tls = server_tls(str(self.tls[0]), str(self.tls[1])) if self.tls else None
         self.port = self.server.add_port("127.0.0.1", 0, tls)
@@ -280,6 +288,20 @@ def test_call_limit_answers_resource_exhausted() -> None:
         assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert [f.result(10) for f in held] == [b"slept", b"slept"]
         assert method(ch, "Echo")(b"x") == b"x"
+
+
+def test_calls_the_server_does_not_limit_never_wait_for_a_slot() -> None:
+    with (
+        ServerThread(max_calls=1, limited=(f"/{SERVICE}/Sleep",)) as s,
+        grpc.insecure_channel(s.target) as ch,
+    ):
+        held = method(ch, "Sleep").future(b"1.0")
+        wait_until(lambda: s.active_calls == 1)
+        with pytest.raises(grpc.RpcError) as e:
+            method(ch, "Sleep")(b"0")
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert [method(ch, "Echo")(b"%d" % i) for i in range(20)] == [b"%d" % i for i in range(20)]
+        assert held.result(10) == b"slept"
 
 
 def test_graceful_stop_finishes_calls_in_flight() -> None:

@@ -84,3 +84,16 @@ def test_same_headers_as_hpack_for_any_sequence(calls: list[list[tuple[str, str]
             block = enc.encode(headers)
             expected = tuple((str(n), str(v)) for n, v in reference.decode(block))
             assert memo.decode(block) == expected
+
+
+def test_blocks_that_decode_to_large_headers_are_not_remembered() -> None:
+    decoder = CountingDecoder()
+    table_entry = b"\x40" + bytes(hpack.hpack.encode_integer(5, 7)) + b"x-big"
+    table_entry += bytes(hpack.hpack.encode_integer(3000, 7)) + b"v" * 3000
+    decoder.decode(table_entry)  # a 3 KB header in the dynamic table, index 62 (0xBE)
+    for n in range(1, 20):
+        block = b"\xbe" * n  # one byte each, up to 57 KB decoded (the decoder's limit here is 64 KiB)
+        assert decoder.decode(block) == (("x-big", "v" * 3000),) * n
+        assert decoder.decode(block) == (("x-big", "v" * 3000),) * n
+    assert decoder.calls == 1 + 2 * 19  # none of them was remembered: each decoded again
+    assert not decoder._memo

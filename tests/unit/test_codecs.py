@@ -56,7 +56,9 @@ def test_raw_decode_is_zero_copy() -> None:
     ("datatype", "shape", "buf", "message"),
     [
         ("FP32", (2,), b"\x00" * 7, "expected 8"),
-        ("BYTES", (2,), b"\x01\x00\x00\x00a", "ends after 1 of 2"),
+        ("BYTES", (2,), b"\x04\x00\x00\x00abcd", "ends after 1 of 2"),
+        ("BYTES", (2,), b"\x01\x00\x00\x00a", "cannot hold 2 elements"),
+        ("BYTES", (1 << 30,), b"\x00" * 16, "cannot hold 1073741824 elements"),
         ("BYTES", (1,), b"\x09\x00\x00\x00a", "claims 9 bytes"),
         ("BYTES", (1,), b"\x01\x00\x00\x00ab", "left over"),
         ("BOOL", (1,), b"\x02", "0 or 1"),

@@ -215,6 +215,16 @@ def test_requested_output_validation() -> None:
     validate_outputs("m", SIG, [RequestedOutput("y")])
     with pytest.raises(InvalidInput, match="no output 'q'"):
         validate_outputs("m", SIG, [RequestedOutput("q")])
+    # a response never holds more tensors than the model has outputs
+    with pytest.raises(InvalidInput, match="names 1000 outputs, model 'm' has 1"):
+        validate_outputs("m", SIG, [RequestedOutput("y")] * 1000)
+    two = Signature(
+        inputs=SIG.inputs,
+        outputs=(TensorSpec("y", "FP32", (4,)), TensorSpec("z", "FP32", (4,))),
+        max_batch_size=8,
+    )
+    with pytest.raises(InvalidInput, match="output 'y' is requested more than once"):
+        validate_outputs("m", two, [RequestedOutput("y"), RequestedOutput("y")])
 
 
 @pytest.mark.parametrize(

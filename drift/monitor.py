@@ -28,6 +28,9 @@ Callbacks, called from the worker thread (keep them short; exceptions are logged
   to export gauges;
 * ``on_status_change(model, version, old, new, report)`` when the model status changes (log event,
   webhook, ``drift_status`` gauge).
+* ``on_bad_batch(model, version, message)`` when a batch does not fit its detector (other
+  columns than the reference, mismatched rows): the batch is skipped and counted under
+  ``errors``. Without this callback one line per version is logged, never a traceback.
 
 The ``report`` passed to callbacks has no histograms (``histograms=False``) to stay cheap; call
 :meth:`DriftMonitor.report` for the full one.
@@ -56,6 +59,7 @@ Key = tuple[str, str]
 DetectorFactory = Callable[[str, str], DriftDetector | None]
 StatusCallback = Callable[[str, str, str, str, dict[str, Any]], None]
 WindowCallback = Callable[[str, str, dict[str, Any]], None]
+BadBatchCallback = Callable[[str, str, str], None]
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,7 @@ class DriftMonitor:
         tick_interval: float = 1.0,
         on_status_change: StatusCallback | None = None,
         on_window: WindowCallback | None = None,
+        on_bad_batch: BadBatchCallback | None = None,
         autostart: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -101,6 +106,8 @@ class DriftMonitor:
         self._tick_interval = tick_interval
         self._on_status_change = on_status_change
         self._on_window = on_window
+        self._on_bad_batch = on_bad_batch
+        self._bad_logged: set[Key] = set()  # versions whose bad batches were logged (no callback)
         self._clock = clock
         self._detectors: dict[Key, DriftDetector | None] = {}
         self._lock = threading.Lock()
@@ -312,6 +319,10 @@ class DriftMonitor:
                 try:
                     detector.observe(inputs, outputs)
                     rows += inputs.shape[0]
+                except ValueError as exc:  # the rows do not fit this detector: the data's fault
+                    with self._lock:
+                        self._counters["errors"] += 1
+                    self._bad_batch(key, str(exc))
                 except Exception:
                     log.exception("drift: observe failed for %s/%s", *key)
                     with self._lock:
@@ -320,6 +331,18 @@ class DriftMonitor:
                 self._counters["processed"] += len(items)
                 self._counters["rows"] += rows
             self._notify(key, detector, before_status, before_windows)
+
+    def _bad_batch(self, key: Key, message: str) -> None:
+        if self._on_bad_batch is not None:
+            try:
+                self._on_bad_batch(key[0], key[1], message)
+            except Exception:
+                log.exception("drift: on_bad_batch callback failed for %s/%s", *key)
+        elif key not in self._bad_logged:
+            self._bad_logged.add(key)
+            log.warning(
+                "drift: a batch for %s/%s was skipped (%s); further ones are only counted", *key, message
+            )
 
     def _tick_all(self) -> None:
         with self._lock:

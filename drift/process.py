@@ -7,7 +7,8 @@ rose with every window. In a child process the server only pickles each flush's 
 Messages, parent -> child (one pipe): ``("spec", key, DetectorSpec)`` before the first rows of a
 version, ``("rows", key, inputs, outputs)``, ``("remove", key)``, ``("call", id, method, args)``
 for queries, ``("stop",)``. Child -> parent (another pipe): ``("reply", id, ok, value)``,
-``("window", key, report)``, ``("status", key, old, new, report)``, ``("log", level, message)``.
+``("window", key, report)``, ``("status", key, old, new, report)``, ``("log", level, message)``,
+``("bad_batch", key, message)`` for rows that did not fit their detector (skipped).
 The child exits when the parent's end of the pipe closes (the parent died) or on ``stop``.
 
 A reader thread in the parent answers queries and calls the callbacks; both are rare (a report
@@ -100,6 +101,7 @@ def _child(inbox: Connection, outbox: Connection) -> None:
         max_coalesce=256,
         on_status_change=lambda m, v, old, new, rep: send(("status", (m, v), old, new, rep)),
         on_window=lambda m, v, rep: send(("window", (m, v), rep)),
+        on_bad_batch=lambda m, v, message: send(("bad_batch", (m, v), message)),
     )
     try:
         while True:
@@ -236,8 +238,9 @@ class MonitorProcess:
 
     Nothing here blocks the caller: messages go through a bounded queue to a sender thread,
     which pickles them and writes the pipe (a write of a large batch waits for the child to
-    read it, with the GIL released). ``on_window(model, version, report)`` and
-    ``on_status_change(model, version, old, new, report)`` run on the reader thread;
+    read it, with the GIL released). ``on_window(model, version, report)``,
+    ``on_status_change(model, version, old, new, report)`` and
+    ``on_bad_batch(model, version, message)`` (rows the child skipped) run on the reader thread;
     :meth:`statuses` is answered locally from those events.
 
     A child that dies (killed, out of memory) is replaced on the next offer or query, at most
@@ -254,11 +257,13 @@ class MonitorProcess:
         max_queued: int = 64,
         restart_after: float = 5.0,
         on_restart: Callable[[], None] | None = None,
+        on_bad_batch: Callable[[str, str, str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._on_status_change = on_status_change
         self._on_window = on_window
         self._on_restart = on_restart
+        self._on_bad_batch = on_bad_batch
         self.timeout = timeout
         self.restart_after = restart_after
         self.restarts = 0
@@ -385,3 +390,9 @@ class MonitorProcess:
         elif kind == "log":
             _, level, message = msg
             log.log(level, "%s", message)
+        elif kind == "bad_batch":
+            _, key, message = msg
+            if self._on_bad_batch is not None:
+                self._on_bad_batch(key[0], key[1], message)
+            else:
+                log.warning("drift: a batch for %s/%s was skipped: %s", key[0], key[1], message)

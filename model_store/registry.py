@@ -4,6 +4,8 @@ Changes are serialized per model by a lock; a new version is loaded and warmed o
 event loop, then swapped in with one assignment, so a request sees either the old set of
 versions or the new one. A retired version is closed only after its last in-flight request
 finished. A failed load leaves what was serving untouched and is reported in the index.
+The index holds only models the repository holds (or that still serve): a load of a name the
+repository lacks, or a model removed from it, leaves no entry, so the index stays bounded.
 """
 
 from __future__ import annotations
@@ -187,17 +189,29 @@ class ModelRegistry:
         retire versions that left. Raises LoadError when the model has nothing to serve.
 
         With ``settle`` (poll mode) a version whose files changed within ``settle_secs`` is
-        left for a later pass: it may still be being copied."""
-        state = self._models.get(name)
-        if state is None:
-            state = self._models[name] = ModelState(name)
-        async with state.lock:
-            state.loading = True
-            state.unloaded = False
-            try:
-                await self._sync(state, settle)
-            finally:
-                state.loading = False
+        left for a later pass: it may still be being copied.
+
+        A name the repository does not hold leaves no entry behind (as in Triton: the index
+        lists what the repository holds, so made-up names cannot grow it)."""
+        while True:
+            state = self._models.get(name)
+            if state is None:
+                state = self._models[name] = ModelState(name)
+            async with state.lock:
+                if self._models.get(name) is not state:
+                    continue  # forgotten while this call waited for the lock: start afresh
+                state.loading = True
+                state.unloaded = False
+                try:
+                    in_repository = await self._sync(state, settle)
+                finally:
+                    state.loading = False
+                if not in_repository and not state.order:
+                    del self._models[name]
+                    raise LoadError(
+                        f"failed to load '{name}', failed to poll from model repository: {state.reason}"
+                    )
+            break
         if not state.order:
             raise LoadError(f"failed to load '{name}': {state.reason or 'no version could be loaded'}")
         return state
@@ -215,14 +229,17 @@ class ModelRegistry:
             try:
                 if name in names:
                     await self.load(name, settle=True)
-                elif state is not None and state.order:
-                    await self.unload(name)
+                elif state is not None:  # left the repository: unloaded and forgotten
+                    if state.order:
+                        await self.unload(name)
+                    await self._forget(state)
             except LoadError:
                 pass  # recorded in the index and the log
             except Exception:
                 log.exception("model %s: poll failed", name)
 
-    async def _sync(self, state: ModelState, settle: bool) -> None:
+    async def _sync(self, state: ModelState, settle: bool) -> bool:
+        """Load, keep or retire ``state``'s versions; False when the repository lacks the model."""
         loop = asyncio.get_running_loop()
         name = state.name
         try:
@@ -231,15 +248,15 @@ class ModelRegistry:
             state.reason = str(exc)
             if isinstance(exc, ModelNotFoundError):
                 await self._retire_all(state)
-            else:
-                self._failed(name, "", str(exc))
-            return
+                return False
+            self._failed(name, "", str(exc))
+            return True
         if not source.selected:
             state.reason = "no version directory found by the version policy"
             if not state.order:
                 log.error("model %s: %s", name, state.reason)
             await self._retire_all(state)
-            return
+            return True
         new_versions: dict[str, ServingVersion] = {}
         failures: dict[str, str] = {}
         pending: dict[str, str] = {}
@@ -297,6 +314,7 @@ class ModelRegistry:
         state.reason = "; ".join(failures.values()) if not state.order else ""
         for sv in retired:
             self._retire(sv)
+        return True
 
     def _failed(self, name: str, version: str, reason: str) -> None:
         log.error("model %s%s failed to load: %s", name, f" version {version}" if version else "", reason)
@@ -327,6 +345,12 @@ class ModelRegistry:
             state.failures = {}
             state.failed_fingerprints = {}
             state.reason = "unloaded"
+
+    async def _forget(self, state: ModelState) -> None:
+        """Drop a model that serves nothing from the registry (and so from the index)."""
+        async with state.lock:
+            if not state.order and self._models.get(state.name) is state:
+                del self._models[state.name]
 
     async def _retire_all(self, state: ModelState) -> None:
         retired = list(state.versions.values())

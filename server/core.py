@@ -218,11 +218,14 @@ class Core:
         return self.registry.index(ready_only)
 
     async def load(self, name: str) -> None:
+        known = self.registry.get_state(name) is not None
         try:
             await self.registry.load(name)
         finally:
-            if self.model_ops is not None:
-                self.model_ops.append("load", name)  # the other workers follow, even a failed load's state
+            # the other workers follow, even a failed load's state; a made-up name leaves no
+            # state anywhere, so it must not grow the shared operations log either
+            if self.model_ops is not None and (known or self.registry.get_state(name) is not None):
+                self.model_ops.append("load", name)
 
     async def unload(self, name: str) -> None:
         await self.registry.unload(name)

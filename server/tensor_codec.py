@@ -17,6 +17,14 @@ from server.errors import InvalidInput
 
 _LEN = struct.Struct("<I")
 
+# Limits every decoded shape obeys, checked before anything is allocated for the tensor.
+# numpy refuses more than 64 dimensions and onnxruntime models use far fewer than 32.
+MAX_DIMS = 32
+# No request body can carry more elements than this (a fixed-size element takes at least one
+# byte, a BYTES element at least four); the bound also keeps count x itemsize inside numpy's
+# maximum array size, for shapes with a zero dimension too.
+MAX_ELEMENTS = 1 << 40
+
 
 def element_count(shape: Sequence[int]) -> int:
     if shape and min(shape) < 0:
@@ -25,10 +33,20 @@ def element_count(shape: Sequence[int]) -> int:
 
 
 def check_shape(name: str, shape: Sequence[int]) -> tuple[int, ...]:
-    """The shape as a tuple of non-negative ints (protobuf and JSON give ints already)."""
+    """The shape as a tuple of non-negative ints (protobuf and JSON give ints already), with at
+    most :data:`MAX_DIMS` dimensions and :data:`MAX_ELEMENTS` elements (a zero dimension
+    counting as one, so that numpy can still build the empty array)."""
+    if len(shape) > MAX_DIMS:
+        raise InvalidInput(f"input '{name}': shape has {len(shape)} dimensions, the limit is {MAX_DIMS}")
     out = tuple(shape)
-    if out and min(out) < 0:
-        raise InvalidInput(f"input '{name}': shape {list(out)} has a negative dimension")
+    if out:
+        if min(out) < 0:
+            raise InvalidInput(f"input '{name}': shape {list(out)} has a negative dimension")
+        count = math.prod(out)
+        if count > MAX_ELEMENTS or (count == 0 and math.prod(d or 1 for d in out) > MAX_ELEMENTS):
+            raise InvalidInput(
+                f"input '{name}': shape {list(out)} has more than {MAX_ELEMENTS} elements, the limit"
+            )
     return out
 
 
@@ -58,8 +76,13 @@ def decode_bytes_elements(
     name: str, shape: tuple[int, ...], count: int, buf: bytes | memoryview
 ) -> np.ndarray:
     mv = memoryview(buf)
-    out = np.empty(count, dtype=object)
     pos, end = 0, len(mv)
+    if count * _LEN.size > end:  # refused before the object array is allocated
+        raise InvalidInput(
+            f"input '{name}': {end} bytes of BYTES data cannot hold {count} elements "
+            f"(each takes at least {_LEN.size} bytes) for shape {list(shape)}"
+        )
+    out = np.empty(count, dtype=object)
     for i in range(count):
         if pos + 4 > end:
             raise InvalidInput(f"input '{name}': BYTES data ends after {i} of {count} elements")

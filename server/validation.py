@@ -53,9 +53,20 @@ def validate_inputs(model: str, sig: Signature, inputs: list[Tensor]) -> tuple[d
 
 
 def validate_outputs(model: str, sig: Signature, requested: list[RequestedOutput] | None) -> None:
+    """Each requested output exists and is named once: a response never holds more tensors
+    than the model has outputs."""
     if not requested:
         return
+    if len(requested) > len(sig.outputs):
+        raise InvalidInput(
+            f"the request names {len(requested)} outputs, model '{model}' has {len(sig.outputs)} "
+            "(each output may be requested once)"
+        )
+    seen: set[str] = set()
     for r in requested:
         if sig.output(r.name) is None:
             expected = ", ".join(s.name for s in sig.outputs)
             raise InvalidInput(f"model '{model}' has no output '{r.name}' (outputs: {expected})")
+        if r.name in seen:
+            raise InvalidInput(f"output '{r.name}' is requested more than once")
+        seen.add(r.name)

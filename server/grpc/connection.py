@@ -650,6 +650,8 @@ class GrpcConnection(asyncio.Protocol):
             self._finish(st, code, ctx.details_ or str(exc), ctx.trailing)
         except wire.MessageTooLarge as exc:
             self._finish(st, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        except wire.CorruptMessage as exc:
+            self._finish(st, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except asyncio.CancelledError:
             if st.expired:
                 self._finish(st, grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -75,11 +75,7 @@ def decode_request(msg: pb.ModelInferRequest) -> InferRequest:
         inputs.append(
             Tensor(name, datatype, shape, data, decode_params(t.parameters) if t.parameters else {})
         )
-    outputs = (
-        [RequestedOutput(o.name, decode_params(o.parameters) if o.parameters else {}) for o in msg.outputs]
-        if msg.outputs
-        else None
-    )
+    outputs = _decode_outputs(msg.outputs) if msg.outputs else None
     if msg.parameters:
         params = decode_params(msg.parameters)
         key = params.get("routing_key")
@@ -89,6 +85,20 @@ def decode_request(msg: pb.ModelInferRequest) -> InferRequest:
     return InferRequest(
         msg.model_name, msg.model_version, msg.id, inputs, outputs, params, routing_key, "grpc"
     )
+
+
+def _decode_outputs(
+    requested: Iterable[pb.ModelInferRequest.InferRequestedOutputTensor],
+) -> list[RequestedOutput]:
+    out: list[RequestedOutput] = []
+    seen: set[str] = set()
+    for o in requested:
+        name = o.name
+        if name in seen:
+            raise InvalidInput(f"output '{name}' is requested more than once")
+        seen.add(name)
+        out.append(RequestedOutput(name, decode_params(o.parameters) if o.parameters else {}))
+    return out
 
 
 def _decode_contents(

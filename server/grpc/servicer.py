@@ -18,6 +18,7 @@ from protos import inference_pb2 as pb
 from server.core import Core
 from server.errors import InvalidInput, TurnoutError, Unimplemented, public_message, wire_status
 from server.grpc.convert import decode_request, dict_to_message, encode_response
+from server.observe.logs import RateLimitedLog
 
 log = logging.getLogger("turnout.grpc")
 SERVICE = "inference.GRPCInferenceService"
@@ -42,10 +43,12 @@ def _deserializer(cls: Any) -> Callable[[bytes], Any]:
     return parse
 
 
-async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, internal: RateLimitedLog) -> None:
+    """Answer ``exc``'s code and message. A client's error is not logged; an internal one (a bug)
+    is, with its traceback, through ``internal`` (so a client repeating it cannot flood the log)."""
     status = wire_status(exc)
     if status.grpc == grpc.StatusCode.INTERNAL and not isinstance(exc, TurnoutError):
-        log.exception("internal error", exc_info=exc)
+        internal.error("internal error: %s", type(exc).__name__, exc_info=exc)
     await context.abort(status.grpc, public_message(exc))
 
 
@@ -143,25 +146,28 @@ _UNIMPLEMENTED: dict[str, Any] = {
 }
 
 
-def _unary(fn: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Awaitable[Any]]:
+def _unary(
+    fn: Callable[[Any, Any], Awaitable[Any]], internal: RateLimitedLog
+) -> Callable[[Any, Any], Awaitable[Any]]:
     async def handler(req: Any, ctx: grpc.aio.ServicerContext) -> Any:
         if isinstance(req, _BadMessage):
             await ctx.abort(grpc.StatusCode.INVALID_ARGUMENT, req.error)
         try:
             return await fn(req, ctx)
         except Exception as exc:
-            await _abort(ctx, exc)
+            await _abort(ctx, exc, internal)
 
     return handler
 
 
-def _unimplemented(method: str) -> Callable[[Any, Any], Awaitable[Any]]:
+def _unimplemented(method: str, internal: RateLimitedLog) -> Callable[[Any, Any], Awaitable[Any]]:
     async def handler(req: Any, ctx: grpc.aio.ServicerContext) -> Any:
         await _abort(
             ctx,
             Unimplemented(
                 f"{method} is not implemented by Turnout (no shared-memory, trace or log settings extensions)"
             ),
+            internal,
         )
 
     return handler
@@ -169,6 +175,7 @@ def _unimplemented(method: str) -> Callable[[Any, Any], Awaitable[Any]]:
 
 def make_handlers(core: Core) -> dict[str, grpc.RpcMethodHandler]:
     s = InferenceServicer(core)
+    internal = RateLimitedLog(log)
     unary = {
         "ServerLive": (s.ServerLive, pb.ServerLiveRequest),
         "ServerReady": (s.ServerReady, pb.ServerReadyRequest),
@@ -185,11 +192,11 @@ def make_handlers(core: Core) -> dict[str, grpc.RpcMethodHandler]:
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for name, (fn, req_cls) in unary.items():
         handlers[name] = grpc.unary_unary_rpc_method_handler(
-            _unary(fn), request_deserializer=_deserializer(req_cls), response_serializer=_serialize
+            _unary(fn, internal), request_deserializer=_deserializer(req_cls), response_serializer=_serialize
         )
     for name, unimplemented_cls in _UNIMPLEMENTED.items():
         handlers[name] = grpc.unary_unary_rpc_method_handler(
-            _unimplemented(name),
+            _unimplemented(name, internal),
             request_deserializer=_deserializer(unimplemented_cls),
             response_serializer=_serialize,
         )

@@ -219,15 +219,25 @@ class MessageTooLarge(Exception):
     pass
 
 
+class CorruptMessage(Exception):
+    """A compressed message that does not inflate: the client's fault (INVALID_ARGUMENT)."""
+
+
 def decompress(encoding: str, data: bytes, limit: int) -> bytes:
-    """Inflate a compressed gRPC message, refusing to grow it past ``limit`` bytes."""
+    """Inflate a compressed gRPC message, refusing to grow it past ``limit`` bytes. Data that
+    is not a complete stream of ``encoding`` raises :class:`CorruptMessage`."""
     if encoding == "gzip":
         d = zlib.decompressobj(16 + zlib.MAX_WBITS)
     elif encoding == "deflate":
         d = zlib.decompressobj()
     else:
         raise ValueError(f"unsupported grpc-encoding {encoding!r} (identity, deflate and gzip are)")
-    out = d.decompress(data, limit + 1)
+    try:
+        out = d.decompress(data, limit + 1)
+    except zlib.error as exc:
+        raise CorruptMessage(f"the message is not valid {encoding} data: {exc}") from None
     if len(out) > limit or d.unconsumed_tail:
         raise MessageTooLarge(f"decompressed message larger than {limit} bytes")
+    if not d.eof:
+        raise CorruptMessage(f"the message is not valid {encoding} data: the stream is truncated")
     return out

@@ -25,6 +25,7 @@ from server.errors import (
 from server.http.body import receive_body
 from server.http.codec import dumps, loads
 from server.http.protojson import to_json
+from server.observe.logs import RateLimitedLog
 from server.observe.metrics import Metrics
 
 log = logging.getLogger("turnout.http")
@@ -37,10 +38,15 @@ def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = 
     return Response(dumps(obj), status_code=status, media_type=JSON, headers=headers)
 
 
-def error_response(exc: BaseException) -> Response:
+def error_response(exc: BaseException, internal: RateLimitedLog | None = None) -> Response:
+    """The ``{"error": ...}`` answer for ``exc``. A client's error is not logged; an internal one
+    (a bug) is, with its traceback, through ``internal`` when given (rate-limited)."""
     status = wire_status(exc)
     if status.http >= 500 and not isinstance(exc, TurnoutError):
-        log.exception("internal error", exc_info=exc)
+        if internal is not None:
+            internal.error("internal error: %s", type(exc).__name__, exc_info=exc)
+        else:
+            log.exception("internal error", exc_info=exc)
     return json_response({"error": public_message(exc)}, status.http)
 
 
@@ -49,12 +55,12 @@ async def read_body(request: Request, limit: int) -> bytes:
     return await receive_body(request.receive, request.headers.get("content-length"), limit)
 
 
-def guarded(fn: Endpoint) -> Endpoint:
+def guarded(fn: Endpoint, internal: RateLimitedLog | None = None) -> Endpoint:
     async def endpoint(request: Request) -> Response:
         try:
             return await fn(request)
         except Exception as exc:
-            return error_response(exc)
+            return error_response(exc, internal)
 
     return endpoint
 
@@ -153,8 +159,10 @@ def build_routes(core: Core, max_request_bytes: int, metrics: Metrics, drift: An
     async def dashboard(request: Request) -> Response:
         return Response(dashboard_html, media_type="text/html; charset=utf-8")
 
+    internal = RateLimitedLog(log)
+
     def r(path: str, fn: Endpoint, methods: list[str]) -> Route:
-        return Route(path, guarded(fn), methods=methods)
+        return Route(path, guarded(fn, internal), methods=methods)
 
     routes: list[BaseRoute] = [
         r("/v2/health/live", e.live, ["GET"]),

@@ -122,21 +122,50 @@ def _decode_input(item: Any, binary: memoryview, offset: int) -> tuple[Tensor, i
     ), 0
 
 
-def _flatten(data: Any) -> list[Any]:
+def _flatten(name: str, data: Any, rank: int) -> list[Any]:
+    """The elements of ``data`` (a value, a flat list, or lists nested at most ``rank`` deep),
+    in row-major order. Iterative: a hostile nesting depth is refused, never recursed into."""
     if not isinstance(data, list):
         return [data]
     if not data or not isinstance(data[0], list):
         return data
+    limit = max(rank, 1)
     out: list[Any] = []
-    for x in data:
-        out.extend(_flatten(x))
+    stack = [iter(data)]
+    while stack:
+        for x in stack[-1]:
+            if isinstance(x, list):
+                if len(stack) >= limit:
+                    raise _too_deep(name, rank)
+                stack.append(iter(x))
+                break
+            out.append(x)
+        else:
+            stack.pop()
     return out
+
+
+def _too_deep(name: str, rank: int) -> InvalidInput:
+    return InvalidInput(f"input '{name}': 'data' is nested deeper than the shape's {rank} dimensions")
+
+
+def _check_depth(name: str, data: Any, rank: int) -> None:
+    """Refuse ``data`` whose first element is nested deeper than ``rank`` lists (O(rank))."""
+    limit = max(rank, 1)
+    depth = 0
+    while isinstance(data, list):
+        depth += 1
+        if depth > limit:
+            raise _too_deep(name, rank)
+        if not data:
+            return
+        data = data[0]
 
 
 def _decode_json_data(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> np.ndarray:
     count = element_count(shape)
     if datatype == "BYTES":
-        flat = _flatten(data)
+        flat = _flatten(name, data, len(shape))
         if len(flat) != count:
             raise InvalidInput(
                 f"input '{name}': got {len(flat)} elements, expected {count} for shape {list(shape)}"
@@ -150,7 +179,12 @@ def _decode_json_data(name: str, datatype: str, shape: tuple[int, ...], data: An
         return arr.reshape(shape)
     dtype = BY_V2[datatype].numpy
     try:
-        arr = np.asarray(data, dtype=dtype) if datatype != "BOOL" else _bool_array(name, data)
+        if datatype == "BOOL":
+            arr = _bool_array(name, data, len(shape))
+        else:
+            if type(data) is list and data and type(data[0]) is list:
+                _check_depth(name, data, len(shape))
+            arr = np.asarray(data, dtype=dtype)
     except (ValueError, TypeError, OverflowError) as exc:
         raise InvalidInput(
             f"input '{name}': data is not a (nested) list of {datatype} values: {exc}"
@@ -162,8 +196,8 @@ def _decode_json_data(name: str, datatype: str, shape: tuple[int, ...], data: An
     return arr.reshape(shape)
 
 
-def _bool_array(name: str, data: Any) -> np.ndarray:
-    flat = _flatten(data)
+def _bool_array(name: str, data: Any, rank: int) -> np.ndarray:
+    flat = _flatten(name, data, rank)
     if not all(isinstance(x, bool) or x in (0, 1) for x in flat):
         raise InvalidInput(f"input '{name}': BOOL elements must be true or false")
     return np.asarray(flat, dtype=np.bool_)
@@ -175,13 +209,16 @@ def _decode_outputs(raw: Any) -> list[RequestedOutput] | None:
     if not isinstance(raw, list):
         raise InvalidInput("'outputs' must be a list")
     out: list[RequestedOutput] = []
+    seen: set[str] = set()
     for item in raw:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise InvalidInput("each entry of 'outputs' must be an object with a 'name'")
+        name = item["name"]
+        if name in seen:
+            raise InvalidInput(f"output '{name}' is requested more than once")
+        seen.add(name)
         out.append(
-            RequestedOutput(
-                item["name"], params_from_mapping(_dict(item.get("parameters"), "outputs.parameters"))
-            )
+            RequestedOutput(name, params_from_mapping(_dict(item.get("parameters"), "outputs.parameters")))
         )
     return out or None
 

@@ -11,14 +11,18 @@ request timeout closes)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.core import Core
-from server.errors import QueueFull, public_message, wire_status
+from server.errors import INTERNAL, QueueFull, public_message, wire_status
 from server.http.body import receive_body
 from server.http.codec import decode_infer_request, dumps, encode_infer_response
+from server.observe.logs import RateLimitedLog
+
+log = logging.getLogger("turnout.http")
 
 _PREFIX = "/v2/models/"
 _SUFFIX = "/infer"
@@ -48,6 +52,7 @@ class InferRoute:
         self.max_inflight = max_inflight
         self.fast_path = fast_path  # may the HTTP protocol answer requests itself (protocol.py)
         self.inflight = 0
+        self.internal = RateLimitedLog(log)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -90,6 +95,8 @@ class InferRoute:
             resp = await self.core.infer(req)
             payload, json_length = encode_infer_response(resp, req)
         except Exception as exc:
+            if wire_status(exc) is INTERNAL:  # a bug, not the client's error: logged (rate-limited)
+                self.internal.error("internal error: %s", type(exc).__name__, exc_info=exc)
             return error_answer(exc)
         extra: tuple[tuple[bytes, bytes], ...] = ((b"x-model-version", resp.model_version.encode()),)
         if json_length is None:

@@ -28,6 +28,7 @@ from drift import DriftConfig
 from drift.process import DetectorSpec, MonitorProcess
 from model_store.registry import ModelRegistry, ServingVersion
 from model_store.signature import Signature
+from server.observe.logs import RateLimitedLog
 from server.observe.metrics import Metrics
 
 log = logging.getLogger("turnout.drift")
@@ -64,7 +65,7 @@ class _Plan:
     """One version's part of the request path, decided once: which tensors to take, and the
     lists they are appended to until the next flush."""
 
-    __slots__ = ("batching", "inputs", "layout", "output", "single", "xs", "ys")
+    __slots__ = ("batching", "inputs", "layout", "output", "single", "x_width", "xs", "y_width", "ys")
 
     def __init__(self, layout: _Layout, batching: bool) -> None:
         self.layout = layout
@@ -74,6 +75,10 @@ class _Plan:
         self.batching = batching
         self.xs: list[np.ndarray] = []
         self.ys: list[np.ndarray] = []
+        # columns per row, fixed by the first rows seen: a later request with another width
+        # (a variable dimension) cannot join the same detector and is counted as malformed
+        self.x_width = -1
+        self.y_width = -1
 
     @classmethod
     def of(cls, sig: Signature) -> _Plan | None:
@@ -119,10 +124,12 @@ class DriftWiring:
         self.max_buffered = 20_000
         self.sample = sample
         self._rand = random.Random().random
+        self._bad_log = RateLimitedLog(log)  # malformed batches: a client can send them at will
         self.monitor = MonitorProcess(
             on_status_change=self._status_changed,
             on_window=self._window_closed,
             on_restart=metrics.drift_restarts.inc,
+            on_bad_batch=self._bad_batch,
         )
 
     # ---- request path (ObserveHook) ---------------------------------------------------
@@ -155,10 +162,35 @@ class DriftWiring:
             if not parts:
                 return
             x = np.hstack(parts)
-        xs.append(x)
+        y = None
         if plan.output is not None:
             y = outputs[plan.output]
-            plan.ys.append(y if batching and y.ndim == 2 else _rows(y, batching))
+            if not batching or y.ndim != 2:
+                y = _rows(y, batching)
+        if x.shape[1] != plan.x_width or (y is not None and y.shape[1] != plan.y_width):
+            if not self._fits(plan, key, x, y):
+                return
+        xs.append(x)
+        if y is not None:
+            plan.ys.append(y)
+
+    def _fits(self, plan: _Plan, key: tuple[str, str], x: np.ndarray, y: np.ndarray | None) -> bool:
+        """Whether rows of this width may join the version's earlier ones (the first fix it)."""
+        if plan.x_width == -1:
+            plan.x_width = x.shape[1]
+            plan.y_width = y.shape[1] if y is not None else -1
+            return True
+        if x.shape[1] != plan.x_width:
+            what = f"{x.shape[1]} feature columns, earlier rows had {plan.x_width}"
+        else:
+            what = f"{y.shape[1] if y is not None else 0} output columns, earlier rows had {plan.y_width}"
+        self._bad_batch(key[0], key[1], what)
+        return False
+
+    def _bad_batch(self, model: str, version: str, message: str) -> None:
+        """Rows left out of monitoring (request path or monitor process): counted, one line."""
+        self.metrics.drift_malformed.inc()
+        self._bad_log.warning("drift: rows of model %s version %s not monitored: %s", model, version, message)
 
     def flush(self) -> None:
         """Hand what the requests left in the buffers to the monitor process (on the event loop)."""
@@ -177,8 +209,8 @@ class DriftWiring:
             await asyncio.sleep(interval)
             try:
                 self.flush()
-            except Exception:  # drift must never take serving down
-                log.exception("drift flush failed")
+            except Exception as exc:  # drift must never take serving down
+                self._bad_log.error("drift flush failed", exc_info=exc)
 
     # ---- the monitor process ---------------------------------------------------------
 

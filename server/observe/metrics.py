@@ -183,6 +183,12 @@ class Metrics:
         self.drift_dropped = Counter(
             "turnout_drift_dropped", "Observations dropped by the drift queue", registry=registry
         )
+        self.drift_malformed = Counter(
+            "turnout_drift_malformed",
+            "Batches of rows left out of drift monitoring because they did not fit the version's "
+            "earlier rows or reference (another width, mismatched rows)",
+            registry=registry,
+        )
         self.drift_restarts = Counter(
             "turnout_drift_monitor_restarts",
             "Drift monitor processes started to replace one that died",

@@ -56,7 +56,9 @@ def test_raw_decode_is_zero_copy() -> None:
     ("datatype", "shape", "buf", "message"),
     [
         ("FP32", (2,), b"\x00" * 7, "expected 8"),
-        ("BYTES", (2,), b"\x01\x00\x00\x00a", "ends after 1 of 2"),
+        ("BYTES", (2,), b"\x04\x00\x00\x00abcd", "ends after 1 of 2"),
+        ("BYTES", (2,), b"\x01\x00\x00\x00a", "cannot hold 2 elements"),
+        ("BYTES", (1 << 30,), b"\x00" * 16, "cannot hold 1073741824 elements"),
         ("BYTES", (1,), b"\x09\x00\x00\x00a", "claims 9 bytes"),
         ("BYTES", (1,), b"\x01\x00\x00\x00ab", "left over"),
         ("BOOL", (1,), b"\x02", "0 or 1"),
@@ -213,6 +215,16 @@ def test_requested_output_validation() -> None:
     validate_outputs("m", SIG, [RequestedOutput("y")])
     with pytest.raises(InvalidInput, match="no output 'q'"):
         validate_outputs("m", SIG, [RequestedOutput("q")])
+    # a response never holds more tensors than the model has outputs
+    with pytest.raises(InvalidInput, match="names 1000 outputs, model 'm' has 1"):
+        validate_outputs("m", SIG, [RequestedOutput("y")] * 1000)
+    two = Signature(
+        inputs=SIG.inputs,
+        outputs=(TensorSpec("y", "FP32", (4,)), TensorSpec("z", "FP32", (4,))),
+        max_batch_size=8,
+    )
+    with pytest.raises(InvalidInput, match="output 'y' is requested more than once"):
+        validate_outputs("m", two, [RequestedOutput("y"), RequestedOutput("y")])
 
 
 @pytest.mark.parametrize(

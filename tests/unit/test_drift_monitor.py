@@ -99,6 +99,26 @@ def test_bad_batches_are_counted_and_the_worker_survives(reference: Reference) -
         assert monitor.detector("m", "1").windows_completed == 1
 
 
+def test_bad_batches_go_to_the_callback_or_one_line_never_a_traceback(
+    reference: Reference, caplog: pytest.LogCaptureFixture
+) -> None:
+    rng = np.random.default_rng(5)
+    bad: list[tuple[str, str, str]] = []
+    with DriftMonitor(_factory(reference), max_coalesce=1, on_bad_batch=lambda *a: bad.append(a)) as monitor:
+        for _ in range(3):
+            monitor.offer("m", "1", rng.normal(size=(5, 3)))
+        assert monitor.flush(10)
+    assert len(bad) == 3 and bad[0][:2] == ("m", "1") and "columns" in bad[0][2]
+    caplog.clear()
+    with DriftMonitor(_factory(reference), max_coalesce=1) as monitor:
+        for _ in range(3):
+            monitor.offer("m", "1", rng.normal(size=(5, 3)))
+        assert monitor.flush(10)
+        assert monitor.stats()["errors"] == 3
+    lines = [r for r in caplog.records if r.name == "drift.monitor"]
+    assert len(lines) == 1 and lines[0].exc_info is None and "skipped" in lines[0].getMessage()
+
+
 def test_stop_without_drain_discards_the_queue(reference: Reference) -> None:
     monitor = DriftMonitor(_factory(reference), autostart=False)
     for _ in range(3):

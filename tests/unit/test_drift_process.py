@@ -115,3 +115,20 @@ def test_a_dead_child_is_replaced_on_the_next_use(tmp_path: Path) -> None:
         assert stats["rows"] == 300 and report["status"] == "ok"
     finally:
         proc.stop()
+
+
+def test_batches_the_child_refuses_come_back_as_bad_batch_events(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    shipped = tmp_path / "reference.npz"
+    np.savez(shipped, X=rng.normal(size=(1000, 3)))
+    bad: list[tuple[str, str, str]] = []
+    proc = MonitorProcess(on_bad_batch=lambda m, v, message: bad.append((m, v, message)))
+    try:
+        spec = DetectorSpec(config=DriftConfig(window_rows=200), name="m/1", persisted=None, shipped=shipped)
+        assert proc.offer(("m", "1"), rng.normal(size=(10, 5)), None, lambda: spec)  # 5 columns, not 3
+        _wait(lambda: bool(bad))
+        assert bad[0][:2] == ("m", "1") and "columns" in bad[0][2]
+        _, stats = proc.call("report", "m", "1", "window", False)
+        assert stats["errors"] == 1
+    finally:
+        proc.stop()

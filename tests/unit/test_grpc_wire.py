@@ -123,6 +123,14 @@ def test_decompression_limits() -> None:
         wire.decompress("br", b"", 10)
 
 
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_corrupt_compressed_messages_are_the_clients_fault(encoding: str) -> None:
+    whole = gzip.compress(b"a" * 1000) if encoding == "gzip" else zlib.compress(b"a" * 1000)
+    for data in (b"not compressed at all", whole[: len(whole) // 2], b""):
+        with pytest.raises(wire.CorruptMessage, match=f"not valid {encoding}"):
+            wire.decompress(encoding, data, 10_000)
+
+
 def test_settings_round_trip_and_bad_lengths() -> None:
     raw = wire.settings({wire.Setting.INITIAL_WINDOW_SIZE: 1 << 20, wire.Setting.MAX_CONCURRENT_STREAMS: 7})
     assert wire.parse_settings(raw[9:]) == [(4, 1 << 20), (3, 7)]

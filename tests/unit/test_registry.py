@@ -190,3 +190,41 @@ def test_paced_hashing_gives_the_same_digest(tmp_path: Path) -> None:
     )  # > 2 chunks
     source = LocalRepository(repo).read("mlp")
     assert digest(source, "2", pause=2.0) == digest(source, "2") != digest(source, "1")
+
+
+async def test_loads_of_names_the_repository_lacks_leave_no_entry(repo: Path) -> None:
+    reg, _ = make_registry(repo)
+    await reg.load("mlp")
+    before = reg.index()
+    for i in range(200):
+        with pytest.raises(
+            LoadError, match=f"failed to load 'nosuch{i}', failed to poll from model repository"
+        ):
+            await reg.load(f"nosuch{i}")
+    assert reg.index() == before
+    assert reg.model_names() == ["mlp"]
+    # concurrent loads of one made-up name: all refused, none leaves an entry
+    results = await asyncio.gather(*(reg.load("ghost") for _ in range(5)), return_exceptions=True)
+    assert all(isinstance(r, LoadError) for r in results)
+    assert reg.get_state("ghost") is None and reg.index() == before
+    # a model that exists but fails to load keeps its UNAVAILABLE entry with the reason
+    (repo / "bad" / "1").mkdir(parents=True)
+    (repo / "bad" / "1" / "model.onnx").write_bytes(b"garbage")
+    with pytest.raises(LoadError, match="cannot load"):
+        await reg.load("bad")
+    entry = next(e for e in reg.index() if e.name == "bad")
+    assert entry.state == UNAVAILABLE and "cannot load" in entry.reason
+    await reg.close()
+
+
+async def test_a_model_removed_from_the_repository_leaves_the_index(repo: Path) -> None:
+    reg, _ = make_registry(repo)
+    await reg.poll()
+    assert reg.resolve("mlp").version == "1"
+    shutil.rmtree(repo / "mlp")
+    await reg.poll()
+    assert reg.get_state("mlp") is None and reg.index() == []
+    with pytest.raises(ModelNotFoundError):
+        reg.resolve("mlp")
+    await asyncio.sleep(0.05)
+    await reg.close()

@@ -21,7 +21,9 @@ import tritonclient.http as httpclient
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from tests.integration.test_grpc_transport import PREFACE, _frame, _read_frames
+from tests.h2raw import PREFACE
+from tests.h2raw import frame as _frame
+from tests.h2raw import read_frames as _read_frames
 from tests.server_proc import ServerProc, start_server
 
 DEEP = 1000
@@ -239,12 +241,13 @@ def test_grpc_corrupt_compressed_message(
     encoding: str,
     request: pytest.FixtureRequest,
 ) -> None:
-    if "grpcio" in request.node.callspec.id:
-        pytest.skip("grpcio's transport inflates messages itself, before Turnout sees them")
     whole = gzip.compress(iris_request().SerializeToString())
     for garbage in (b"this is not compressed data", whole[: len(whole) // 2]):
         message = b"\x01" + len(garbage).to_bytes(4, "big") + garbage
         status, details = _raw_grpc_call(server.grpc_port, [("grpc-encoding", encoding)], message)
+        if "grpcio" in request.node.callspec.id:  # grpcio inflates messages itself and answers for them
+            assert status not in ("", "0"), (status, details)
+            continue
         assert status == str(grpc.StatusCode.INVALID_ARGUMENT.value[0]), (status, details)
         assert f"not valid {encoding} data" in details
     still_serves(server, stub)

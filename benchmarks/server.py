@@ -44,6 +44,7 @@ class Turnout:
     http_port: int = 0
     grpc_port: int = 0
     extra_args: tuple[str, ...] = ()
+    source: Path | None = None  # run ``python -m server`` from this source tree instead of the installed one
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -61,8 +62,9 @@ class Turnout:
 
     @property
     def cmd(self) -> list[str]:
+        program = [PYTHON, "-m", "server"] if self.source is not None else [str(TURNOUT)]
         return [
-            str(TURNOUT), "serve", str(self.repo), "--host", "127.0.0.1",
+            *program, "serve", str(self.repo), "--host", "127.0.0.1",
             "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
             "--ports-file", str(self.workdir / "ports.json"), *self.extra_args,
         ]  # fmt: skip
@@ -72,7 +74,9 @@ class Turnout:
         ports = self.workdir / "ports.json"
         ports.unlink(missing_ok=True)
         log = (self.workdir / "turnout.log").open("wb")
-        self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.source
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

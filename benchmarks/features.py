@@ -13,7 +13,11 @@
   (through ASGI): p50 at concurrency 1 and throughput at concurrency 32 with wrk;
 * busy polling (the default ``--busy-poll-us``) against ``--busy-poll-us 0``: p50 at concurrency
   1 (wrk, perf_analyzer) with the server's CPU use in the wrk run, and throughput at concurrency
-  32 (wrk, loadgen_grpc.py).
+  32 (wrk, loadgen_grpc.py);
+* the HTTP/2 core of the gRPC transport: Turnout's (server/grpc/http2.py) against the h2
+  library's under the same interface (``--grpc-h2-engine h2``): p50 at concurrency 1
+  (perf_analyzer), throughput at concurrency 32 (loadgen_grpc.py) and the server's CPU per call
+  in that run.
 
     python -m benchmarks.features [--duration 5] [--repeats 3] [--out benchmarks/results]
 """
@@ -118,6 +122,7 @@ SECTIONS = (
     "grpc-listener",
     "http-fast-path",
     "busy-poll",
+    "h2-engine",
 )
 
 
@@ -212,6 +217,16 @@ def main() -> None:
             ),
         }
 
+    def h2_points(srv: Turnout) -> Values:
+        t0, cpu0 = time.monotonic(), pgid_cpu(srv.pgid)
+        run = peer_tool("loadgen_grpc.py", srv.grpc, 32, ns.duration)
+        calls = run["infer_per_s"] * (time.monotonic() - t0)
+        return {
+            "HTTP/2 core, mlp_small grpc c=1 p50 (perf_analyzer)": ("ms", pa_c1_p50(srv)),
+            "HTTP/2 core, mlp_small grpc c=32 throughput (loadgen_grpc.py)": ("inf/s", run["infer_per_s"]),
+            "HTTP/2 core, server CPU per call at c=32": ("µs", (pgid_cpu(srv.pgid) - cpu0) / calls * 1e6),
+        }
+
     comparisons: tuple[
         tuple[str, Callable[[Turnout], Values], tuple[tuple[str, ...], ...], tuple[str, str]], ...
     ] = (
@@ -229,6 +244,12 @@ def main() -> None:
             ("through ASGI", "fast path (default)"),
         ),
         ("busy-poll", busy_points, (("--busy-poll-us", "0"), ()), ("off", "polling (default)")),
+        (
+            "h2-engine",
+            h2_points,
+            (("--grpc-h2-engine", "h2"), ()),
+            ("h2 library", "Turnout's core (default)"),
+        ),
     )
     for section, measure, arms, labels in comparisons:
         measured: dict[str, tuple[list[float], list[float]]] = {}

@@ -89,6 +89,11 @@ def serve_parser(sub: Any) -> argparse.ArgumentParser:
         help="gRPC server: asyncio (Turnout's HTTP/2 server on the event loop, default) or grpcio's",
     )
     p.add_argument(
+        "--grpc-h2-engine",
+        choices=("turnout", "h2"),
+        help="asyncio transport: the HTTP/2 core, Turnout's (default) or the h2 library's (for comparison)",
+    )
+    p.add_argument(
         "--grpc-experiments",
         help="grpc core experiments, as GRPC_EXPERIMENTS (default: grpc's own); -event_engine_listener"
         " lowers latency at low concurrency and costs throughput under load; the environment variable wins",

@@ -11,10 +11,10 @@ import random
 import socket
 import tempfile
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import orjson
@@ -39,6 +39,7 @@ from server.auth import AdminAuth
 from server.busy_poll import BusyPoll
 from server.core import Core
 from server.grpc.admin import AdminServicer
+from server.grpc.http2 import H2Connection
 from server.grpc.limits import TransportLimits
 from server.grpc.servicer import SERVICE, make_handlers
 from server.grpc.transport import AsyncioGrpcServer, server_tls
@@ -285,6 +286,7 @@ class Runtime:
                 busy_poll=self.busy_poll,
                 sweep_interval_s=self.sweep_interval_s,
                 on_event=self.metrics.edge_event("grpc"),
+                h2_engine=h2_engine(s.grpc_h2_engine),
             )
         else:
             server = self._grpcio_server()
@@ -495,6 +497,14 @@ def open_repository(settings: Settings) -> LocalRepository:
         cache = settings.repository_cache_dir or Path(tempfile.mkdtemp(prefix="turnout-repo-"))
         return S3Repository(settings.model_repository, cache, endpoint_url=settings.s3_endpoint_url)
     return LocalRepository(Path(settings.model_repository))
+
+
+def h2_engine(name: str) -> Callable[..., H2Connection]:
+    if name == "h2":  # the h2 library: installed with the dev extras, imported only when asked for
+        from server.grpc.h2lib import H2LibConnection
+
+        return cast(Callable[..., H2Connection], H2LibConnection)
+    return H2Connection
 
 
 def _bracket(host: str) -> str:

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     # which gRPC server: "asyncio" (Turnout's HTTP/2 gRPC server on the event loop,
     # server/grpc/transport.py) or "grpcio" (grpcio's asyncio server; README, Performance)
     grpc_transport: Literal["asyncio", "grpcio"] = "asyncio"
+    # asyncio transport only: the HTTP/2 core, Turnout's (server/grpc/http2.py) or the h2 library's
+    # (server/grpc/h2lib.py, a measuring instrument: benchmarks.features section h2-engine)
+    grpc_h2_engine: Literal["turnout", "h2"] = "turnout"
     # grpcio only: grpc core experiments (grpc's GRPC_EXPERIMENTS syntax), applied before grpc starts unless
     # GRPC_EXPERIMENTS is set in the environment. "-event_engine_listener" trades throughput under
     # load for latency at low concurrency (README, Performance). "" = grpc's own defaults.

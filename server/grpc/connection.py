@@ -102,7 +102,9 @@ class GrpcConnection(asyncio.Protocol):
         self.peer = ""
         self.host = ""
         self.opened_at = self.last_rx = self.loop.time()
-        self.h2 = H2Connection(self, max_streams=server.max_streams, now=self.opened_at, count=server.count)
+        self.h2: H2Connection = server.h2_engine(
+            self, max_streams=server.max_streams, now=self.opened_at, count=server.count
+        )
         self.flush_scheduled = False
         self.waiters: list[asyncio.Future[None]] = []  # senders waiting for window or for the socket
         self.write_paused = False

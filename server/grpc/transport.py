@@ -24,6 +24,7 @@ import grpc
 
 from server.busy_poll import BusyPoll
 from server.grpc.connection import GrpcConnection
+from server.grpc.http2 import H2Connection
 from server.grpc.limits import ResetBudget, TransportLimits
 
 log = logging.getLogger("turnout.grpc")
@@ -48,6 +49,7 @@ class AsyncioGrpcServer:
         busy_poll: BusyPoll | None = None,
         sweep_interval_s: float = 1.0,
         on_event: Callable[[str], None] | None = None,
+        h2_engine: Callable[..., H2Connection] = H2Connection,
     ) -> None:
         """``limited``: the method paths whose calls need one of ``max_calls`` slots (None: all);
         health, metadata and control calls left out never wait behind inference."""
@@ -66,6 +68,7 @@ class AsyncioGrpcServer:
         self.resets = ResetBudget()
         self.events: Counter[str] = Counter()  # defences that fired, by name
         self._on_event = on_event
+        self.h2_engine = h2_engine  # the HTTP/2 core each connection drives
         self._sweeper: asyncio.Task[None] | None = None
         self._idle: asyncio.Event | None = None  # set when the last call ends, while stopping
         self.connections: set[GrpcConnection] = set()

@@ -114,7 +114,9 @@ class ServerThread:
         max_calls: int = 64,
         tls: tuple[Path, Path] | None = None,
         limited: tuple[str, ...] | None = None,
+        h2_engine: Any = None,
     ) -> None:
+        self.h2_engine = h2_engine
         self.handlers = Handlers()
         self.max_calls = max_calls
         self.limited = limited
@@ -138,8 +140,9 @@ class ServerThread:
 
     async def _main(self) -> None:
         self.loop = asyncio.get_running_loop()
+        extra = {"h2_engine": self.h2_engine} if self.h2_engine is not None else {}
         self.server = AsyncioGrpcServer(
-            max_message_bytes=LIMIT, max_calls=self.max_calls, limited=self.limited
+            max_message_bytes=LIMIT, max_calls=self.max_calls, limited=self.limited, **extra
         )
         self.server.add_generic_rpc_handlers((self.handlers.generic(),))
         tls = server_tls(str(self.tls[0]), str(self.tls[1])) if self.tls else None
@@ -302,6 +305,22 @@ def test_calls_the_server_does_not_limit_never_wait_for_a_slot() -> None:
         assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert [method(ch, "Echo")(b"%d" % i) for i in range(20)] == [b"%d" % i for i in range(20)]
         assert held.result(10) == b"slept"
+
+
+def test_the_h2_library_core_serves_the_same_calls() -> None:
+    """The measuring instrument of benchmarks.features (section h2-engine) keeps working."""
+    from server.grpc.h2lib import H2LibConnection
+
+    with ServerThread(h2_engine=H2LibConnection) as s, grpc.insecure_channel(s.target, options=OPTS) as ch:
+        payloads = [b"x" * n for n in (0, 1, 70_000, 3_000_000)]
+        assert [method(ch, "Echo")(p, timeout=30) for p in payloads] == payloads
+        chunks = [bytes([i]) * n for i, n in enumerate((10, 1_500_000, 20))]
+        assert list(ch.stream_stream(f"/{SERVICE}/Bidi")(iter(chunks), timeout=30)) == [
+            c[::-1] for c in chunks
+        ]
+        with pytest.raises(grpc.RpcError) as e:
+            method(ch, "Abort")(b"")
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_graceful_stop_finishes_calls_in_flight() -> None:

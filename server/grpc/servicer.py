@@ -15,6 +15,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from protos import inference_pb2 as pb
+from server.auth import GRPC_POLICY, Authorizer, grpc_peer_host
 from server.core import Core
 from server.errors import InvalidInput, TurnoutError, Unimplemented, public_message, wire_status
 from server.grpc.convert import decode_request, dict_to_message, encode_response
@@ -143,6 +144,42 @@ _UNIMPLEMENTED: dict[str, Any] = {
 }
 
 
+Handler = Callable[[Any, Any], Any]
+
+
+def _authorized(fn: Handler, name: str, auth: Authorizer) -> Handler:
+    """``fn`` behind the check GRPC_POLICY names for method ``name`` (``fn`` itself where
+    the check cannot refuse: inference without --auth-infer costs nothing)."""
+    need = GRPC_POLICY[f"/{SERVICE}/{name}"]
+    if not auth.enforces(need):
+        return fn
+
+    def check(ctx: Any) -> None:
+        authorization = None
+        for k, v in ctx.invocation_metadata() or ():
+            if k == "authorization":
+                authorization = v if isinstance(v, str) else v.decode("latin-1")
+        auth.require(need, authorization, grpc_peer_host(ctx.peer()))
+
+    if name == "ModelStreamInfer":
+
+        async def stream(requests: Any, ctx: Any) -> Any:
+            try:
+                check(ctx)
+            except Exception as exc:
+                await _abort(ctx, exc)
+            async for resp in fn(requests, ctx):
+                yield resp
+
+        return stream
+
+    async def unary(req: Any, ctx: Any) -> Any:
+        check(ctx)
+        return await fn(req, ctx)
+
+    return unary
+
+
 def _unary(fn: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Awaitable[Any]]:
     async def handler(req: Any, ctx: grpc.aio.ServicerContext) -> Any:
         if isinstance(req, _BadMessage):
@@ -157,17 +194,15 @@ def _unary(fn: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Awa
 
 def _unimplemented(method: str) -> Callable[[Any, Any], Awaitable[Any]]:
     async def handler(req: Any, ctx: grpc.aio.ServicerContext) -> Any:
-        await _abort(
-            ctx,
-            Unimplemented(
-                f"{method} is not implemented by Turnout (no shared-memory, trace or log settings extensions)"
-            ),
+        raise Unimplemented(
+            f"{method} is not implemented by Turnout (no shared-memory, trace or log settings extensions)"
         )
 
     return handler
 
 
-def make_handlers(core: Core) -> dict[str, grpc.RpcMethodHandler]:
+def make_handlers(core: Core, auth: Authorizer) -> dict[str, grpc.RpcMethodHandler]:
+    """Every method of the inference service, each behind its GRPC_POLICY entry."""
     s = InferenceServicer(core)
     unary = {
         "ServerLive": (s.ServerLive, pb.ServerLiveRequest),
@@ -185,16 +220,18 @@ def make_handlers(core: Core) -> dict[str, grpc.RpcMethodHandler]:
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for name, (fn, req_cls) in unary.items():
         handlers[name] = grpc.unary_unary_rpc_method_handler(
-            _unary(fn), request_deserializer=_deserializer(req_cls), response_serializer=_serialize
+            _unary(_authorized(fn, name, auth)),
+            request_deserializer=_deserializer(req_cls),
+            response_serializer=_serialize,
         )
     for name, unimplemented_cls in _UNIMPLEMENTED.items():
         handlers[name] = grpc.unary_unary_rpc_method_handler(
-            _unimplemented(name),
+            _unary(_authorized(_unimplemented(name), name, auth)),
             request_deserializer=_deserializer(unimplemented_cls),
             response_serializer=_serialize,
         )
     handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
-        s.ModelStreamInfer,
+        _authorized(s.ModelStreamInfer, "ModelStreamInfer", auth),
         request_deserializer=_deserializer(pb.ModelInferRequest),
         response_serializer=_serialize,
     )

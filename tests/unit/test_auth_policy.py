@@ -203,3 +203,23 @@ def test_token_sources(tmp_path: Path) -> None:
 )
 def test_cross_site_rule(method: str, headers: dict[str, str], refused: bool) -> None:
     assert (cross_site_refusal(method, headers, "http") is not None) is refused
+
+
+def test_token_hash_command(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+
+    from server.cli import main
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("ci-secret-1\n"))
+    assert main(["token-hash"]) == 0
+    assert capsys.readouterr().out.strip() == hashlib.sha256(b"ci-secret-1").hexdigest()
+
+
+def test_settings_refuse_optional_scopes_without_tokens(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="need tokens"):
+        Settings(auth_infer=True)
+    with pytest.raises(ValidationError, match="tls_client_ca needs"):
+        Settings(tls_client_ca=tmp_path / "ca.pem")
+    assert Settings(auth_metrics=True, admin_token=SecretStr("x" * 16)).auth_metrics

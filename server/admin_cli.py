@@ -20,8 +20,6 @@ def _call(ns: argparse.Namespace, method: str, path: str, body: dict[str, Any] |
     token = ns.token or os.environ.get("TURNOUT_ADMIN_TOKEN")
     if token:
         req.add_header("authorization", f"Bearer {token}")
-    if ns.user:
-        req.add_header("x-turnout-user", ns.user)
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
             text = resp.read().decode()
@@ -107,8 +105,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--url", default=os.environ.get("TURNOUT_URL", "http://127.0.0.1:8000"), help="server HTTP address"
     )
-    p.add_argument("--token", help="admin token (default: $TURNOUT_ADMIN_TOKEN)")
-    p.add_argument("--user", help="who to record in the audit log")
+    p.add_argument(
+        "--token", help="bearer token; the audit log records its name (default: $TURNOUT_ADMIN_TOKEN)"
+    )
     p.add_argument("--reason", default="", help="why: recorded in the audit log")
 
 

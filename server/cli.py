@@ -230,6 +230,30 @@ def serve_parser(sub: Any) -> argparse.ArgumentParser:
         help="mirrored (shadow) requests in flight before more are dropped (default 64)",
     )
     p.add_argument("--admin-token", help="bearer token required by the admin API (or TURNOUT_ADMIN_TOKEN)")
+    p.add_argument(
+        "--auth-tokens-file",
+        type=Path,
+        help='named tokens with scopes (infer, read, admin): JSON {"tokens": [{"name": ..., "scopes": [...],'
+        ' "sha256": ...}]} ("token": plaintext also accepted); TURNOUT_AUTH_TOKENS may hold the same JSON',
+    )
+    p.add_argument(
+        "--auth-infer", type=_bool, help="inference needs a token with the infer scope (default false)"
+    )
+    p.add_argument(
+        "--auth-metrics",
+        type=_bool,
+        help="/metrics, the dashboard and statistics need a token with the read scope (default false)",
+    )
+    p.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        help="PEM CA: require client certificates it signed, on both protocols (mTLS)",
+    )
+    p.add_argument(
+        "--tls-reload-secs",
+        type=float,
+        help="check the TLS files this often and reload changed ones without a restart (default 5; 0 = never)",
+    )
     p.add_argument("--drift", type=_bool, help="drift monitoring (default true)")
     p.add_argument(
         "--drift-sample", type=float, help="fraction of requests fed to drift monitoring (default 1.0)"
@@ -259,6 +283,25 @@ def serve_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--log-verbose", type=int, help="0 info, 1 more, 2 debug (default 0)")
     p.add_argument("--log-format", choices=["text", "json"], help="log line format (default text)")
     return p
+
+
+def token_hash_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "token-hash",
+        help="print the sha256 of a token read from standard input, for an --auth-tokens-file entry",
+    )
+    p.set_defaults(func=_token_hash)
+
+
+def _token_hash(ns: argparse.Namespace) -> int:
+    from server.auth import token_digest
+
+    token = sys.stdin.readline().strip()
+    if not token:
+        print("turnout token-hash: write the token on standard input", file=sys.stderr)
+        return 2
+    print(token_digest(token).hex())
+    return 0
 
 
 def settings_from_args(ns: argparse.Namespace) -> Settings:
@@ -319,6 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from server.admin_cli import add_admin_commands
 
     add_admin_commands(sub)
+    token_hash_parser(sub)
     ns = parser.parse_args(argv)
     if ns.command != "serve":
         return int(ns.func(ns))
@@ -326,6 +370,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_from_args(ns)
     except ValidationError as exc:
         print(f"turnout: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    from server.auth import TokenConfigError, load_tokens
+
+    try:  # a bad token file stops the start here, with its reason, not in every worker
+        load_tokens(settings.admin_token, settings.auth_tokens_file, settings.auth_tokens)
+    except TokenConfigError as exc:
+        print(f"turnout: {exc}", file=sys.stderr)
         return 2
     # Until the event loop (first thing in run_server) or the supervisor takes SIGTERM over, it
     # ends the start quietly: nothing has started yet that needs stopping, and the exit status is

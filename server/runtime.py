@@ -35,14 +35,15 @@ from protos.turnout import admin_pb2, admin_pb2_grpc
 from router.controller import TrafficController
 from router.shadow import ShadowMirror
 from router.store import ControlPlaneStore
-from server.auth import AdminAuth
+from server.auth import Authorizer, load_tokens
 from server.busy_poll import BusyPoll
 from server.core import Core
 from server.grpc.admin import AdminServicer
 from server.grpc.http2 import H2Connection
 from server.grpc.limits import TransportLimits
 from server.grpc.servicer import SERVICE, make_handlers
-from server.grpc.transport import AsyncioGrpcServer, server_tls
+from server.grpc.transport import AsyncioGrpcServer
+from server.http.access import secure_routes
 from server.http.admin import admin_routes
 from server.http.app import build_app, build_routes
 from server.http.infer_route import InferRoute
@@ -54,6 +55,7 @@ from server.observe.stats import VersionStats
 from server.os_limits import connection_cap, return_large_buffers
 from server.runner import BatchingRunner, Compute, DirectRunner, Runner, batching_config
 from server.settings import Settings
+from server.tls import ServerTls
 from server.traffic import TrafficRouting, servable
 
 log = logging.getLogger("turnout")
@@ -128,7 +130,14 @@ class Runtime:
         self.core.router = self.traffic
         if settings.worker_id is not None and settings.state_dir is not None:
             self.core.model_ops = ModelOpsLog(settings.state_dir / "model-ops.jsonl", settings.worker_id)
-        self.auth = AdminAuth(settings.admin_token)
+        self.auth = Authorizer(
+            load_tokens(settings.admin_token, settings.auth_tokens_file, settings.auth_tokens),
+            infer=settings.auth_infer,
+            metrics=settings.auth_metrics,
+        )
+        self.tls: ServerTls | None = None
+        if settings.tls_cert and settings.tls_key:
+            self.tls = ServerTls(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
         self.grpc_server: grpc.aio.Server | AsyncioGrpcServer | None = None
         self.http_server: _Uvicorn | None = None
         self._http_task: asyncio.Task[None] | None = None
@@ -237,6 +246,8 @@ class Runtime:
             self._background.append(asyncio.get_running_loop().create_task(self._sweep_http_forever()))
         if self.drift is not None:
             self._background.append(asyncio.get_running_loop().create_task(self.drift.flush_forever()))
+        if self.tls is not None and s.tls_reload_secs > 0:
+            self._background.append(asyncio.get_running_loop().create_task(self.tls.watch(s.tls_reload_secs)))
         if self.core.model_ops is not None:
             self._model_tasks.append(asyncio.get_running_loop().create_task(self._follow_model_ops()))
         self.core.started = True
@@ -290,7 +301,7 @@ class Runtime:
             )
         else:
             server = self._grpcio_server()
-        handlers = make_handlers(self.core)
+        handlers = make_handlers(self.core, self.auth)
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
         server.add_registered_method_handlers(SERVICE, handlers)  # faster dispatch than the generic lookup
         admin_pb2_grpc.add_AdminServicer_to_server(
@@ -312,10 +323,13 @@ class Runtime:
             server,
         )
         if isinstance(server, AsyncioGrpcServer):
-            tls = server_tls(str(s.tls_cert), str(s.tls_key)) if s.tls_cert and s.tls_key else None
+            tls = self.tls.context(["h2"]) if self.tls is not None else None
             self.grpc_port = server.add_port(s.host, s.grpc_port, tls)
-        elif s.tls_cert and s.tls_key:
-            creds = grpc.ssl_server_credentials([(s.tls_key.read_bytes(), s.tls_cert.read_bytes())])
+        elif self.tls is not None:  # grpcio: mTLS, but no reload (its credentials are fixed at start)
+            key, cert, ca = self.tls.pem()
+            creds = grpc.ssl_server_credentials(
+                [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+            )
             self.grpc_port = server.add_secure_port(f"{_bracket(s.host)}:{s.grpc_port}", creds)
         else:
             self.grpc_port = server.add_insecure_port(f"{_bracket(s.host)}:{s.grpc_port}")
@@ -379,15 +393,23 @@ class Runtime:
             ],
         )
 
+    def http_routes(self) -> list[Any]:
+        """Every Starlette route, before the access checks are put in front of them."""
+        s = self.settings
+        return build_routes(self.core, s.max_request_bytes, self.metrics, self.drift) + admin_routes(
+            self.controller
+        )
+
+    def http_app(self) -> InferRoute:
+        s = self.settings
+        app = build_app(secure_routes(self.http_routes(), self.auth))
+        return InferRoute(
+            app, self.core, s.max_request_bytes, s.max_inflight, fast_path=s.http_fast_path, auth=self.auth
+        )
+
     async def _start_http(self) -> None:
         s = self.settings
-        app: Any = build_app(
-            build_routes(self.core, s.max_request_bytes, self.metrics, self.drift)
-            + admin_routes(self.controller, self.auth)
-        )
-        app = self._infer_route = InferRoute(
-            app, self.core, s.max_request_bytes, s.max_inflight, fast_path=s.http_fast_path
-        )
+        app = self._infer_route = self.http_app()
         family = socket.AF_INET6 if ":" in s.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -419,6 +441,8 @@ class Runtime:
         )
         server = _Uvicorn(config)
         config.load()
+        if self.tls is not None:  # ours instead of uvicorn's: client certificates, and reloads
+            config.ssl = self.tls.context()
         server.lifespan = config.lifespan_class(config)
         await server.startup(sockets=[sock])
         self.http_server = server

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEMO_REPOSITORY = Path(__file__).resolve().parent.parent / "model_store" / "demo" / "repository"
@@ -113,6 +113,15 @@ class Settings(BaseSettings):
     drift_alpha: float = Field(0.01, gt=0, lt=1)  # false-alarm rate per window, whole model
     drift_webhook: str | None = None  # POSTed a JSON event when a version's drift status changes
 
+    # access control and mTLS (server/auth.py, server/tls.py; README, Access)
+    # named tokens with scopes: a JSON file {"tokens": [{"name", "scopes", "sha256" | "token"}]}
+    auth_tokens_file: Path | None = None
+    auth_tokens: SecretStr | None = None  # the same JSON inline (TURNOUT_AUTH_TOKENS; no flag)
+    auth_infer: bool = False  # inference needs a token with the infer scope
+    auth_metrics: bool = False  # /metrics, the dashboard and statistics need the read scope
+    tls_client_ca: Path | None = None  # require client certificates signed by this CA (mTLS)
+    tls_reload_secs: float = Field(5.0, ge=0)  # poll the TLS files this often and reload; 0 = never
+
     # logging
     log_verbose: int = Field(0, ge=0)
     log_format: Literal["text", "json"] = "text"
@@ -123,6 +132,15 @@ class Settings(BaseSettings):
         if isinstance(v, str):
             return tuple(x for x in v.split(",") if x)
         return v
+
+    @model_validator(mode="after")
+    def _access(self) -> Settings:
+        tokens = self.admin_token or self.auth_tokens_file or self.auth_tokens
+        if (self.auth_infer or self.auth_metrics) and not tokens:
+            raise ValueError("auth_infer and auth_metrics need tokens (admin_token or auth_tokens_file)")
+        if self.tls_client_ca is not None and not (self.tls_cert and self.tls_key):
+            raise ValueError("tls_client_ca needs tls_cert and tls_key")
+        return self
 
     @property
     def is_remote(self) -> bool:

@@ -1,4 +1,7 @@
-"""The control plane over gRPC (turnout.admin.v1.Admin): the same operations as /admin."""
+"""The control plane over gRPC (turnout.admin.v1.Admin): the same operations as /admin.
+
+Every method is checked against its entry in server/auth.py's GRPC_POLICY (a method without
+one fails at import); the audit log records the caller that check admitted."""
 
 from __future__ import annotations
 
@@ -12,10 +15,11 @@ from protos.turnout import admin_pb2 as pb
 from protos.turnout import admin_pb2_grpc
 from router.controller import NotConfigured, TrafficController
 from router.policy import TrafficPolicy
-from server.auth import AdminAuth, grpc_peer_host
+from server.auth import GRPC_POLICY, Authorizer, grpc_peer_host
 from server.errors import InvalidInput, public_message, wire_status
 
 DriftReport = Callable[[str, str], Awaitable[dict[str, Any]]]
+SERVICE = pb.DESCRIPTOR.services_by_name["Admin"].full_name
 
 
 def _policy_msg(p: TrafficPolicy) -> pb.TrafficPolicy:
@@ -45,14 +49,20 @@ def _status_msg(model: str, status: dict[str, Any] | None) -> pb.RolloutStatus:
     )
 
 
+def metadata_value(ctx: Any, key: str) -> str | None:
+    for k, v in ctx.invocation_metadata() or ():
+        if k == key:
+            return v if isinstance(v, str) else v.decode("latin-1")
+    return None
+
+
 def _guard(fn: Callable[[Any, Any, Any, str], Awaitable[Any]]) -> Callable[[Any, Any, Any], Awaitable[Any]]:
+    need = GRPC_POLICY[f"/{SERVICE}/{fn.__name__}"]  # KeyError at import: no method without a policy
+
     async def method(self: AdminServicer, req: Any, ctx: grpc.aio.ServicerContext) -> Any:
         try:
-            md = {k: v for k, v in (ctx.invocation_metadata() or ())}
-            who = self.auth.check(
-                md.get("authorization"), grpc_peer_host(ctx.peer()), md.get("x-turnout-user")
-            )
-            return await fn(self, req, ctx, who)
+            caller = self.auth.require(need, metadata_value(ctx, "authorization"), grpc_peer_host(ctx.peer()))
+            return await fn(self, req, ctx, caller.name)
         except Exception as exc:
             await ctx.abort(wire_status(exc).grpc, public_message(exc))
 
@@ -60,7 +70,7 @@ def _guard(fn: Callable[[Any, Any, Any, str], Awaitable[Any]]) -> Callable[[Any,
 
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):
-    def __init__(self, controller: TrafficController, auth: AdminAuth, drift: DriftReport | None) -> None:
+    def __init__(self, controller: TrafficController, auth: Authorizer, drift: DriftReport | None) -> None:
         self.c = controller
         self.auth = auth
         self.drift = drift

@@ -15,6 +15,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from protos import inference_pb2 as pb
+from server.auth import GRPC_POLICY, Authorizer, grpc_peer_host
 from server.core import Core
 from server.errors import InvalidInput, TurnoutError, Unimplemented, public_message, wire_status
 from server.grpc.convert import decode_request, dict_to_message, encode_response
@@ -146,6 +147,42 @@ _UNIMPLEMENTED: dict[str, Any] = {
 }
 
 
+Handler = Callable[[Any, Any], Any]
+
+
+def _authorized(fn: Handler, name: str, auth: Authorizer, internal: RateLimitedLog) -> Handler:
+    """``fn`` behind the check GRPC_POLICY names for method ``name`` (``fn`` itself where
+    the check cannot refuse: inference without --auth-infer costs nothing)."""
+    need = GRPC_POLICY[f"/{SERVICE}/{name}"]
+    if not auth.enforces(need):
+        return fn
+
+    def check(ctx: Any) -> None:
+        authorization = None
+        for k, v in ctx.invocation_metadata() or ():
+            if k == "authorization":
+                authorization = v if isinstance(v, str) else v.decode("latin-1")
+        auth.require(need, authorization, grpc_peer_host(ctx.peer()))
+
+    if name == "ModelStreamInfer":
+
+        async def stream(requests: Any, ctx: Any) -> Any:
+            try:
+                check(ctx)
+            except Exception as exc:
+                await _abort(ctx, exc, internal)
+            async for resp in fn(requests, ctx):
+                yield resp
+
+        return stream
+
+    async def unary(req: Any, ctx: Any) -> Any:
+        check(ctx)
+        return await fn(req, ctx)
+
+    return unary
+
+
 def _unary(
     fn: Callable[[Any, Any], Awaitable[Any]], internal: RateLimitedLog
 ) -> Callable[[Any, Any], Awaitable[Any]]:
@@ -160,20 +197,17 @@ def _unary(
     return handler
 
 
-def _unimplemented(method: str, internal: RateLimitedLog) -> Callable[[Any, Any], Awaitable[Any]]:
+def _unimplemented(method: str) -> Callable[[Any, Any], Awaitable[Any]]:
     async def handler(req: Any, ctx: grpc.aio.ServicerContext) -> Any:
-        await _abort(
-            ctx,
-            Unimplemented(
-                f"{method} is not implemented by Turnout (no shared-memory, trace or log settings extensions)"
-            ),
-            internal,
+        raise Unimplemented(
+            f"{method} is not implemented by Turnout (no shared-memory, trace or log settings extensions)"
         )
 
     return handler
 
 
-def make_handlers(core: Core) -> dict[str, grpc.RpcMethodHandler]:
+def make_handlers(core: Core, auth: Authorizer) -> dict[str, grpc.RpcMethodHandler]:
+    """Every method of the inference service, each behind its GRPC_POLICY entry."""
     s = InferenceServicer(core)
     internal = RateLimitedLog(log)
     unary = {
@@ -192,16 +226,18 @@ def make_handlers(core: Core) -> dict[str, grpc.RpcMethodHandler]:
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for name, (fn, req_cls) in unary.items():
         handlers[name] = grpc.unary_unary_rpc_method_handler(
-            _unary(fn, internal), request_deserializer=_deserializer(req_cls), response_serializer=_serialize
+            _unary(_authorized(fn, name, auth, internal), internal),
+            request_deserializer=_deserializer(req_cls),
+            response_serializer=_serialize,
         )
     for name, unimplemented_cls in _UNIMPLEMENTED.items():
         handlers[name] = grpc.unary_unary_rpc_method_handler(
-            _unimplemented(name, internal),
+            _unary(_authorized(_unimplemented(name), name, auth, internal), internal),
             request_deserializer=_deserializer(unimplemented_cls),
             response_serializer=_serialize,
         )
     handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
-        s.ModelStreamInfer,
+        _authorized(s.ModelStreamInfer, "ModelStreamInfer", auth, internal),
         request_deserializer=_deserializer(pb.ModelInferRequest),
         response_serializer=_serialize,
     )

@@ -185,12 +185,3 @@ class AsyncioGrpcServer:
                 conn.transport.abort()
         for server in self._servers:
             await server.wait_closed()
-
-
-def server_tls(cert_path: str, key_path: str) -> ssl.SSLContext:
-    """TLS for gRPC: HTTP/2 negotiated with ALPN, TLS 1.2 or newer (RFC 9113 §9.2)."""
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cert_path, key_path)
-    ctx.set_alpn_protocols(["h2"])
-    return ctx

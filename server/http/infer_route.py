@@ -7,7 +7,10 @@ sent as two ASGI messages. Every other path goes to the Starlette app unchanged.
 
 A request takes one of ``max_inflight`` slots only once its body has arrived, so clients that
 send headers and never a body hold nothing but their own connection (which the protocol's
-request timeout closes)."""
+request timeout closes).
+
+With --auth-infer the bearer token is checked here (server/auth.py), and the protocol-level
+fast path is off: it never sees the headers that carry the token."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from server.auth import Authorizer, Need
 from server.core import Core
 from server.errors import INTERNAL, QueueFull, public_message, wire_status
 from server.http.body import receive_body
@@ -44,13 +48,22 @@ def parse_infer_path(path: str) -> tuple[str, str] | None:
 
 class InferRoute:
     def __init__(
-        self, app: ASGIApp, core: Core, max_request_bytes: int, max_inflight: int, fast_path: bool = True
+        self,
+        app: ASGIApp,
+        core: Core,
+        max_request_bytes: int,
+        max_inflight: int,
+        fast_path: bool = True,
+        auth: Authorizer | None = None,
     ) -> None:
         self.app = app
         self.core = core
         self.limit = max_request_bytes
         self.max_inflight = max_inflight
-        self.fast_path = fast_path  # may the HTTP protocol answer requests itself (protocol.py)
+        # who may infer; None: anyone (no --auth-infer)
+        self.auth = auth if auth is not None and auth.enforces(Need.INFER) else None
+        # may the HTTP protocol answer requests itself (protocol.py); it does not check tokens
+        self.fast_path = fast_path and self.auth is None
         self.inflight = 0
         self.internal = RateLimitedLog(log)
 
@@ -58,9 +71,24 @@ class InferRoute:
         if scope["type"] == "http" and scope["method"] == "POST":
             target = parse_infer_path(scope["path"])
             if target is not None:
+                if self.auth is not None:
+                    try:
+                        self.authorize(scope)
+                    except Exception as exc:
+                        await _reply(send, *error_answer(exc))
+                        return
                 await self.infer(scope, receive, send, target[0], target[1])
                 return
         await self.app(scope, receive, send)
+
+    def authorize(self, scope: Scope) -> None:
+        assert self.auth is not None
+        authorization = None
+        for k, v in scope["headers"]:
+            if k == b"authorization":
+                authorization = v.decode("latin-1")
+        client = scope.get("client")
+        self.auth.require(Need.INFER, authorization, client[0] if client else None)
 
     async def infer(self, scope: Scope, receive: Receive, send: Send, model: str, version: str) -> None:
         content_length, header_length, routing_key = infer_headers(scope["headers"])

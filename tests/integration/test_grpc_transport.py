@@ -21,7 +21,8 @@ import hpack
 import pytest
 import uvloop
 
-from server.grpc.transport import AsyncioGrpcServer, server_tls
+from server.grpc.transport import AsyncioGrpcServer
+from server.tls import server_tls
 from tests.h2raw import PREFACE, message, request_headers
 from tests.h2raw import frame as _frame
 from tests.h2raw import read_frames as _read_frames

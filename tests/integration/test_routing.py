@@ -290,9 +290,10 @@ def test_admin_auth(tmp_path: Path) -> None:
             headers={"authorization": "Bearer s3cret", "x-turnout-user": "ops"},
         )
         assert ok.status_code == 200
+        # the audit log names the token (--admin-token is the token "admin"), not the claimed user
         assert (
             admin(s, "GET", "/audit", headers={"authorization": "Bearer s3cret"}).json()["entries"][-1]["who"]
-            == "ops"
+            == "admin"
         )
         # the CLI speaks the same API
         cli = [sys.executable, "-m", "server", "traffic", "get", "clf", "--url", s.base, "--token", "s3cret"]

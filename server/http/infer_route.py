@@ -9,8 +9,8 @@ A request takes one of ``max_inflight`` slots only once its body has arrived, so
 send headers and never a body hold nothing but their own connection (which the protocol's
 request timeout closes).
 
-With --auth-infer the bearer token is checked here (server/auth.py), and the protocol-level
-fast path is off: it never sees the headers that carry the token."""
+With --auth-infer the bearer token is checked here (server/auth.py); the protocol's fast path
+checks it too, and leaves a request it refuses to this route, which answers the error."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.auth import Authorizer, Need
 from server.core import Core
-from server.errors import INTERNAL, QueueFull, public_message, wire_status
+from server.errors import INTERNAL, QueueFull, TurnoutError, public_message, wire_status
 from server.http.body import receive_body
 from server.http.codec import decode_infer_request, dumps, encode_infer_response
 from server.observe.logs import RateLimitedLog
@@ -62,8 +62,8 @@ class InferRoute:
         self.max_inflight = max_inflight
         # who may infer; None: anyone (no --auth-infer)
         self.auth = auth if auth is not None and auth.enforces(Need.INFER) else None
-        # may the HTTP protocol answer requests itself (protocol.py); it does not check tokens
-        self.fast_path = fast_path and self.auth is None
+        # may the HTTP protocol answer requests itself (protocol.py; it checks tokens with ``authorized``)
+        self.fast_path = fast_path
         self.inflight = 0
         self.internal = RateLimitedLog(log)
 
@@ -73,7 +73,8 @@ class InferRoute:
             if target is not None:
                 if self.auth is not None:
                     try:
-                        self.authorize(scope)
+                        client = scope.get("client")
+                        self.authorize(scope["headers"], client[0] if client else None)
                     except Exception as exc:
                         await _reply(send, *error_answer(exc))
                         return
@@ -81,14 +82,21 @@ class InferRoute:
                 return
         await self.app(scope, receive, send)
 
-    def authorize(self, scope: Scope) -> None:
+    def authorize(self, headers: Iterable[tuple[bytes, bytes]], host: str | None) -> None:
+        """Raise unless the request's bearer token may infer (only with --auth-infer)."""
         assert self.auth is not None
         authorization = None
-        for k, v in scope["headers"]:
+        for k, v in headers:
             if k == b"authorization":
                 authorization = v.decode("latin-1")
-        client = scope.get("client")
-        self.auth.require(Need.INFER, authorization, client[0] if client else None)
+        self.auth.require(Need.INFER, authorization, host)
+
+    def authorized(self, headers: Iterable[tuple[bytes, bytes]], host: str | None) -> bool:
+        try:
+            self.authorize(headers, host)
+        except TurnoutError:
+            return False
+        return True
 
     async def infer(self, scope: Scope, receive: Receive, send: Send, model: str, version: str) -> None:
         content_length, header_length, routing_key = infer_headers(scope["headers"])

@@ -342,6 +342,10 @@ class HeadHoldingHttpToolsProtocol(HttpToolsProtocol):
         target = parse_infer_path(raw_path.decode("ascii", "replace"))
         if target is None:
             return None
+        if route.auth is not None and not route.authorized(
+            self.headers, self.client[0] if self.client else None
+        ):
+            return None  # the ASGI route answers 401 / 403
         content_length, header_length, routing_key = infer_headers(self.headers)
         if (
             content_length is None

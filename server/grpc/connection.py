@@ -25,6 +25,7 @@ import grpc
 from server.grpc import wire
 from server.grpc.context import Aborted, Context, Metadata
 from server.grpc.http2 import MAX_HEADER_LIST, H2Connection, H2Stream
+from server.grpc.messages import MessageReader
 from server.grpc.streams import RequestHead, answering, receiving
 from server.grpc.wire import H2Error
 
@@ -60,9 +61,8 @@ class Call:
         "metadata",
         "opened",
         "path",
-        "pending",
-        "pending_held",
         "queue",
+        "reader",
         "received",
         "reset",
         "task",
@@ -82,8 +82,7 @@ class Call:
         # a unary request's bytes: the first DATA payload as it came, then one growing buffer (a
         # list of tiny frames would cost ~50 bytes of overhead per byte received)
         self.body: bytes | bytearray = b""
-        self.pending = bytearray()  # streaming requests: bytes of an incomplete message
-        self.pending_held = 0  # ... of which not yet returned to the peer's window
+        self.reader: MessageReader | None = None  # streaming requests: their messages
         self.received = 0
         self.queue: asyncio.Queue[Any] | None = None
         self.headers_sent = False
@@ -237,6 +236,7 @@ class GrpcConnection(asyncio.Protocol):
             if not self._admit(call):
                 return
             call.queue = asyncio.Queue()
+            call.reader = MessageReader(self.server.max_message_bytes)
             self._start(call, None)
             if done:
                 call.queue.put_nowait(_EOF)
@@ -267,10 +267,17 @@ class GrpcConnection(asyncio.Protocol):
                 call.body = grown
             self.h2.credit(st, flow)
         else:
-            held = self._stream_messages(call, data)
-            if not answering(st.state):
+            assert call.queue is not None and call.reader is not None
+            try:
+                messages, held = call.reader.feed(data, call.queue.qsize())
+            except wire.MessageTooLarge as exc:
+                self._finish(call, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+                if call.task is not None:
+                    call.task.cancel()
                 return
-            self.h2.credit(st, flow - held)  # padding at once; messages when read (see _stream_messages)
+            for m in messages:
+                call.queue.put_nowait(m)
+            self.h2.credit(st, flow - held)  # padding at once; messages when read (MessageReader)
         if end:
             self._end_of_request(call)
 
@@ -290,50 +297,6 @@ class GrpcConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ calls
 
-    def _stream_messages(self, call: Call, data: bytes) -> int:
-        """Queue the messages ``data`` completes; returns how many of its bytes stay unreturned
-        to the peer's stream window. A queued message's bytes return when the handler reads it.
-        The bytes of a message still arriving return at once while the handler has read
-        everything queued (so a message larger than the window cannot stall), and are held with
-        it otherwise (so a handler that falls behind stops the peer within about one window)."""
-        assert call.queue is not None
-        pending = call.pending
-        old = len(pending)
-        buf: bytes | bytearray = data
-        if old:  # appended in place: a message arriving in many frames costs linear time
-            pending += data
-            buf = pending
-        n = len(buf)
-        pos = held = 0
-        while n - pos >= 5:
-            size = int.from_bytes(buf[pos + 1 : pos + 5], "big")
-            if size > self.server.max_message_bytes:
-                self._finish(call, grpc.StatusCode.RESOURCE_EXHAUSTED, self._too_large(size))
-                if call.task is not None:
-                    call.task.cancel()
-                call.pending = bytearray()
-                return 0
-            end = pos + 5 + size
-            if end > n:
-                break
-            new = end - max(pos, old) if end > old else 0  # bytes of this message that came now
-            owed = new
-            if pos < old:  # the message that was arriving: what it held back is owed with it
-                owed += call.pending_held
-                call.pending_held = 0
-            call.queue.put_nowait((buf[pos], bytes(buf[pos + 5 : end]) if old else buf[pos + 5 : end], owed))
-            held += new
-            pos = end
-        if old:
-            del pending[:pos]
-        elif pos < n:
-            pending += data[pos:]
-        if pending and not call.queue.empty():
-            arrived = n - max(pos, old)
-            call.pending_held += arrived
-            held += arrived
-        return held
-
     def _too_large(self, size: int) -> str:
         return f"received message larger than max ({size} vs. {self.server.max_message_bytes})"
 
@@ -341,7 +304,7 @@ class GrpcConnection(asyncio.Protocol):
         if call.handler is None:
             return
         if call.queue is not None:
-            if call.pending:  # the request ended inside a message
+            if call.reader is not None and call.reader.incomplete:  # the request ended inside a message
                 call.queue.put_nowait(Aborted("the request stream ended inside a message"))
             call.queue.put_nowait(_EOF)
             return
@@ -390,9 +353,8 @@ class GrpcConnection(asyncio.Protocol):
             if isinstance(item, Aborted):
                 raise item
             owed = item[2]
-            if call.pending_held and call.queue.empty():  # caught up: the message arriving flows again
-                owed += call.pending_held
-                call.pending_held = 0
+            if call.queue.empty() and call.reader is not None:  # caught up: the message arriving flows
+                owed += call.reader.caught_up()
             self.h2.credit(call.h2, owed)
             yield self._decode(call, item[:2])
 

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import PYTHON
+from benchmarks.common import HERE, PYTHON
 
 TURNOUT = Path(PYTHON).with_name("turnout")
+ROOT = HERE.parent
 
 
 def http_json(url: str, timeout: float = 5.0) -> Any:
@@ -44,6 +45,9 @@ class Turnout:
     http_port: int = 0
     grpc_port: int = 0
     extra_args: tuple[str, ...] = ()
+    from_source: bool = (
+        False  # run this checkout's code (python -m server) instead of the installed `turnout`
+    )
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -61,8 +65,9 @@ class Turnout:
 
     @property
     def cmd(self) -> list[str]:
+        launcher = [PYTHON, "-m", "server"] if self.from_source else [str(TURNOUT)]
         return [
-            str(TURNOUT), "serve", str(self.repo), "--host", "127.0.0.1",
+            *launcher, "serve", str(self.repo), "--host", "127.0.0.1",
             "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
             "--ports-file", str(self.workdir / "ports.json"), *self.extra_args,
         ]  # fmt: skip
@@ -72,7 +77,13 @@ class Turnout:
         ports = self.workdir / "ports.json"
         ports.unlink(missing_ok=True)
         log = (self.workdir / "turnout.log").open("wb")
-        self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=ROOT if self.from_source else None,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -16,9 +16,9 @@ Request bytes are built once: gRPC sends a pre-serialized ``ModelInferRequest`` 
 of a small asyncio HTTP/1.1 client.  The first answer is decoded and its output shape checked.
 
 Errors are counted by code: the gRPC status name (``RESOURCE_EXHAUSTED``, ``UNAVAILABLE``, ...),
-``HTTP_<status>``, ``TIMEOUT``, ``CONN_ERROR`` or ``CLIENT_DROPPED``; the first 1000 also with
-their time (``error_times``: ``time.perf_counter()``, which on Linux is the system-wide
-``CLOCK_MONOTONIC``, so another process can place them on its own timeline).
+``HTTP_<status>``, ``TIMEOUT``, ``CONN_ERROR`` or ``CLIENT_DROPPED``, and by the second they were
+answered in (``errors_by_second``: whole seconds of ``time.perf_counter()``, which on Linux is the
+system-wide ``CLOCK_MONOTONIC``, so another process can place them on its own timeline).
 
 A run is bounded by time (``--warmup`` + ``--duration``) and optionally by ``--requests``
 (measured requests).  Loopback targets only.  Prints one JSON line: throughput (inferences/s =
@@ -258,7 +258,7 @@ class Recorder:
     last_done: float = 0.0
     lag: list[float] = field(default_factory=list)
     spans: list[tuple[float, float]] | None = None  # (sent, answered) of each OK sample, if kept
-    error_times: list[tuple[float, str]] = field(default_factory=list)  # (answered, code), the first 1000
+    errors_by_second: Counter[int] = field(default_factory=Counter)  # int(answered time) -> failures
     full: asyncio.Event = field(default_factory=asyncio.Event)
 
     def record(self, t_sched: float, t_done: float, code: str) -> None:
@@ -275,8 +275,7 @@ class Recorder:
                 self.spans.append((t_sched, t_done))
         else:
             self.errors[code] += 1
-            if len(self.error_times) < 1000:
-                self.error_times.append((t_done, code))
+            self.errors_by_second[int(t_done)] += 1
         if self.limit and not self.by_schedule and len(self.lat) + self.errors.total() >= self.limit:
             self.t_end = t_done  # count bound reached: close the window here
             self.full.set()
@@ -398,7 +397,7 @@ async def run(cfg: Config) -> dict[str, Any]:
         "ok": len(rec.lat),
         "errors": dict(rec.errors),
         "error_examples": target.examples,
-        "error_times": [(round(t, 4), c) for t, c in rec.error_times],  # perf_counter = CLOCK_MONOTONIC
+        "errors_by_second": dict(sorted(rec.errors_by_second.items())),  # perf_counter = CLOCK_MONOTONIC
         "error_share": round(rec.errors.total() / rec.measured(), 4) if rec.measured() else 0.0,
         "seconds": round(seconds, 3),
         "req_per_s": round(rec.ok_in_window / seconds, 1),

@@ -50,12 +50,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from benchmarks import points
 from benchmarks.common import HERE, PYTHON
 from benchmarks.cpu import CpuMeter, loadavg
 from benchmarks.server import ROOT, Turnout
 
 MODEL = "mlp"
+PROTOS = ("grpc", "http")
 DEMO_REPO = ROOT / "model_store" / "demo" / "repository"
 EXPLICIT = ("--model-control-mode", "explicit", "--load-model", "*")
 SHORT_TIMEOUTS = {  # flag -> seconds, with --short-timeouts (defaults: 10, 10, 60, 300, 30)
@@ -186,18 +189,22 @@ class Reload:
 
 
 class Reloader(threading.Thread):
-    """Every ``every`` seconds: touch the model's config (a new fingerprint for every version, so
-    each is loaded again from its files) and ask the server to load the model."""
+    """Every ``every`` seconds: give the model's config.pbtxt a new comment line and ask the
+    server to load the model. The config is part of every version's sha256, so each version is
+    loaded into a new session and swapped in (touching the file would not do: a version whose
+    sha256 is unchanged keeps its session)."""
 
-    def __init__(self, base: str, config: Path, every: float) -> None:
+    def __init__(self, base: str, config: Path, scratch: Path, every: float) -> None:
         super().__init__(name="reloader", daemon=True)
-        self.base, self.config, self.every = base, config, every
+        self.base, self.config, self.scratch, self.every = base, config, scratch, every
+        self.original = config.read_text()
         self.reloads: list[Reload] = []
         self.done = threading.Event()
 
     def run(self) -> None:
         while not self.done.wait(self.every):
-            os.utime(self.config)
+            self.scratch.write_text(f"{self.original}\n# soak reload {len(self.reloads) + 1}\n")
+            os.replace(self.scratch, self.config)  # the server never sees a half-written config
             t0 = time.perf_counter()
             status, body = http("POST", f"{self.base}/v2/repository/models/{MODEL}/load", {}, timeout=120)
             self.reloads.append(Reload(t0, round(time.perf_counter() - t0, 3), status, body[:200].decode()))
@@ -219,6 +226,8 @@ class Soak:
     reloads: list[Reload] = field(default_factory=list)
     versions_loaded: int = 0
     samples: list[Sample] = field(default_factory=list)
+    t0: float = 0.0  # perf_counter when the soak load started
+    timeline: list[dict[str, Any]] = field(default_factory=list)
     baseline: Sample | None = None
     end: Sample | None = None
     metrics: list[str] = field(default_factory=list)
@@ -239,6 +248,22 @@ class Soak:
         if self.baseline is None or self.end is None:
             return None
         return round(100.0 * (self.end.rss_kb - self.baseline.rss_kb) / self.baseline.rss_kb, 2)
+
+    def busy(self) -> str:
+        """Why the figures say little about the server, if the machine was too busy: the server got
+        clearly fewer cores in the soak than in the capacity runs, or other users took a lot."""
+        caps = [float(c.get("server_cores") or 0) for c in self.capacity.values()]
+        cap = statistics.mean(caps) if caps else 0.0
+        got, others = float(self.cpu.get("server_cores", 0)), float(self.cpu.get("other_cores", 0))
+        why = []
+        if cap > 0 and got < 0.8 * cap:
+            why.append(
+                f"the server got {got:.2f} cores in the soak against {cap:.2f} in the capacity runs, so the "
+                f"offered load was about {self.opts.rate_fraction * cap / max(got, 0.01):.0%} of what it could do"
+            )
+        if others > 0.3:
+            why.append(f"other users kept {others:.2f} cores busy")
+        return "; ".join(why)
 
     def problems(self) -> list[str]:
         out = []
@@ -270,7 +295,7 @@ def set_policy(srv: Turnout, opts: Options) -> dict[str, Any]:
 
 
 def measure_capacity(srv: Turnout, soak: Soak) -> None:
-    for proto in ("grpc", "http"):
+    for proto in PROTOS:
         r = points.loadgen(
             srv, "capacity", proto=proto, model=MODEL, mode="closed", concurrency=32,
             warmup=2, duration=soak.opts.capacity_seconds,
@@ -291,6 +316,7 @@ def start_loadgen(srv: Turnout, proto: str, rate: float, opts: Options) -> subpr
         PYTHON, "-m", "benchmarks.loadgen", "--proto", proto, "--target", srv.grpc if proto == "grpc" else srv.http,
         "--model", MODEL, "--mode", "open", "--arrival", "poisson", "--rate", str(rate), "--warmup", "0",
         "--duration", str(opts.duration), "--timeout", str(opts.request_timeout),
+        "--spans-file", str(opts.workdir / f"spans-{proto}.npy"),
     ]  # fmt: skip
     return _spawn(cmd, opts.workdir / f"loadgen-{proto}.err")
 
@@ -336,12 +362,11 @@ def run(opts: Options, soak: Soak, children: list[subprocess.Popen[str]], srv: T
     loaded_before = len(LOADED.findall(log.read_bytes()))
     print(f"baseline: RSS {soak.baseline.rss_kb / 1024:.1f} MiB, {soak.baseline.fds} descriptors", flush=True)
 
-    t0 = time.perf_counter()
+    t0 = soak.t0 = time.perf_counter()
     sampler = Sampler(pid, opts.sample_every, t0)
-    reloader = Reloader(
-        f"http://{srv.http}", opts.workdir / "repo" / MODEL / "config.pbtxt", opts.reload_every
-    )
-    gens = {proto: start_loadgen(srv, proto, soak.rates[proto], opts) for proto in ("grpc", "http")}
+    config = opts.workdir / "repo" / MODEL / "config.pbtxt"
+    reloader = Reloader(f"http://{srv.http}", config, opts.workdir / "config.tmp", opts.reload_every)
+    gens = {proto: start_loadgen(srv, proto, soak.rates[proto], opts) for proto in PROTOS}
     children.extend(gens.values())
     abuse = start_abuse(srv, opts) if opts.abuse else None
     if abuse is not None:
@@ -388,6 +413,8 @@ def run(opts: Options, soak: Soak, children: list[subprocess.Popen[str]], srv: T
     if srv.proc.poll() is not None:
         soak.server_alive = False
         sampler.done.set()
+        soak.samples = list(sampler.samples)
+        soak.timeline = timeline(soak)
         return
     print(f"load and abuse over; settling {opts.settle:g} s", flush=True)
     time.sleep(opts.settle)
@@ -399,7 +426,40 @@ def run(opts: Options, soak: Soak, children: list[subprocess.Popen[str]], srv: T
     soak.end = Sample(round(time.perf_counter() - t0, 1), rss_kb(pid), fds(pid))
     soak.samples = [*sampler.samples, soak.end]
     soak.versions_loaded = len(LOADED.findall(log.read_bytes())) - loaded_before
+    soak.timeline = timeline(soak)
     scrape(srv, soak)
+
+
+def timeline(soak: Soak) -> list[dict[str, Any]]:
+    """The soak in windows of max(10 s, duration / 20): per protocol the requests sent in the window
+    that succeeded and their p50/p99 (from the generators' spans files), the failures answered in
+    it, the highest RSS and descriptor count sampled, and the reloads started."""
+    window = max(10.0, soak.opts.duration / 20)
+    spans = {}
+    for proto in PROTOS:
+        f = soak.opts.workdir / f"spans-{proto}.npy"
+        spans[proto] = np.load(f) if f.exists() else np.empty((0, 2))
+    rows = []
+    for i in range(int(np.ceil(soak.opts.duration / window))):
+        a, b = soak.t0 + i * window, soak.t0 + (i + 1) * window
+        row: dict[str, Any] = {"t": round(i * window)}
+        for proto in PROTOS:
+            sp = spans[proto]
+            sent = sp[(sp[:, 0] >= a) & (sp[:, 0] < b)]
+            ms = (sent[:, 1] - sent[:, 0]) * 1e3
+            by_second = soak.load.get(proto, {}).get("errors_by_second", {})
+            row[proto] = {
+                "ok": len(sent),
+                "failed": sum(n for sec, n in by_second.items() if a <= int(sec) + 0.5 < b),
+                "p50_ms": round(float(np.percentile(ms, 50)), 2) if ms.size else None,
+                "p99_ms": round(float(np.percentile(ms, 99)), 2) if ms.size else None,
+            }
+        inside = [x for x in soak.samples if i * window <= x.t < (i + 1) * window]
+        row["rss_mib"] = round(max(x.rss_kb for x in inside) / 1024, 1) if inside else None
+        row["fds"] = max((x.fds for x in inside), default=None)
+        row["reloads"] = sum(1 for r in soak.reloads if a <= r.at < b)
+        rows.append(row)
+    return rows
 
 
 # ----------------------------------------------------------------------------- report
@@ -409,9 +469,10 @@ def _ms(v: Any) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
-def near_reload(t: float, reloads: list[Reload]) -> bool:
-    """Did a failure answered at ``t`` (perf_counter) come within a reload (1 s before to 5 s after)?"""
-    return any(r.at - 1 <= t <= r.at + r.seconds + 5 for r in reloads)
+def near_reload(second: int, reloads: list[Reload]) -> bool:
+    """Does the second ``second`` (of perf_counter) overlap a reload, from 1 s before its load call
+    to 5 s after its answer?"""
+    return any(second + 1 >= r.at - 1 and second <= r.at + r.seconds + 5 for r in reloads)
 
 
 def report(soak: Soak) -> str:
@@ -424,6 +485,15 @@ def report(soak: Soak) -> str:
         f"**Verdict: {'PASS' if not problems else 'FAIL'}**"
         + ("" if not problems else ": " + "; ".join(problems)),
         "",
+        *(
+            [
+                f"**The machine was busy**: {soak.busy()}. Rerun on a quieter machine before reading much into "
+                "latencies or into failures that come with overload.",
+                "",
+            ]
+            if soak.busy()
+            else []
+        ),
         f"* command: `{soak.command}`",
         f"* commit: `{soak.commit}`",
         f"* machine: {os.cpu_count()} cores, **shared with other users** (load average "
@@ -445,16 +515,53 @@ def report(soak: Soak) -> str:
         "p50 ms | p99 ms | max ms | send lag p99 ms |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for proto in ("grpc", "http"):
+    for proto in PROTOS:
         r = soak.load.get(proto, {})
         errs = r.get("errors", {})
-        near = sum(1 for t, _ in r.get("error_times", []) if near_reload(t, soak.reloads))
+        by_second = r.get("errors_by_second", {}).items()
+        near = sum(n for sec, n in by_second if near_reload(int(sec), soak.reloads))
         lines.append(
             f"| {proto} | {soak.capacity.get(proto, {}).get('req_per_s', '-')} | {soak.rates.get(proto, '-')} | "
             f"{r.get('requests', '-')} | {r.get('ok', '-')} | {sum(errs.values()) if 'error' not in r else 'run failed'} | "
             f"{json.dumps(errs) if errs else '-'} | {near if errs else '-'} | {_ms(r.get('p50_ms'))} | "
             f"{_ms(r.get('p99_ms'))} | {_ms(r.get('max_ms'))} | {_ms(r.get('send_lag_p99_ms'))} |"
         )
+    cap = {p: soak.capacity.get(p, {}) for p in PROTOS}
+    lines += [
+        "",
+        "CPU in cores (server process / our generators and abusers / everybody else on the machine): "
+        + "; ".join(
+            f"capacity {p} {c.get('server_cores')} / {c.get('client_cores')} / {c.get('other_cores')}"
+            for p, c in cap.items()
+        )
+        + f"; soak {soak.cpu.get('server_cores')} / {soak.cpu.get('client_cores')} / {soak.cpu.get('other_cores')}. "
+        "When the server gets fewer cores in the soak than in the capacity runs, the offered rate is more "
+        f"than {o.rate_fraction:.0%} of what it could do then.",
+    ]
+    if soak.timeline:
+        w = soak.timeline[1]["t"] if len(soak.timeline) > 1 else o.duration
+        lines += [
+            "",
+            f"Over time, in windows of {w} s (ok and latency: requests sent in the window; failed: answered "
+            "in it; RSS and descriptors: highest sample; reloads started):",
+            "",
+            "| t s | gRPC ok | failed | p50 ms | p99 ms | HTTP ok | failed | p50 ms | p99 ms | RSS MiB | fds | reloads |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in soak.timeline:
+            g, h = row["grpc"], row["http"]
+            lines.append(
+                f"| {row['t']} | {g['ok']} | {g['failed']} | {_ms(g['p50_ms'])} | {_ms(g['p99_ms'])} | "
+                f"{h['ok']} | {h['failed']} | {_ms(h['p50_ms'])} | {_ms(h['p99_ms'])} | "
+                f"{row['rss_mib'] if row['rss_mib'] is not None else '-'} | {row['fds'] if row['fds'] is not None else '-'} | "
+                f"{row['reloads'] or ''} |"
+            )
+    if any("CLIENT_DROPPED" in r.get("errors", {}) for r in soak.load.values()):
+        lines += [
+            "",
+            "`CLIENT_DROPPED`: due but never sent, because the generator already had 2048 requests "
+            "outstanding: the server (or the machine) fell seconds behind the offered rate.",
+        ]
     examples = {p: r.get("error_examples") or r.get("error") for p, r in soak.load.items()}
     if any(examples.values()):
         lines += ["", "Error examples: `" + json.dumps(examples)[:1000] + "`"]
@@ -463,7 +570,7 @@ def report(soak: Soak) -> str:
         "",
         "## Reloads, canary, shadow, drift",
         "",
-        f"* reloads of `{MODEL}` (every {o.reload_every:g} s, config touched first): {len(soak.reloads)}, "
+        f"* reloads of `{MODEL}` (every {o.reload_every:g} s, after a new comment line in its config.pbtxt): {len(soak.reloads)}, "
         f"{sum(1 for r in soak.reloads if r.status == 200)} answered 200; load call median "
         f"{statistics.median(durations) if durations else 0:.2f} s, max {max(durations, default=0):.2f} s; "
         f"{soak.versions_loaded} version loads in the server log",
@@ -512,7 +619,17 @@ def report(soak: Soak) -> str:
                 f"| {name} | {t['rounds']} | {t['connections']} | {t['closed_by_server']} | {t['closed_by_us']} | "
                 f"{t['cut_at_end']} | {t['connect_failed']} | {json.dumps(t['answers']) if t['answers'] else '-'} |"
             )
-    lines += ["", "## Metrics at the end (`/metrics`)", "", "```", *soak.metrics, "```", ""]
+    lines += [
+        "",
+        "## Metrics at the end (`/metrics`)",
+        "",
+        "`turnout_drift_status`: 0 collecting, 1 ok, 2 warning, 3 drift.",
+        "",
+        "```",
+        *soak.metrics,
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -13,7 +13,7 @@ memory and file descriptors came back.
 4. For ``--duration`` seconds: open-loop Poisson load at ``--rate-fraction`` of capacity, half of
    the server's time to each protocol (gRPC rate = fraction x gRPC capacity / 2, same for HTTP),
    one ``benchmarks.loadgen`` process per protocol; every ``--reload-every`` seconds ``mlp``'s
-   config.pbtxt is touched and the model loaded again through ``POST
+   config.pbtxt gets a new comment line and the model is loaded again through ``POST
    /v2/repository/models/mlp/load`` (both versions are swapped for new sessions); the abusers of
    ``benchmarks.abuse`` run in their own process (unless ``--no-abuse``); RSS and descriptors
    are sampled every ``--sample-every`` seconds.
@@ -206,7 +206,7 @@ class Reloader(threading.Thread):
             self.scratch.write_text(f"{self.original}\n# soak reload {len(self.reloads) + 1}\n")
             os.replace(self.scratch, self.config)  # the server never sees a half-written config
             t0 = time.perf_counter()
-            status, body = http("POST", f"{self.base}/v2/repository/models/{MODEL}/load", {}, timeout=120)
+            status, body = http("POST", f"{self.base}/v2/repository/models/{MODEL}/load", {}, timeout=60)
             self.reloads.append(Reload(t0, round(time.perf_counter() - t0, 3), status, body[:200].decode()))
 
 
@@ -408,7 +408,7 @@ def run(opts: Options, soak: Soak, children: list[subprocess.Popen[str]], srv: T
             soak.cpu = meter.read()  # the children have been waited for: their CPU is counted
     finally:
         reloader.done.set()
-        reloader.join(130)
+        reloader.join(65)  # a load call in flight (bounded by its own 60 s timeout)
         soak.reloads = list(reloader.reloads)
     if srv.proc.poll() is not None:
         soak.server_alive = False
@@ -654,7 +654,18 @@ def parse_args(argv: list[str] | None) -> Options:
     ap.add_argument("--request-timeout", type=float, default=d.request_timeout, help="legitimate clients")
     ap.add_argument("--workdir", type=Path, default=d.workdir, help="repository copy, server log, samples")
     ap.add_argument("--out", type=Path, default=d.out, help="the summary (Markdown; JSON next to it)")
-    return Options(**vars(ap.parse_args(argv)))
+    opts = Options(**vars(ap.parse_args(argv)))
+    positive = (
+        "duration",
+        "rate_fraction",
+        "reload_every",
+        "capacity_seconds",
+        "sample_every",
+        "request_timeout",
+    )
+    if bad := [name for name in positive if getattr(opts, name) <= 0]:
+        ap.error(f"must be > 0: {', '.join('--' + b.replace('_', '-') for b in bad)}")
+    return opts
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -663,7 +674,8 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
+    for sig in (signal.SIGTERM, signal.SIGINT):  # SIGINT too: a background job may start with it ignored
+        signal.signal(sig, _interrupt)
     server_args = [*EXPLICIT, "--state-dir", str(opts.workdir / "state")]
     if opts.short_timeouts:
         server_args += [a for flag, v in SHORT_TIMEOUTS.items() for a in (flag, f"{v:g}")]

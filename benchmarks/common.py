@@ -14,6 +14,8 @@ PYTHON = sys.executable
 
 # model -> (input width, output width); tensors are "input"/"output", batch dim dynamic.
 MODELS: dict[str, tuple[int, int]] = {"mlp_small": (32, 8), "mlp_large": (256, 16)}
+# models of the demo repository (model_store/demo/repository) that the generator can also drive
+DEMO_MODELS: dict[str, tuple[int, int]] = {"mlp": (32, 8)}
 
 LOOPBACK = ("127.0.0.1", "localhost", "[::1]", "::1")
 
@@ -37,8 +39,19 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def width(model: str) -> int:
+def _shape(model: str) -> tuple[int, int]:
+    known = MODELS | DEMO_MODELS
     try:
-        return MODELS[model][0]
+        return known[model]
     except KeyError:
-        raise SystemExit(f"unknown benchmark model {model!r}; known: {', '.join(MODELS)}") from None
+        raise SystemExit(f"unknown benchmark model {model!r}; known: {', '.join(known)}") from None
+
+
+def width(model: str) -> int:
+    """Input width (features per row) of a benchmark or demo model."""
+    return _shape(model)[0]
+
+
+def out_width(model: str) -> int:
+    """Output width of a benchmark or demo model."""
+    return _shape(model)[1]

@@ -16,7 +16,9 @@ Request bytes are built once: gRPC sends a pre-serialized ``ModelInferRequest`` 
 of a small asyncio HTTP/1.1 client.  The first answer is decoded and its output shape checked.
 
 Errors are counted by code: the gRPC status name (``RESOURCE_EXHAUSTED``, ``UNAVAILABLE``, ...),
-``HTTP_<status>``, ``TIMEOUT``, ``CONN_ERROR`` or ``CLIENT_DROPPED``.
+``HTTP_<status>``, ``TIMEOUT``, ``CONN_ERROR`` or ``CLIENT_DROPPED``, and by the second they were
+answered in (``errors_by_second``: whole seconds of ``time.perf_counter()``, which on Linux is the
+system-wide ``CLOCK_MONOTONIC``, so another process can place them on its own timeline).
 
 A run is bounded by time (``--warmup`` + ``--duration``) and optionally by ``--requests``
 (measured requests).  Loopback targets only.  Prints one JSON line: throughput (inferences/s =
@@ -42,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import check_loopback, width
+from benchmarks.common import check_loopback, out_width, width
 
 OK = "OK"
 GRPC_METHOD = "/inference.GRPCInferenceService/ModelInfer"
@@ -256,6 +258,7 @@ class Recorder:
     last_done: float = 0.0
     lag: list[float] = field(default_factory=list)
     spans: list[tuple[float, float]] | None = None  # (sent, answered) of each OK sample, if kept
+    errors_by_second: Counter[int] = field(default_factory=Counter)  # int(answered time) -> failures
     full: asyncio.Event = field(default_factory=asyncio.Event)
 
     def record(self, t_sched: float, t_done: float, code: str) -> None:
@@ -272,6 +275,7 @@ class Recorder:
                 self.spans.append((t_sched, t_done))
         else:
             self.errors[code] += 1
+            self.errors_by_second[int(t_done)] += 1
         if self.limit and not self.by_schedule and len(self.lat) + self.errors.total() >= self.limit:
             self.t_end = t_done  # count bound reached: close the window here
             self.full.set()
@@ -361,7 +365,7 @@ async def run(cfg: Config) -> dict[str, Any]:
     target: GrpcTarget | HttpTarget = GrpcTarget(cfg) if cfg.proto == "grpc" else HttpTarget(cfg)
     try:
         shape = await target.check()
-        if shape != [cfg.rows, _out_width(cfg.model)]:
+        if shape != [cfg.rows, out_width(cfg.model)]:
             raise RuntimeError(f"unexpected output shape {shape}")
         t0 = time.perf_counter()
         rec = Recorder(t0 + cfg.warmup, t0 + cfg.warmup + cfg.duration, cfg.mode == "open", cfg.requests)
@@ -393,6 +397,7 @@ async def run(cfg: Config) -> dict[str, Any]:
         "ok": len(rec.lat),
         "errors": dict(rec.errors),
         "error_examples": target.examples,
+        "errors_by_second": dict(sorted(rec.errors_by_second.items())),  # perf_counter = CLOCK_MONOTONIC
         "error_share": round(rec.errors.total() / rec.measured(), 4) if rec.measured() else 0.0,
         "seconds": round(seconds, 3),
         "req_per_s": round(rec.ok_in_window / seconds, 1),
@@ -406,12 +411,6 @@ async def run(cfg: Config) -> dict[str, Any]:
         "output_shape": shape,
         "config": asdict(cfg),
     }
-
-
-def _out_width(model: str) -> int:
-    from benchmarks.common import MODELS
-
-    return MODELS[model][1]
 
 
 def run_sync(cfg: Config) -> dict[str, Any]:

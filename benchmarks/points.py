@@ -50,7 +50,7 @@ def loadgen(srv: Turnout, kind: str, *, proto: str, model: str, **opts: Any) -> 
     for k, v in opts.items():
         if v is True:
             cmd.append(f"--{k.replace('_', '-')}")
-        elif v not in (None, False):
+        elif v is not None and v is not False:  # (0 == False: "v not in (None, False)" dropped --warmup 0)
             cmd += [f"--{k.replace('_', '-')}", str(v)]
     limit = (
         float(opts.get("warmup", 1)) + float(opts.get("duration", 5)) + float(opts.get("timeout", 10)) + 60

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import PYTHON
+from benchmarks.common import HERE, PYTHON
 
 TURNOUT = Path(PYTHON).with_name("turnout")
+ROOT = HERE.parent
 
 
 def http_json(url: str, timeout: float = 5.0) -> Any:

@@ -16,17 +16,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 
 from server.grpc import wire
-from server.grpc.context import Aborted, Context, Metadata
+from server.grpc.answers import Answering
+from server.grpc.call import Call
+from server.grpc.context import Aborted, Context
 from server.grpc.http2 import MAX_HEADER_LIST, H2Connection, H2Stream
 from server.grpc.messages import MessageReader
-from server.grpc.streams import RequestHead, answering, receiving
+from server.grpc.streams import RequestHead, receiving
 from server.grpc.wire import H2Error
 
 if TYPE_CHECKING:
@@ -40,59 +42,7 @@ _OK = grpc.StatusCode.OK
 _ENCODINGS = ("", "identity", "gzip", "deflate")
 
 
-def _status(code: grpc.StatusCode) -> int:
-    return int(code.value[0])
-
-
-class Call:
-    """A gRPC call on one stream: its handler, request bytes, task and timers."""
-
-    __slots__ = (
-        "admitted",
-        "body",
-        "ctx",
-        "deadline",
-        "encoding",
-        "expired",
-        "h2",
-        "handler",
-        "headers_sent",
-        "last_rx",
-        "metadata",
-        "opened",
-        "path",
-        "queue",
-        "reader",
-        "received",
-        "reset",
-        "task",
-        "timer",
-    )
-
-    def __init__(self, h2: H2Stream, path: str, now: float) -> None:
-        self.h2 = h2
-        self.path = path
-        self.opened = self.last_rx = now
-        self.handler: grpc.RpcMethodHandler | None = None  # None once the call has ended
-        self.admitted = False  # holds one of the server's call slots
-        self.metadata: Metadata = ()
-        self.encoding = ""
-        self.deadline: float | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        # a unary request's bytes: the first DATA payload as it came, then one growing buffer (a
-        # list of tiny frames would cost ~50 bytes of overhead per byte received)
-        self.body: bytes | bytearray = b""
-        self.reader: MessageReader | None = None  # streaming requests: their messages
-        self.received = 0
-        self.queue: asyncio.Queue[Any] | None = None
-        self.headers_sent = False
-        self.reset = False  # the stream was reset (by the peer, or for a stream error)
-        self.expired = False
-        self.task: asyncio.Task[None] | None = None
-        self.ctx: Context | None = None
-
-
-class GrpcConnection(asyncio.Protocol):
+class GrpcConnection(Answering, asyncio.Protocol):
     def __init__(self, server: AsyncioGrpcServer) -> None:
         self.server = server
         self.loop = server.loop
@@ -178,16 +128,6 @@ class GrpcConnection(asyncio.Protocol):
 
     def accept(self) -> bool:
         return self.queued <= self.server.limits_.max_queued_bytes
-
-    def on_output(self) -> None:
-        if not self.flush_scheduled:
-            self.flush_scheduled = True
-            self.loop.call_soon(self._flush)
-
-    def on_window(self) -> None:
-        if self.waiters:
-            self.blocked_since = None  # the peer made room: the write timeout starts again
-            self._wake()
 
     def on_oversized(self, st: H2Stream, size: int) -> None:
         msg = f"request metadata of {size} bytes exceeds the limit of {MAX_HEADER_LIST}"
@@ -442,96 +382,10 @@ class GrpcConnection(asyncio.Protocol):
         else:
             self._end_call(call)
 
-    # ------------------------------------------------------------------ answers
-
-    def _send_unary(self, call: Call, payload: bytes, ctx: Context) -> Awaitable[None] | None:
-        if not answering(call.h2.state) or self.closed:
-            return None
-        msg = wire.length_prefixed(payload)
-        head = (
-            wire.RESPONSE_HEADERS + wire.metadata_fields(ctx.initial)
-            if ctx.initial
-            else wire.RESPONSE_HEADERS
-        )
-        tail = wire.trailers(0, "", ctx.trailing) if ctx.trailing else wire.OK_TRAILERS
-        if call.headers_sent or self.write_paused or not self.h2.send_answer(call.h2, head, msg, tail):
-            return self._send_unary_slowly(call, msg, ctx)
-        call.headers_sent = True
-        self._close_if_done()
-        return None
-
-    async def _send_unary_slowly(self, call: Call, msg: bytes, ctx: Context) -> None:
-        await self._send_data(call, msg)
-        self._finish(call, _OK, "", ctx.trailing)
-
-    async def _write_message(self, call: Call, message: Any) -> None:
-        assert call.handler is not None
-        serialize = call.handler.response_serializer
-        await self._send_data(call, wire.length_prefixed(serialize(message) if serialize else message))
-
-    async def _send_data(self, call: Call, msg: bytes) -> None:
-        st = call.h2
-        if not answering(st.state) or self.closed:
-            raise asyncio.CancelledError
-        self._send_headers(call)
-        view, pos, n = memoryview(msg), 0, len(msg)
-        self.queued += n  # counted while it waits for the peer (see accept, sweep)
-        try:
-            while pos < n:
-                if not answering(st.state) or self.closed:
-                    raise asyncio.CancelledError
-                room = min(self.h2.room(st), n - pos)
-                if room <= 0 or self.write_paused:
-                    await self._wait()
-                    continue
-                self.h2.send_data(st, bytes(view[pos : pos + room]))
-                pos += room
-        finally:
-            self.queued -= n
-
-    def _send_headers(self, call: Call) -> None:
-        if not call.headers_sent:
-            call.headers_sent = True
-            ctx = call.ctx
-            head = wire.RESPONSE_HEADERS
-            if ctx is not None and ctx.initial:
-                head += wire.metadata_fields(ctx.initial)
-            self.h2.send_headers(call.h2, head, False)
-
-    async def _wait(self) -> None:
-        if self.blocked_since is None:
-            self.blocked_since = self.loop.time()
-        fut = self.loop.create_future()
-        self.waiters.append(fut)
-        await fut
-
-    def _wake(self) -> None:
-        waiters, self.waiters = self.waiters, []
-        for fut in waiters:
-            if not fut.done():
-                fut.set_result(None)
-
-    def _finish(self, call: Call, code: grpc.StatusCode, message: str = "", metadata: Metadata = ()) -> None:
-        """Trailers (or a trailers-only answer) and the end of the stream; nothing if the stream
-        can no longer be answered."""
-        if self.closed or not answering(call.h2.state):
-            return
-        block = wire.trailers(_status(code), message, metadata)
-        if not call.headers_sent:
-            block = wire.STATUS_200 + wire.CONTENT_TYPE_GRPC + block
-        self.h2.send_headers(call.h2, block, True)
-        self._close_if_done()
-
     def _finish_early(self, call: Call, code: grpc.StatusCode, message: str) -> None:
         """Answer a call whose handler never started."""
         self._finish(call, code, message)
         self._end_call(call)
-
-    def _answer_status(self, st: H2Stream, code: grpc.StatusCode, message: str) -> None:
-        """A trailers-only answer on a stream that has no call running."""
-        block = wire.STATUS_200 + wire.CONTENT_TYPE_GRPC + wire.trailers(_status(code), message, ())
-        self.h2.send_headers(st, block, True)
-        self._close_if_done()
 
     def _count_reset(self) -> None:
         """Rapid-reset defence (CVE-2023-44487): a peer address that keeps opening and resetting
@@ -588,32 +442,6 @@ class GrpcConnection(asyncio.Protocol):
         self._wake()
         if self.transport is not None:
             self.transport.abort()
-
-    # ------------------------------------------------------------------ output and closing
-
-    def _flush(self) -> None:
-        self.flush_scheduled = False
-        out = self.h2.data_to_send()
-        if out and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(out)
-            self.kick()  # the client's next request often follows its answer
-
-    def _close_if_done(self) -> None:
-        if self.h2.going_away and not self.h2.streams:
-            self._close_now()
-
-    def go_away(self, code: H2Error = H2Error.NO_ERROR) -> None:
-        """Graceful close: no new streams; the connection closes once its calls are answered."""
-        if self.h2.going_away or self.closed:
-            return
-        self.h2.goaway(code)
-        if not self.h2.streams:
-            self._close_now()
-
-    def _close_now(self) -> None:
-        self._flush()
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
 
     def abort_calls(self) -> list[asyncio.Task[None]]:
         """Cancel every call (its status says the server is shutting down); returns the tasks."""

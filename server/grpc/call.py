@@ -1,0 +1,61 @@
+"""One gRPC call's state on its stream: the handler, the request as it arrives, the task
+that runs it, its deadline and what has been answered."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+
+from server.grpc.context import Context, Metadata
+from server.grpc.http2 import H2Stream
+from server.grpc.messages import MessageReader
+
+
+class Call:
+    """A gRPC call on one stream: its handler, request bytes, task and timers."""
+
+    __slots__ = (
+        "admitted",
+        "body",
+        "ctx",
+        "deadline",
+        "encoding",
+        "expired",
+        "h2",
+        "handler",
+        "headers_sent",
+        "last_rx",
+        "metadata",
+        "opened",
+        "path",
+        "queue",
+        "reader",
+        "received",
+        "reset",
+        "task",
+        "timer",
+    )
+
+    def __init__(self, h2: H2Stream, path: str, now: float) -> None:
+        self.h2 = h2
+        self.path = path
+        self.opened = self.last_rx = now
+        self.handler: grpc.RpcMethodHandler | None = None  # None once the call has ended
+        self.admitted = False  # holds one of the server's call slots
+        self.metadata: Metadata = ()
+        self.encoding = ""
+        self.deadline: float | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        # a unary request's bytes: the first DATA payload as it came, then one growing buffer (a
+        # list of tiny frames would cost ~50 bytes of overhead per byte received)
+        self.body: bytes | bytearray = b""
+        self.reader: MessageReader | None = None  # streaming requests: their messages
+        self.received = 0
+        self.queue: asyncio.Queue[Any] | None = None
+        self.headers_sent = False
+        self.reset = False  # the stream was reset (by the peer, or for a stream error)
+        self.expired = False
+        self.task: asyncio.Task[None] | None = None
+        self.ctx: Context | None = None

@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import MutableMapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -65,6 +66,19 @@ def settings_from_args(ns: argparse.Namespace) -> Settings:
     if getattr(ns, "repository", None) is not None:
         values["model_repository"] = ns.repository
     return Settings(**values)
+
+
+def repository_problem(settings: Settings) -> str | None:
+    """Why a local model repository cannot be served (None: it can). A remote one is checked
+    when it is first read."""
+    if settings.is_remote:
+        return None
+    path = Path(settings.model_repository)
+    if not path.exists():
+        return f"model repository {path} does not exist"
+    if not path.is_dir():
+        return f"model repository {path} is not a directory"
+    return None
 
 
 async def run_server(settings: Settings) -> None:
@@ -124,6 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValidationError, SettingsError) as exc:  # SettingsError: an unreadable TURNOUT_* variable
         print(f"turnout: invalid settings:\n{exc}", file=sys.stderr)
         return 2
+    problem = repository_problem(settings)
+    if problem is not None:
+        print(f"turnout: {problem}", file=sys.stderr)
+        return 2
     from server.auth import TokenConfigError, load_tokens
 
     try:  # a bad token file stops the start here, with its reason, not in every worker
@@ -145,12 +163,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         args = list(argv if argv is not None else sys.argv[1:])
         return Supervisor(settings, args[args.index("serve") + 1 :]).run()
-    try:
-        import uvloop
+    from server.runtime import StartError
 
-        uvloop.run(run_server(settings))
-    except ImportError:  # pragma: no cover
-        asyncio.run(run_server(settings))
+    try:
+        try:
+            import uvloop
+
+            uvloop.run(run_server(settings))
+        except ImportError:  # pragma: no cover
+            asyncio.run(run_server(settings))
+    except StartError as exc:
+        print(f"turnout: {exc}", file=sys.stderr)
+        return 1
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return 0

@@ -14,274 +14,30 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
+from server.flags import HelpFormatter, add_settings_flags
 from server.observe.logs import configure
-from server.settings import DEMO_REPOSITORY, Settings
-
-
-def _bool(v: str) -> bool:
-    if v.lower() in ("1", "true", "yes", "on"):
-        return True
-    if v.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got '{v}'")
+from server.settings import SECTIONS, Settings
 
 
 def serve_parser(sub: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
         "serve",
         help="serve a model repository",
+        usage="turnout serve [repository] [flags]",
         description="Serve ONNX models over the Open Inference Protocol (gRPC and HTTP). "
-        "Every flag can also be set as an environment variable TURNOUT_<FLAG> (e.g. TURNOUT_HTTP_PORT).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "Every flag can also be set as an environment variable TURNOUT_<FLAG> (e.g. TURNOUT_HTTP_PORT); "
+        "flags win over the environment.",
+        formatter_class=HelpFormatter,
         argument_default=argparse.SUPPRESS,
     )
     p.add_argument(
         "repository",
         nargs="?",
-        type=Path,
-        default=None,
-        help=f"model repository (default: the built-in demo, {DEMO_REPOSITORY})",
+        help="model repository, a directory or s3://bucket/prefix: the same as --model-repository",
     )
-    p.add_argument(
-        "--model-repository",
-        help="model repository directory or s3://bucket/prefix, as tritonserver names it",
-    )
-    p.add_argument("--s3-endpoint-url", help="endpoint of an S3-compatible store for s3:// repositories")
-    p.add_argument(
-        "--repository-cache-dir",
-        type=Path,
-        help="local mirror of a remote repository (default: a temporary directory)",
-    )
-    p.add_argument(
-        "--model-control-mode",
-        choices=["none", "poll", "explicit"],
-        help="none: load all at start; poll: also rescan; explicit: only the repository API loads (default none)",
-    )
-    p.add_argument(
-        "--repository-poll-secs", type=float, help="seconds between rescans in poll mode (default 15)"
-    )
-    p.add_argument(
-        "--repository-settle-secs",
-        type=float,
-        help="poll mode: a version's files must be unchanged this long before it loads (default 1)",
-    )
-    p.add_argument(
-        "--load-model",
-        action="append",
-        help="model to load at start in explicit mode; repeatable; '*' for all",
-    )
-    p.add_argument(
-        "--strict-model-config", type=_bool, help="require inputs and outputs in config.pbtxt (default false)"
-    )
-    p.add_argument(
-        "--workers", type=int, help="server processes sharing the ports via SO_REUSEPORT (default 1)"
-    )
-    p.add_argument("--worker-id", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--host", "--http-address", dest="host", help="address to bind (default 0.0.0.0)")
-    p.add_argument("--http-port", type=int, help="HTTP port, 0 for any free port (default 8000)")
-    p.add_argument("--grpc-port", type=int, help="gRPC port, 0 for any free port (default 8001)")
-    p.add_argument("--allow-http", type=_bool, help="serve HTTP (default true)")
-    p.add_argument("--allow-grpc", type=_bool, help="serve gRPC (default true)")
-    p.add_argument(
-        "--grpc-transport",
-        choices=("asyncio", "grpcio"),
-        help="gRPC server: asyncio (Turnout's HTTP/2 server on the event loop, default) or grpcio's",
-    )
-    p.add_argument(
-        "--grpc-h2-engine",
-        choices=("turnout", "h2"),
-        help="asyncio transport: the HTTP/2 core, Turnout's (default) or the h2 library's (for comparison)",
-    )
-    p.add_argument(
-        "--grpc-experiments",
-        help="grpc core experiments, as GRPC_EXPERIMENTS (default: grpc's own); -event_engine_listener"
-        " lowers latency at low concurrency and costs throughput under load; the environment variable wins",
-    )
-    p.add_argument("--ports-file", type=Path, help="write the bound ports as JSON to this file once serving")
-    p.add_argument("--tls-cert", type=Path, help="PEM certificate: serve both protocols over TLS")
-    p.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
-    p.add_argument(
-        "--max-request-bytes", type=int, help="largest request body / message accepted (default 64 MiB)"
-    )
-    p.add_argument(
-        "--max-inflight",
-        type=int,
-        help="requests in progress per protocol before new ones get RESOURCE_EXHAUSTED / 503 at once (default 256)",
-    )
-    p.add_argument(
-        "--max-connections",
-        type=int,
-        help="connections per protocol; beyond, new ones are closed at once (default 10000,"
-        " lowered to fit the open-files limit)",
-    )
-    edge = p.add_argument_group("edge limits (what one client may hold)")
-    edge.add_argument(
-        "--max-streams-per-connection", type=int, help="gRPC concurrent streams per connection (default 100)"
-    )
-    edge.add_argument(
-        "--handshake-timeout-secs",
-        type=float,
-        help="from accept to the TLS handshake and HTTP/2 preface, or an HTTP request's first byte (default 10)",
-    )
-    edge.add_argument(
-        "--header-timeout-secs", type=float, help="HTTP: a request's headers must arrive within (default 10)"
-    )
-    edge.add_argument(
-        "--request-timeout-secs",
-        type=float,
-        help="from a request's headers to its last byte, both protocols (default 60)",
-    )
-    edge.add_argument(
-        "--idle-timeout-secs",
-        type=float,
-        help="gRPC: GOAWAY to a connection with no stream and no frame this long; a streamed call"
-        " that receives nothing this long ends (default 300; 0 = off)",
-    )
-    edge.add_argument(
-        "--max-connection-age-secs",
-        type=float,
-        help="gRPC: GOAWAY to connections older than this, so clients reconnect and L4 balancers"
-        " rebalance (default off)",
-    )
-    edge.add_argument(
-        "--max-connection-age-grace-secs",
-        type=float,
-        help="after --max-connection-age-secs, calls still running get this long (default 30)",
-    )
-    edge.add_argument(
-        "--write-timeout-secs",
-        type=float,
-        help="close a connection whose peer reads none of its answers this long (default 30)",
-    )
-    edge.add_argument(
-        "--max-queued-bytes",
-        type=int,
-        help="gRPC: answer bytes waiting for a slow peer before its connection opens no new streams"
-        " (default 64 MiB)",
-    )
-    edge.add_argument(
-        "--http-max-header-bytes", type=int, help="HTTP: request line and headers, at most (default 65536)"
-    )
-    edge.add_argument("--http-max-headers", type=int, help="HTTP: header fields per request (default 100)")
-    p.add_argument(
-        "--http-fast-path",
-        type=_bool,
-        help="answer inference requests inside the HTTP protocol, without ASGI (default true)",
-    )
-    p.add_argument(
-        "--busy-poll-us",
-        type=float,
-        help="after network input, keep the event loop polling instead of sleeping this long:"
-        " lower latency for one-at-a-time clients, up to a core of CPU while they send (default 500; 0 = off)",
-    )
-    p.add_argument(
-        "--intra-op-threads", type=int, help="onnxruntime intra-op threads per session (default 1)"
-    )
-    p.add_argument(
-        "--inter-op-threads", type=int, help="onnxruntime inter-op threads per session (default 1)"
-    )
-    p.add_argument("--ort-spinning", type=_bool, help="let onnxruntime threads spin-wait (default false)")
-    p.add_argument(
-        "--inline-compute-us",
-        type=float,
-        help="run a batch on the event loop instead of a thread when it is expected to take less than this (default 50; 0 = always a thread)",
-    )
-    p.add_argument("--infer-threads", type=int, help="threads running onnxruntime for all models (default 2)")
-    p.add_argument("--load-threads", type=int, help="threads loading and warming models (default 1)")
-    p.add_argument(
-        "--model-isolation",
-        choices=["thread", "process"],
-        help="run each model version in this process (thread, default) or in a child process of its own,"
-        " loaded at low priority and paced so that loading does not slow the other models (process);"
-        " a model's config parameter 'isolation' overrides it",
-    )
-    p.add_argument(
-        "--process-run-timeout-s",
-        type=float,
-        help="isolation process: seconds before a run with no answer counts as a hung child, which is"
-        " killed; the version is unready until loaded again (default 120)",
-    )
-    p.add_argument(
-        "--process-load-timeout-s",
-        type=float,
-        help="isolation process: seconds a child may take to load and warm up (default 600)",
-    )
-    p.add_argument(
-        "--default-max-batch-size",
-        type=int,
-        help="max_batch_size for models without config whose graph has a dynamic batch dim (default 32; 0 = no batching)",
-    )
-    p.add_argument(
-        "--batching", type=_bool, help="dynamic batching for models that configure it (default true)"
-    )
-    p.add_argument(
-        "--max-queue-delay-us", type=int, help="override every model's max_queue_delay_microseconds"
-    )
-    p.add_argument("--max-queue-size", type=int, help="queue limit for models that set none (default 1024)")
-    p.add_argument(
-        "--state-dir",
-        type=Path,
-        help="where traffic policies, rollouts, audit log and drift references persist",
-    )
-    p.add_argument(
-        "--shadow-max-in-flight",
-        type=int,
-        help="mirrored (shadow) requests in flight before more are dropped (default 64)",
-    )
-    p.add_argument("--admin-token", help="bearer token required by the admin API (or TURNOUT_ADMIN_TOKEN)")
-    p.add_argument(
-        "--auth-tokens-file",
-        type=Path,
-        help='named tokens with scopes (infer, read, admin): JSON {"tokens": [{"name": ..., "scopes": [...],'
-        ' "sha256": ...}]} ("token": plaintext also accepted); TURNOUT_AUTH_TOKENS may hold the same JSON',
-    )
-    p.add_argument(
-        "--auth-infer", type=_bool, help="inference needs a token with the infer scope (default false)"
-    )
-    p.add_argument(
-        "--auth-metrics",
-        type=_bool,
-        help="/metrics, the dashboard and statistics need a token with the read scope (default false)",
-    )
-    p.add_argument(
-        "--tls-client-ca",
-        type=Path,
-        help="PEM CA: require client certificates it signed, on both protocols (mTLS)",
-    )
-    p.add_argument(
-        "--tls-reload-secs",
-        type=float,
-        help="check the TLS files this often and reload changed ones without a restart (default 5; 0 = never)",
-    )
-    p.add_argument("--drift", type=_bool, help="drift monitoring (default true)")
-    p.add_argument(
-        "--drift-sample", type=float, help="fraction of requests fed to drift monitoring (default 1.0)"
-    )
-    p.add_argument("--drift-window-rows", type=int, help="rows per drift test window (default 10000)")
-    p.add_argument(
-        "--drift-window-seconds",
-        type=float,
-        help="also close a drift window after this many seconds (default 60)",
-    )
-    p.add_argument(
-        "--drift-reference-rows",
-        type=int,
-        help="rows captured as the drift reference when none is shipped (default 10000)",
-    )
-    p.add_argument(
-        "--drift-alpha", type=float, help="drift false-alarm rate per window for a whole model (default 0.01)"
-    )
-    p.add_argument(
-        "--drift-webhook", help="URL that receives a JSON POST when a version's drift status changes"
-    )
-    p.add_argument(
-        "--exit-timeout-secs",
-        type=float,
-        help="on SIGTERM, how long requests in flight may take to finish (default 30)",
-    )
-    p.add_argument("--log-verbose", type=int, help="0 info, 1 more, 2 debug (default 0)")
-    p.add_argument("--log-format", choices=["text", "json"], help="log line format (default text)")
+    add_settings_flags(p, Settings.model_fields, SECTIONS)
     return p
 
 
@@ -305,13 +61,24 @@ def _token_hash(ns: argparse.Namespace) -> int:
 
 
 def settings_from_args(ns: argparse.Namespace) -> Settings:
+    """Settings from the flags given (absent from ``ns`` when not given), then the environment."""
     values = {k: v for k, v in vars(ns).items() if k not in ("command", "repository")}
-    repo = getattr(ns, "repository", None)
-    if repo is not None:
-        values["model_repository"] = str(repo)
-    if "load_model" in values:
-        values["load_model"] = tuple(values["load_model"])
+    if getattr(ns, "repository", None) is not None:
+        values["model_repository"] = ns.repository
     return Settings(**values)
+
+
+def repository_problem(settings: Settings) -> str | None:
+    """Why a local model repository cannot be served (None: it can). A remote one is checked
+    when it is first read."""
+    if settings.is_remote:
+        return None
+    path = Path(settings.model_repository)
+    if not path.exists():
+        return f"model repository {path} does not exist"
+    if not path.is_dir():
+        return f"model repository {path} is not a directory"
+    return None
 
 
 async def run_server(settings: Settings) -> None:
@@ -368,8 +135,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(ns.func(ns))
     try:
         settings = settings_from_args(ns)
-    except ValidationError as exc:
+    except (ValidationError, SettingsError) as exc:  # SettingsError: an unreadable TURNOUT_* variable
         print(f"turnout: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    problem = repository_problem(settings)
+    if problem is not None:
+        print(f"turnout: {problem}", file=sys.stderr)
         return 2
     from server.auth import TokenConfigError, load_tokens
 
@@ -392,12 +163,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         args = list(argv if argv is not None else sys.argv[1:])
         return Supervisor(settings, args[args.index("serve") + 1 :]).run()
-    try:
-        import uvloop
+    from server.runtime import StartError
 
-        uvloop.run(run_server(settings))
-    except ImportError:  # pragma: no cover
-        asyncio.run(run_server(settings))
+    try:
+        try:
+            import uvloop
+
+            uvloop.run(run_server(settings))
+        except ImportError:  # pragma: no cover
+            asyncio.run(run_server(settings))
+    except StartError as exc:
+        print(f"turnout: {exc}", file=sys.stderr)
+        return 1
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return 0

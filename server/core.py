@@ -24,6 +24,8 @@ log = logging.getLogger("turnout.core")
 
 SERVER_NAME = "turnout"
 SERVER_VERSION = "0.1.0"
+# the model label of requests for a model the server does not know (no model has an empty name)
+UNKNOWN_MODEL = ""
 EXTENSIONS = (
     "model_repository",
     "model_configuration",
@@ -90,7 +92,11 @@ class Core:
             choice = self.router.choose(req)
             if choice is not None:
                 version, shadows = choice
-        sv = self.registry.resolve(req.model_name, version)
+        try:
+            sv = self.registry.resolve(req.model_name, version)
+        except Exception as exc:
+            self._unresolved(req, exc)
+            raise
         sig = sv.session.signature
         self.in_flight += 1
         try:
@@ -146,6 +152,14 @@ class Core:
             obs.observe(sv, feeds, outputs)
         if self.router is not None:
             self.router.after(req, sv, outputs, latency, True, shadows, feeds)
+
+    def _unresolved(self, req: InferRequest, exc: BaseException) -> None:
+        """Counts a request that reached no version (unknown model or version, none ready) with
+        version "", and with model "" when the server does not know the model: a name the client
+        made up must not create a label set of its own."""
+        model = req.model_name if self.registry.get_state(req.model_name) is not None else UNKNOWN_MODEL
+        code = wire_status(exc).grpc.name.lower()
+        self.metrics.requests.labels(model, "", req.protocol, code).inc()
 
     def _failed(
         self, req: InferRequest, sv: ServingVersion, t0: float, exc: BaseException, shadows: tuple[str, ...]

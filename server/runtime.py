@@ -322,17 +322,18 @@ class Runtime:
             reflection_aio.ReflectionServicer(service_names),
             server,
         )
-        if isinstance(server, AsyncioGrpcServer):
-            tls = self.tls.context(["h2"]) if self.tls is not None else None
-            self.grpc_port = server.add_port(s.host, s.grpc_port, tls)
-        elif self.tls is not None:  # grpcio: mTLS, but no reload (its credentials are fixed at start)
-            key, cert, ca = self.tls.pem()
-            creds = grpc.ssl_server_credentials(
-                [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
-            )
-            self.grpc_port = server.add_secure_port(f"{_bracket(s.host)}:{s.grpc_port}", creds)
-        else:
-            self.grpc_port = server.add_insecure_port(f"{_bracket(s.host)}:{s.grpc_port}")
+        with _listening("gRPC", s.host, s.grpc_port):
+            if isinstance(server, AsyncioGrpcServer):
+                tls = self.tls.context(["h2"]) if self.tls is not None else None
+                self.grpc_port = server.add_port(s.host, s.grpc_port, tls)
+            elif self.tls is not None:  # grpcio: mTLS, but no reload (its credentials are fixed at start)
+                key, cert, ca = self.tls.pem()
+                creds = grpc.ssl_server_credentials(
+                    [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+                )
+                self.grpc_port = server.add_secure_port(f"{_bracket(s.host)}:{s.grpc_port}", creds)
+            else:
+                self.grpc_port = server.add_insecure_port(f"{_bracket(s.host)}:{s.grpc_port}")
         await server.start()
         self.grpc_server = server
         self._health = health
@@ -415,8 +416,13 @@ class Runtime:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if s.worker_id is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((s.host, s.http_port))
-        sock.listen(2048)
+        with _listening("HTTP", s.host, s.http_port):
+            try:
+                sock.bind((s.host, s.http_port))
+                sock.listen(2048)
+            except OSError:
+                sock.close()
+                raise
         sock.setblocking(False)
         self.http_port = sock.getsockname()[1]
         ssl: dict[str, Any] = {}
@@ -529,6 +535,21 @@ def h2_engine(name: str) -> Callable[..., H2Connection]:
 
         return cast(Callable[..., H2Connection], H2LibConnection)
     return H2Connection
+
+
+class StartError(Exception):
+    """The server cannot start for a reason the operator can fix; the message is one line."""
+
+
+@contextlib.contextmanager
+def _listening(protocol: str, host: str, port: int) -> Generator[None, None, None]:
+    """Turns a failure to bind ``host:port`` into a :class:`StartError` that names them.
+    grpcio's server reports its bind failures as RuntimeError."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise StartError(f"cannot listen for {protocol} on {_bracket(host)}:{port}: {reason}") from exc
 
 
 def _bracket(host: str) -> str:

@@ -1,136 +1,283 @@
 """Server settings: one frozen, validated object built at start from flags, ``TURNOUT_*``
 environment variables and defaults (in that order of precedence). Nothing reads settings
-at import time; the object is passed to whatever needs it."""
+at import time; the object is passed to whatever needs it.
+
+Each field is declared once, with its help text as ``description``: ``server/flags.py`` makes
+the ``turnout serve`` flags and their help from these fields. A field with
+``json_schema_extra={"cli": False}`` has no flag (environment only); ``"aliases"`` lists
+further flag names."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEMO_REPOSITORY = Path(__file__).resolve().parent.parent / "model_store" / "demo" / "repository"
+
+# the help's sections: the first field of each, with its title
+SECTIONS = {
+    "model_repository": "repository and model control",
+    "workers": "processes",
+    "host": "network",
+    "exit_timeout_secs": "limits",
+    "max_streams_per_connection": "edge limits (what one client may hold)",
+    "intra_op_threads": "onnxruntime",
+    "batching": "dynamic batching (overrides for every model when set)",
+    "state_dir": "control plane",
+    "drift": "drift monitoring",
+    "auth_tokens_file": "access control and mTLS",
+    "log_verbose": "logging",
+}
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TURNOUT_", frozen=True, extra="forbid")
 
     # repository and model control (names follow tritonserver's flags)
-    model_repository: str = str(DEMO_REPOSITORY)  # a directory or s3://bucket/prefix
-    s3_endpoint_url: str | None = (
-        None  # S3-compatible endpoint (MinIO, Ceph, ...); AWS_* variables also apply
+    model_repository: str = Field(
+        str(DEMO_REPOSITORY), description="model repository: a directory or s3://bucket/prefix"
     )
-    repository_cache_dir: Path | None = None  # where a remote repository is mirrored (default: a temp dir)
-    model_control_mode: Literal["none", "poll", "explicit"] = "none"
-    repository_poll_secs: float = Field(15.0, gt=0)
-    repository_settle_secs: float = Field(1.0, ge=0)  # poll mode: files must be unchanged this long
-    load_model: tuple[str, ...] = ()
-    strict_model_config: bool = False
+    s3_endpoint_url: str | None = Field(
+        None,
+        description="endpoint of an S3-compatible store (MinIO, Ceph, ...) for s3:// repositories;"
+        " AWS_* variables also apply",
+    )
+    repository_cache_dir: Path | None = Field(
+        None, description="local mirror of a remote repository (unset: a temporary directory)"
+    )
+    model_control_mode: Literal["none", "poll", "explicit"] = Field(
+        "none",
+        description="none: load every model at start; poll: also rescan the repository;"
+        " explicit: load only --load-model and what the repository API asks for",
+    )
+    repository_poll_secs: float = Field(15.0, gt=0, description="poll mode: seconds between rescans")
+    repository_settle_secs: float = Field(
+        1.0, ge=0, description="poll mode: a version's files must be unchanged this long before it loads"
+    )
+    load_model: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="explicit mode: models to load at start, comma-separated or repeated; '*' for all",
+    )
+    strict_model_config: bool = Field(False, description="require inputs and outputs in config.pbtxt")
 
     # processes
-    workers: int = Field(1, ge=1)  # server processes sharing the ports (SO_REUSEPORT)
-    worker_id: int | None = None  # set by the supervisor for each worker
+    workers: int = Field(1, ge=1, description="server processes sharing the ports (SO_REUSEPORT)")
+    worker_id: int | None = Field(
+        None,
+        description="set by the supervisor for each of its workers (TURNOUT_WORKER_ID)",
+        json_schema_extra={"cli": False},
+    )
 
     # network
-    host: str = "0.0.0.0"
-    http_port: int = Field(8000, ge=0, le=65535)
-    grpc_port: int = Field(8001, ge=0, le=65535)
-    allow_http: bool = True
-    allow_grpc: bool = True
-    # which gRPC server: "asyncio" (Turnout's HTTP/2 gRPC server on the event loop,
-    # server/grpc/transport.py) or "grpcio" (grpcio's asyncio server; README, Performance)
-    grpc_transport: Literal["asyncio", "grpcio"] = "asyncio"
-    # asyncio transport only: the HTTP/2 core, Turnout's (server/grpc/http2.py) or the h2 library's
-    # (server/grpc/h2lib.py, a measuring instrument: benchmarks.features section h2-engine)
-    grpc_h2_engine: Literal["turnout", "h2"] = "turnout"
-    # grpcio only: grpc core experiments (grpc's GRPC_EXPERIMENTS syntax), applied before grpc starts unless
-    # GRPC_EXPERIMENTS is set in the environment. "-event_engine_listener" trades throughput under
-    # load for latency at low concurrency (README, Performance). "" = grpc's own defaults.
-    grpc_experiments: str = ""
-    ports_file: Path | None = None  # where to write the bound ports (useful with port 0)
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
+    host: str = Field(
+        "0.0.0.0",
+        description="address to bind, both protocols",
+        json_schema_extra={"aliases": ["--http-address"]},
+    )
+    http_port: int = Field(8000, ge=0, le=65535, description="HTTP port; 0 for any free port")
+    grpc_port: int = Field(8001, ge=0, le=65535, description="gRPC port; 0 for any free port")
+    allow_http: bool = Field(True, description="serve HTTP")
+    allow_grpc: bool = Field(True, description="serve gRPC")
+    grpc_transport: Literal["asyncio", "grpcio"] = Field(
+        "asyncio",
+        description="gRPC server: asyncio (Turnout's HTTP/2 server on the event loop) or grpcio's"
+        " asyncio server (README, Performance)",
+    )
+    grpc_h2_engine: Literal["turnout", "h2"] = Field(
+        "turnout",
+        description="asyncio transport: the HTTP/2 core, Turnout's or the h2 library's (a measuring"
+        " instrument, for comparison)",
+    )
+    grpc_experiments: str = Field(
+        "",
+        description="grpcio transport: grpc core experiments, in GRPC_EXPERIMENTS syntax ('' = grpc's"
+        " own); '-event_engine_listener' lowers latency at low concurrency and costs throughput under"
+        " load. A GRPC_EXPERIMENTS environment variable wins",
+    )
+    ports_file: Path | None = Field(
+        None, description="write the bound ports as JSON to this file once serving (useful with port 0)"
+    )
+    tls_cert: Path | None = Field(None, description="PEM certificate: serve both protocols over TLS")
+    tls_key: Path | None = Field(None, description="PEM private key for --tls-cert")
 
     # limits
-    # on SIGTERM: how long the requests in flight may take to finish (tritonserver's flag)
-    exit_timeout_secs: float = Field(30.0, ge=0)
-    max_request_bytes: int = Field(64 * 1024 * 1024, gt=0)
-    # inference requests in progress per protocol before new ones get 'busy' answers
-    max_inflight: int = Field(256, gt=0)
-    # connections per protocol; beyond, new ones are closed at once (capped by the open-files limit)
-    max_connections: int = Field(10_000, gt=0)
-    # answer POST .../infer inside the HTTP protocol, without ASGI (server/http/protocol.py)
-    http_fast_path: bool = True
-    # after network input the event loop polls instead of sleeping for this long (server/busy_poll.py)
-    busy_poll_us: float = Field(500.0, ge=0)
+    exit_timeout_secs: float = Field(
+        30.0, ge=0, description="on SIGTERM, how long requests in flight may take to finish"
+    )
+    max_request_bytes: int = Field(
+        64 * 1024 * 1024, gt=0, description="largest request body or message accepted"
+    )
+    max_inflight: int = Field(
+        256,
+        gt=0,
+        description="inference requests in progress per protocol before new ones get"
+        " RESOURCE_EXHAUSTED / 503 at once",
+    )
+    max_connections: int = Field(
+        10_000,
+        gt=0,
+        description="connections per protocol; beyond, new ones are closed at once (lowered to fit"
+        " the open-files limit)",
+    )
+    http_fast_path: bool = Field(
+        True, description="answer inference requests inside the HTTP protocol, without ASGI"
+    )
+    busy_poll_us: float = Field(
+        500.0,
+        ge=0,
+        description="after network input, keep the event loop polling instead of sleeping this long:"
+        " lower latency for one-at-a-time clients, up to a core of CPU while they send (0 = off)",
+    )
 
     # the edge: what one client may hold (server/grpc/limits.py, server/http/protocol.py)
-    max_streams_per_connection: int = Field(100, gt=0)  # gRPC concurrent streams per connection
-    handshake_timeout_secs: float = Field(10.0, gt=0)  # accept to TLS + HTTP/2 preface / first request
-    header_timeout_secs: float = Field(10.0, gt=0)  # HTTP: first byte of a request to its last header
-    request_timeout_secs: float = Field(60.0, gt=0)  # request headers to the request's last byte
-    idle_timeout_secs: float = Field(300.0, ge=0)  # gRPC: no stream and no frame this long (0 = off)
-    max_connection_age_secs: float | None = Field(None, gt=0)  # gRPC: GOAWAY after this long
-    max_connection_age_grace_secs: float = Field(30.0, ge=0)  # ... and closed this long after
-    write_timeout_secs: float = Field(30.0, gt=0)  # a peer that reads nothing of its answers this long
-    max_queued_bytes: int = Field(64 * 1024 * 1024, gt=0)  # gRPC answer bytes waiting per connection
-    http_max_header_bytes: int = Field(64 * 1024, gt=0)  # HTTP request line + headers
-    http_max_headers: int = Field(100, gt=0)
+    max_streams_per_connection: int = Field(100, gt=0, description="gRPC: concurrent streams per connection")
+    handshake_timeout_secs: float = Field(
+        10.0,
+        gt=0,
+        description="from accept to the TLS handshake and HTTP/2 preface, or an HTTP request's first byte",
+    )
+    header_timeout_secs: float = Field(
+        10.0, gt=0, description="HTTP: from a request's first byte to its last header"
+    )
+    request_timeout_secs: float = Field(
+        60.0, gt=0, description="from a request's headers to its last byte, both protocols"
+    )
+    idle_timeout_secs: float = Field(
+        300.0,
+        ge=0,
+        description="gRPC: GOAWAY to a connection with no stream and no frame this long; a streamed"
+        " call that receives nothing this long ends (0 = off)",
+    )
+    max_connection_age_secs: float | None = Field(
+        None,
+        gt=0,
+        description="gRPC: GOAWAY to connections older than this, so that clients reconnect and L4"
+        " balancers rebalance (unset: off)",
+    )
+    max_connection_age_grace_secs: float = Field(
+        30.0, ge=0, description="after --max-connection-age-secs, calls still running get this long"
+    )
+    write_timeout_secs: float = Field(
+        30.0, gt=0, description="close a connection whose peer reads none of its answers this long"
+    )
+    max_queued_bytes: int = Field(
+        64 * 1024 * 1024,
+        gt=0,
+        description="gRPC: answer bytes waiting for a slow peer before its connection opens no new streams",
+    )
+    http_max_header_bytes: int = Field(64 * 1024, gt=0, description="HTTP: request line and headers, at most")
+    http_max_headers: int = Field(100, gt=0, description="HTTP: header fields per request, at most")
 
     # onnxruntime
-    intra_op_threads: int = Field(1, ge=0)
-    inter_op_threads: int = Field(1, ge=0)
-    ort_spinning: bool = False
-    default_max_batch_size: int = Field(32, ge=0)
-    inline_compute_us: float = Field(50.0, ge=0)  # run batches expected to take less on the event loop
-    infer_threads: int = Field(2, ge=1)  # threads that run onnxruntime for all models
-    load_threads: int = Field(1, ge=1)  # threads that load and warm models
-    # where models run unless their config's "isolation" parameter says otherwise: "thread" (in
-    # this process) or "process" (a child per version, loaded gently: see model_store/process_session.py)
-    model_isolation: Literal["thread", "process"] = "thread"
-    # isolation "process": a run unanswered this long means a hung child (killed; the version turns
-    # unready until loaded again); a child not ready this long after its start fails the load
-    process_run_timeout_s: float = Field(120.0, gt=0)
-    process_load_timeout_s: float = Field(600.0, gt=0)
+    intra_op_threads: int = Field(1, ge=0, description="onnxruntime intra-op threads per session")
+    inter_op_threads: int = Field(1, ge=0, description="onnxruntime inter-op threads per session")
+    ort_spinning: bool = Field(False, description="let onnxruntime threads spin-wait")
+    default_max_batch_size: int = Field(
+        32,
+        ge=0,
+        description="max_batch_size of models without a config whose graph has a dynamic batch"
+        " dimension (0 = no batching)",
+    )
+    inline_compute_us: float = Field(
+        50.0,
+        ge=0,
+        description="run a batch on the event loop instead of a thread when it is expected to take"
+        " less than this (0 = always a thread)",
+    )
+    infer_threads: int = Field(2, ge=1, description="threads that run onnxruntime for all models")
+    load_threads: int = Field(1, ge=1, description="threads that load and warm models")
+    model_isolation: Literal["thread", "process"] = Field(
+        "thread",
+        description="where model versions run: in this process (thread) or each in a child process of"
+        " its own, loaded at low priority so that loading does not slow the other models (process);"
+        " a model's config parameter 'isolation' overrides it",
+    )
+    process_run_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="isolation process: a run unanswered this long means a hung child, which is"
+        " killed; the version is unready until loaded again",
+    )
+    process_load_timeout_s: float = Field(
+        600.0, gt=0, description="isolation process: how long a child may take to load and warm up"
+    )
 
     # dynamic batching (overrides for every model when set)
-    batching: bool = True
-    max_queue_delay_us: int | None = Field(None, ge=0)
-    max_queue_size: int = Field(1024, gt=0)
+    batching: bool = Field(True, description="dynamic batching for models that configure it")
+    max_queue_delay_us: int | None = Field(
+        None, ge=0, description="override every model's max_queue_delay_microseconds"
+    )
+    max_queue_size: int = Field(1024, gt=0, description="queue limit of models that set none")
 
     # control plane
-    state_dir: Path | None = None
-    admin_token: SecretStr | None = None
-    shadow_max_in_flight: int = Field(64, ge=1)  # mirrored requests beyond this are dropped and counted
+    state_dir: Path | None = Field(
+        None,
+        description="where traffic policies, rollouts, the audit log and drift references persist"
+        " (unset: nothing persists)",
+    )
+    admin_token: SecretStr | None = Field(
+        None, description="bearer token of the admin API: a token named admin with every scope"
+    )
+    shadow_max_in_flight: int = Field(
+        64, ge=1, description="mirrored (shadow) requests in flight before more are dropped and counted"
+    )
 
     # drift
-    drift: bool = True
-    drift_sample: float = Field(1.0, ge=0, le=1)  # share of requests fed to drift monitoring
-    drift_window_rows: int = Field(10_000, ge=1)  # rows per tumbling test window
-    drift_window_seconds: float | None = Field(60.0, gt=0)  # also close windows after this long
-    drift_reference_rows: int = Field(10_000, ge=1)  # rows captured as reference when none is shipped
-    drift_alpha: float = Field(0.01, gt=0, lt=1)  # false-alarm rate per window, whole model
-    drift_webhook: str | None = None  # POSTed a JSON event when a version's drift status changes
+    drift: bool = Field(True, description="drift monitoring")
+    drift_sample: float = Field(1.0, ge=0, le=1, description="share of requests fed to drift monitoring")
+    drift_window_rows: int = Field(10_000, ge=1, description="rows per drift test window")
+    drift_window_seconds: float | None = Field(
+        60.0, gt=0, description="also close a drift window after this many seconds"
+    )
+    drift_reference_rows: int = Field(
+        10_000, ge=1, description="rows captured as the drift reference when none is shipped"
+    )
+    drift_alpha: float = Field(
+        0.01, gt=0, lt=1, description="drift false-alarm rate per window, for a whole model"
+    )
+    drift_webhook: str | None = Field(
+        None, description="URL that receives a JSON POST when a version's drift status changes"
+    )
 
     # access control and mTLS (server/auth.py, server/tls.py; README, Access)
-    # named tokens with scopes: a JSON file {"tokens": [{"name", "scopes", "sha256" | "token"}]}
-    auth_tokens_file: Path | None = None
-    auth_tokens: SecretStr | None = None  # the same JSON inline (TURNOUT_AUTH_TOKENS; no flag)
-    auth_infer: bool = False  # inference needs a token with the infer scope
-    auth_metrics: bool = False  # /metrics, the dashboard and statistics need the read scope
-    tls_client_ca: Path | None = None  # require client certificates signed by this CA (mTLS)
-    tls_reload_secs: float = Field(5.0, ge=0)  # poll the TLS files this often and reload; 0 = never
+    auth_tokens_file: Path | None = Field(
+        None,
+        description='named tokens with scopes (infer, read, admin): JSON {"tokens": [{"name": ...,'
+        ' "scopes": [...], "sha256": ...}]} ("token": plaintext also accepted)',
+    )
+    auth_tokens: SecretStr | None = Field(
+        None,
+        description="the JSON of --auth-tokens-file inline (TURNOUT_AUTH_TOKENS)",
+        json_schema_extra={"cli": False},
+    )
+    auth_infer: bool = Field(False, description="inference needs a token with the infer scope")
+    auth_metrics: bool = Field(
+        False, description="/metrics, the dashboard and statistics need a token with the read scope"
+    )
+    tls_client_ca: Path | None = Field(
+        None, description="PEM CA: require client certificates it signed, on both protocols (mTLS)"
+    )
+    tls_reload_secs: float = Field(
+        5.0,
+        ge=0,
+        description="check the TLS files this often and reload changed ones without a restart (0 = never)",
+    )
 
     # logging
-    log_verbose: int = Field(0, ge=0)
-    log_format: Literal["text", "json"] = "text"
+    log_verbose: int = Field(0, ge=0, description="0 info, 1 more, 2 debug")
+    log_format: Literal["text", "json"] = Field("text", description="log line format")
 
     @field_validator("load_model", mode="before")
     @classmethod
     def _split(cls, v: object) -> object:
+        """Comma-separated names, from the environment or from each repeated flag."""
         if isinstance(v, str):
-            return tuple(x for x in v.split(",") if x)
+            v = [v]
+        if isinstance(v, list | tuple):
+            return tuple(x for item in v for x in str(item).split(",") if x)
         return v
 
     @model_validator(mode="after")

@@ -51,8 +51,6 @@ class Supervisor:
             *self.argv,
             "--workers",
             "1",
-            "--worker-id",
-            str(worker),
             "--http-port",
             str(self.http_port),
             "--grpc-port",
@@ -62,7 +60,7 @@ class Supervisor:
             "--ports-file",
             str(self.run_dir / f"worker-{worker}.json"),
         ]
-        env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(self.metrics_dir))
+        env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(self.metrics_dir), TURNOUT_WORKER_ID=str(worker))
         return subprocess.Popen([sys.executable, "-m", "server", "serve", *args], env=env)
 
     def run(self) -> int:

@@ -42,6 +42,14 @@ log = logging.getLogger("turnout.drift")
 FLUSH_INTERVAL_S = 0.1
 
 STATUS_CODE = {"collecting": 0, "ok": 1, "warning": 2, "drift": 3}
+ALARMS = ("warning", "drift")
+
+
+def status_change_level(old: str, new: str) -> int:
+    """The log level of a drift status change: WARNING when a version enters an alarm state or
+    a worse one (ok -> warning, warning -> drift), INFO for the rest (collecting -> ok, recoveries)."""
+    worse = STATUS_CODE.get(new, 0) > STATUS_CODE.get(old, 0)
+    return logging.WARNING if worse and new in ALARMS else logging.INFO
 
 
 class _Layout:
@@ -247,8 +255,14 @@ class DriftWiring:
 
     def _status_changed(self, model: str, version: str, old: str, new: str, report: dict[str, Any]) -> None:
         event = {"event": "drift_status", "model": model, "version": version, "old": old, "new": new}
-        log.warning(
-            "model %s version %s: drift status %s -> %s", model, version, old, new, extra={"event": event}
+        log.log(
+            status_change_level(old, new),
+            "model %s version %s: drift status %s -> %s",
+            model,
+            version,
+            old,
+            new,
+            extra={"event": event},
         )
         self.metrics.drift_status.labels(model, version).set(STATUS_CODE.get(new, 0))
         if self.webhook:

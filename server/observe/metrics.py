@@ -14,7 +14,16 @@ from bisect import bisect_left
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+    multiprocess,
+)
 
 LATENCY_BUCKETS = (
     0.0001,
@@ -93,10 +102,52 @@ class CounterTally:
 _T = TypeVar("_T", HistogramTally, CounterTally)
 
 
+def multiprocess_mode() -> bool:
+    """Whether the server runs several workers whose metrics meet in PROMETHEUS_MULTIPROC_DIR
+    (set by the supervisor; prometheus_client reads it when first imported)."""
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+class ProcessMetrics:
+    """The process_* metrics (CPU seconds, memory, open files, start time) of this process.
+
+    One process: prometheus_client's ProcessCollector and PlatformCollector, on the registry.
+    Several workers: a scrape reads the files every worker writes, not a registry, so each
+    worker copies its process samples into gauges of the same names in multiprocess mode
+    "liveall" by :meth:`flush`: one series per live worker, labelled ``pid``, and dropped when
+    the supervisor marks a dead worker's files."""
+
+    def __init__(self, registry: CollectorRegistry, multiprocess: bool) -> None:
+        self._registry = registry
+        self._multiprocess = multiprocess
+        self._gauges: dict[str, Gauge] = {}
+        if multiprocess:
+            self._collector = ProcessCollector(registry=None)
+        else:
+            self._collector = ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+
+    def flush(self) -> None:
+        if not self._multiprocess:
+            return  # the collector reads /proc when scraped
+        for family in self._collector.collect():
+            for sample in family.samples:
+                gauge = self._gauges.get(sample.name)
+                if gauge is None:
+                    gauge = self._gauges[sample.name] = Gauge(
+                        sample.name,
+                        family.documentation + " (per worker process)",
+                        registry=self._registry,
+                        multiprocess_mode="liveall",
+                    )
+                gauge.set(sample.value)
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self._tallies: dict[tuple[Any, ...], HistogramTally | CounterTally] = {}
+        self.process = ProcessMetrics(registry, multiprocess_mode())
         self.requests = Counter(
             "turnout_requests",
             "Inference requests by outcome",
@@ -225,9 +276,11 @@ class Metrics:
         return tally
 
     def flush(self) -> None:
-        """Add every tally to its Prometheus child (event loop thread)."""
+        """Add every tally to its Prometheus child (event loop thread), and copy this worker's
+        process metrics when several workers share the metrics."""
         for tally in self._tallies.values():
             tally.flush()
+        self.process.flush()
 
     def exposition(self) -> bytes:
         self.flush()
@@ -237,8 +290,9 @@ class Metrics:
 def exposition(registry: CollectorRegistry) -> bytes:
     """The text exposition: this process's registry, or every worker's when the server runs
     several processes (PROMETHEUS_MULTIPROC_DIR set by the supervisor)."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if multiprocess_mode():
         merged = CollectorRegistry()
         multiprocess.MultiProcessCollector(merged)
+        PlatformCollector(registry=merged)  # python_info: the same in every worker
         return generate_latest(merged)
     return generate_latest(registry)

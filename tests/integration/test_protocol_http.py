@@ -113,8 +113,12 @@ def test_repository_index_http(demo_server: ServerProc) -> None:
 def test_metrics_endpoint(demo_server: ServerProc) -> None:
     body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
     assert httpx.post(f"{demo_server.base}/v2/models/iris/infer", json=body).status_code == 200
+    assert httpx.post(f"{demo_server.base}/v2/models/no-such-model/infer", json=body).status_code == 404
     text = httpx.get(f"{demo_server.base}/metrics").text
     assert 'turnout_requests_total{code="ok",model="iris",protocol="http",version="1"}' in text
+    # a model the server does not know is counted under model="", not under the client's name
+    assert 'turnout_requests_total{code="not_found",model="",protocol="http",version=""}' in text
+    assert "no-such-model" not in text
     assert "turnout_request_duration_seconds_bucket" in text
 
 

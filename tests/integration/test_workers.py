@@ -47,3 +47,5 @@ def test_two_workers_act_as_one_server(tmp_path: Path) -> None:
             m for m in metrics.splitlines() if m.startswith('turnout_requests_total{code="ok",model="iris"')
         )
         assert float(line.split()[-1]) == 20.0  # counted across both workers
+        rss = [m for m in metrics.splitlines() if m.startswith("process_resident_memory_bytes{")]
+        assert len({m.split('pid="')[1].split('"')[0] for m in rss}) == 2, rss  # one series per worker

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
 
 from server.observe.metrics import LATENCY_BUCKETS, Metrics
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _values(text: bytes) -> dict[str, float]:
@@ -58,3 +64,42 @@ def test_exposition_flushes_first() -> None:
         'turnout_request_duration_seconds_bucket{le="0.001",model="m",protocol="http",version="1"} 0.0'
         in text
     )
+
+
+def test_process_metrics_of_one_process() -> None:
+    text = Metrics(CollectorRegistry()).exposition().decode()
+    for name in ("process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds"):
+        assert f"\n{name} " in text
+    assert "python_info{" in text
+
+
+_WORKER = """
+import sys
+from prometheus_client import CollectorRegistry
+from server.observe.metrics import Metrics, exposition
+m = Metrics(CollectorRegistry())
+m.flush()
+if sys.argv[1] == "scrape":
+    print(exposition(CollectorRegistry()).decode())
+"""
+
+
+def test_process_metrics_of_several_workers_are_labelled_by_pid(tmp_path: Path) -> None:
+    """prometheus_client picks multiprocess mode when first imported: each "worker" is a process."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+
+    def run(mode: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-c", _WORKER, mode]
+        return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+
+    run("write")
+    text = run("scrape").stdout
+    rss = [line for line in text.splitlines() if line.startswith("process_resident_memory_bytes{")]
+    assert len(rss) == 2 and all('pid="' in line for line in rss), rss  # each worker's own series
+    assert "python_info{" in text
+    pids = [line.split('pid="')[1].split('"')[0] for line in rss]
+    from prometheus_client import multiprocess
+
+    for pid in pids:  # what the supervisor does for a worker that died
+        multiprocess.mark_process_dead(int(pid), str(tmp_path))
+    assert not any(p.name.startswith("gauge_liveall") for p in tmp_path.iterdir())

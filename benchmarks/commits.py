@@ -1,6 +1,8 @@
 """Two commits of Turnout side by side in one run: the four baseline points (mlp_small; gRPC
 concurrency 1 p50 with perf_analyzer, HTTP concurrency 1 p50 and both protocols' throughput at
-concurrency 32 with the peer harness's generators) on servers started from each commit's own
+concurrency 32 with the peer harness's generators), and the server's CPU per request in a second
+concurrency-32 run of each protocol (steadier than throughput on a shared machine), on servers
+started from each commit's own
 source tree, alternating base and head ``--pairs`` times, a fresh server each run. Prints and
 writes the medians and head / base.
 
@@ -18,7 +20,8 @@ import time
 from pathlib import Path
 
 from benchmarks import models
-from benchmarks.baselines import LABELS, measure
+from benchmarks.baselines import LABELS, measure, peer_tool
+from benchmarks.cpu import pgid_cpu
 from benchmarks.server import Turnout
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,7 +58,17 @@ def main() -> None:
                 srv = Turnout(repo, work / f"srv-{arm}-{i}", source=trees[arm])
                 srv.start()
                 try:
-                    runs[arm].append(measure(srv.http, srv.grpc, ns.duration))
+                    point = measure(srv.http, srv.grpc, ns.duration)
+                    for proto, script, addr in (
+                        ("grpc", "loadgen_grpc.py", srv.grpc),
+                        ("http", "loadgen_rest.py", srv.http),
+                    ):
+                        t0, cpu0 = time.monotonic(), pgid_cpu(srv.pgid)
+                        rps = peer_tool(script, addr, 32, ns.duration)["infer_per_s"]
+                        point[f"{proto}_c32_cpu_us"] = (
+                            (pgid_cpu(srv.pgid) - cpu0) / (rps * (time.monotonic() - t0)) * 1e6
+                        )
+                    runs[arm].append(point)
                 finally:
                     srv.stop()
                 print(arm, json.dumps(runs[arm][-1]), flush=True)
@@ -72,7 +85,12 @@ def main() -> None:
         "| point | base | head | head / base |",
         "|---|---|---|---|",
     ]
-    for key, (label, unit) in LABELS.items():
+    labels = {
+        **LABELS,
+        "grpc_c32_cpu_us": ("gRPC, concurrency 32, server CPU per request (a second run)", "µs"),
+        "http_c32_cpu_us": ("HTTP JSON, concurrency 32, server CPU per request (a second run)", "µs"),
+    }
+    for key, (label, unit) in labels.items():
         b = statistics.median(r[key] for r in runs["base"])
         h = statistics.median(r[key] for r in runs["head"])
         rows.append(f"| {label} | {b:,.3f} {unit} | {h:,.3f} {unit} | {h / b:.3f} |")

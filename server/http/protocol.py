@@ -204,9 +204,13 @@ class HeadHoldingHttpToolsProtocol(HttpToolsProtocol):
         self._limits = limits or HttpLimits()
         self._event = events or (lambda _name: None)
         self._refused = False
+        # the phase, and a count of phase changes: the sweep times a phase from when it first sees
+        # it, so the request path never reads the clock
         self._phase = _FIRST
-        self._since = self.loop.time()
-        self._header_bytes = self._header_count = 0
+        self._changes = 0
+        self._seen = (-1, -1)  # (phase, changes) at the sweep that first saw them ...
+        self._since = 0.0  # ... and when
+        self._header_bytes = 0
         self._tail = b""  # the last bytes while headers arrive: their end may straddle two reads
         self._write_blocked: float | None = None
 
@@ -222,7 +226,6 @@ class HeadHoldingHttpToolsProtocol(HttpToolsProtocol):
         self._holding = HeadHoldingTransport(transport, self.loop, lambda: len(tasks) > 1)
         app = self.config.app
         self._route: InferRoute | None = app if isinstance(app, InferRoute) and app.fast_path else None
-        self._since = self.loop.time()
         super().connection_made(self._holding)  # type: ignore[arg-type]
 
     def data_received(self, data: bytes) -> None:
@@ -251,14 +254,9 @@ class HeadHoldingHttpToolsProtocol(HttpToolsProtocol):
             self._unsupported_upgrade_warning()
 
     def on_message_begin(self) -> None:
-        self._phase, self._since, self._header_count = _HEADERS, self.loop.time(), 0
+        self._phase = _HEADERS
+        self._changes += 1
         super().on_message_begin()
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_count += 1
-        if self._header_count > self._limits.max_headers:
-            raise _Refused(431, f"more than {self._limits.max_headers} header fields")
-        super().on_header(name, value)
 
     def _refuse(self, status: int, message: str) -> None:
         """Answer a request the edge will not take, and close the connection."""
@@ -277,7 +275,10 @@ class HeadHoldingHttpToolsProtocol(HttpToolsProtocol):
         """Enforce the timeouts of ``HttpLimits``; the server calls this about once a second."""
         if self._refused or self.transport is None or self.transport.is_closing():
             return
-        lim, phase, waited = self._limits, self._phase, now - self._since
+        lim, phase = self._limits, self._phase
+        if (phase, self._changes) != self._seen:
+            self._seen, self._since = (phase, self._changes), now
+        waited = now - self._since
         if self._write_blocked is not None and now - self._write_blocked > lim.write_timeout_s:
             self._event("write_timeout")
             self.transport.abort()
@@ -306,12 +307,16 @@ class HeadHoldingHttpToolsProtocol(HttpToolsProtocol):
         self._kick()  # the client's next request often follows its answer
         if self._phase == _BUSY:
             self._phase, self._header_bytes = _IDLE, 0
+            self._changes += 1
         super().on_response_complete()
 
     # ------------------------------------------------------------------ the inference fast path
 
     def on_headers_complete(self) -> None:
-        self._phase, self._since, self._header_bytes = _BODY, self.loop.time(), 0
+        if len(self.headers) > self._limits.max_headers:  # (their bytes are bounded already)
+            raise _Refused(431, f"more than {self._limits.max_headers} header fields")
+        self._phase, self._header_bytes = _BODY, 0
+        self._changes += 1
         cycle = self._fast_cycle()
         if cycle is None:
             super().on_headers_complete()
@@ -366,6 +371,7 @@ class HeadHoldingHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._phase = _BUSY
+        self._changes += 1
         cycle = self.cycle
         if isinstance(cycle, FastCycle):
             cycle.body_done = True

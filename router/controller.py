@@ -18,7 +18,7 @@ One :class:`TrafficController` lives in each worker process. The server calls
 compared across processes and restarts.
 
 Rollout statistics: while a rollout is active the controller keeps a
-:class:`~router.analysis.VersionWindow` for its canary (reset at every step, so each step is
+:class:`~router.window.VersionWindow` for its canary (reset at every step, so each step is
 judged on its own traffic) and one for its stable version (kept for the whole rollout, so a
 baseline exists even at a 100% step). Only the leader's own traffic is judged; with N
 workers behind a fair load balancer that is a 1/N sample.
@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from router.analysis import GateResult, VersionWindow, evaluate_gates
 from router.decide import RouteDecision, decide
+from router.gates import GateResult, evaluate_gates
 from router.policy import TrafficPolicy
 from router.rollout import (
     RolloutError,
@@ -52,6 +52,7 @@ from router.rollout import (
 )
 from router.shadow import Comparison, PairStats, ShadowStats, Task, compare_outputs
 from router.store import AuditRecord, ControlPlaneStore, StoreConflict
+from router.window import VersionWindow
 
 Validator = Callable[[str, str], str | None]
 DriftSource = Callable[[str, str], str | None]

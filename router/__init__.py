@@ -4,5 +4,5 @@ Pure logic and control-plane state only; nothing here imports the server. Module
 ``policy`` (TrafficPolicy), ``decide`` (route one request), ``window`` (per-version
 request statistics), ``gates`` (canary verdicts), ``shadow`` (output comparison, background
 mirroring), ``rollout`` (rollout state machine), ``store`` (files shared by worker
-processes), ``controller`` (ties them together).
+processes, written with ``files``; ``audit`` records), ``controller`` (ties them together).
 """

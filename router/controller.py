@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from router.audit import AuditRecord
 from router.decide import RouteDecision, decide
 from router.gates import GateResult, evaluate_gates
 from router.policy import TrafficPolicy
@@ -51,7 +52,7 @@ from router.rollout import (
     start,
 )
 from router.shadow import Comparison, PairStats, ShadowStats, Task, compare_outputs
-from router.store import AuditRecord, ControlPlaneStore, StoreConflict
+from router.store import ControlPlaneStore, StoreConflict
 from router.window import VersionWindow
 
 Validator = Callable[[str, str], str | None]

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from router.audit import AuditRecord
 from router.policy import CanaryTarget, ShadowTarget, TrafficPolicy
 from router.rollout import RolloutPlan, pause, start
-from router.store import AuditRecord, ControlPlaneStore, StoreConflict, StoreError
+from router.store import ControlPlaneStore, StoreConflict, StoreError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

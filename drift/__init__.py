@@ -1,5 +1,8 @@
 """Data and prediction drift detection for served models (numpy / scipy only).
 
+* :mod:`drift.columns` - one column's bins and how its values are read;
+* :mod:`drift.edges` - bins derived from reference data (quantile edges, known categories);
+* :mod:`drift.binning` - the compiled bin layout of all columns: rows to bin indices;
 * :mod:`drift.histogram` - fixed-edge integer histograms (mergeable, JSON / npz serialisable);
 * :mod:`drift.reference` - per model-version reference (from training rows, a shipped
   ``reference.npz``, or captured from traffic), persisted atomically;
@@ -10,9 +13,12 @@
 * :mod:`drift.process` - the monitor hosted in a child process, off the server's GIL.
 """
 
+from drift.binning import Binning
+from drift.columns import ColumnSpec, SchemaMismatch, category_key
 from drift.detector import DriftConfig, DriftDetector, Status
+from drift.edges import BinningConfig
 from drift.evaluation import ColumnResult, WindowEvaluation, evaluate_window
-from drift.histogram import Binning, BinningConfig, ColumnSpec, HistogramSet, SchemaMismatch, category_key
+from drift.histogram import HistogramSet
 from drift.monitor import DriftMonitor
 from drift.reference import OutputLayout, Reference, ReferenceCapture
 

@@ -40,8 +40,10 @@ from typing import Any, Literal
 
 import numpy.typing as npt
 
+from drift.columns import IntArray, SchemaMismatch
+from drift.edges import BinningConfig
 from drift.evaluation import ColumnResult, WindowEvaluation, evaluate_window, result_dict
-from drift.histogram import BinningConfig, HistogramSet, IntArray, SchemaMismatch
+from drift.histogram import HistogramSet
 from drift.reference import DEFAULT_CAPTURE_ROWS, CategoricalSpec, Reference, ReferenceCapture, as_rows
 from drift.stats import Correction
 

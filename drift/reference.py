@@ -32,14 +32,10 @@ import numpy as np
 import numpy.typing as npt
 
 from drift._io import atomic_save_npz, load_npz
-from drift.histogram import (
-    CATEGORICAL,
-    DEFAULT_BINNING,
-    Binning,
-    BinningConfig,
-    HistogramSet,
-    specs_from_data,
-)
+from drift.binning import Binning
+from drift.columns import CATEGORICAL
+from drift.edges import DEFAULT_BINNING, BinningConfig, specs_from_data
+from drift.histogram import HistogramSet
 
 FORMAT = "turnout-drift-reference/1"
 DEFAULT_CAPTURE_ROWS = 10_000

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from drift.histogram import CATEGORICAL, NUMERIC
+from drift.columns import CATEGORICAL, NUMERIC
 from drift.reference import OutputLayout, Reference, ReferenceCapture
 
 

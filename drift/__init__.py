@@ -4,8 +4,10 @@
 * :mod:`drift.edges` - bins derived from reference data (quantile edges, known categories);
 * :mod:`drift.binning` - the compiled bin layout of all columns: rows to bin indices;
 * :mod:`drift.histogram` - fixed-edge integer histograms (mergeable, JSON / npz serialisable);
+* :mod:`drift.layout` - tensors as ``[rows, columns]``, categorical masks, model output layouts;
 * :mod:`drift.reference` - per model-version reference (from training rows, a shipped
   ``reference.npz``, or captured from traffic), persisted atomically;
+* :mod:`drift.capture` - the first rows served, captured and frozen into a reference;
 * :mod:`drift.stats` - binned KS, chi-square, Fisher, JS distance, PSI, BH / Bonferroni;
 * :mod:`drift.evaluation` - one window against the reference, one multiple-testing family;
 * :mod:`drift.detector` - tumbling / sliding windows and statuses;
@@ -14,13 +16,15 @@
 """
 
 from drift.binning import Binning
+from drift.capture import ReferenceCapture
 from drift.columns import ColumnSpec, SchemaMismatch, category_key
 from drift.detector import DriftConfig, DriftDetector, Status
 from drift.edges import BinningConfig
 from drift.evaluation import ColumnResult, WindowEvaluation, evaluate_window
 from drift.histogram import HistogramSet
+from drift.layout import OutputLayout
 from drift.monitor import DriftMonitor
-from drift.reference import OutputLayout, Reference, ReferenceCapture
+from drift.reference import Reference
 
 __all__ = [
     "Binning",

@@ -40,11 +40,13 @@ from typing import Any, Literal
 
 import numpy.typing as npt
 
+from drift.capture import DEFAULT_CAPTURE_ROWS, ReferenceCapture
 from drift.columns import IntArray, SchemaMismatch
 from drift.edges import BinningConfig
 from drift.evaluation import ColumnResult, WindowEvaluation, evaluate_window, result_dict
 from drift.histogram import HistogramSet
-from drift.reference import DEFAULT_CAPTURE_ROWS, CategoricalSpec, Reference, ReferenceCapture, as_rows
+from drift.layout import CategoricalSpec, as_rows
+from drift.reference import Reference
 from drift.stats import Correction
 
 log = logging.getLogger("drift")

@@ -51,7 +51,7 @@ import numpy as np
 import numpy.typing as npt
 
 from drift.detector import DriftDetector
-from drift.reference import as_rows
+from drift.layout import as_rows
 
 log = logging.getLogger("drift.monitor")
 

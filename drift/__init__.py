@@ -10,7 +10,11 @@
 * :mod:`drift.capture` - the first rows served, captured and frozen into a reference;
 * :mod:`drift.stats` - binned KS, chi-square, Fisher, JS distance, PSI, BH / Bonferroni;
 * :mod:`drift.evaluation` - one window against the reference, one multiple-testing family;
-* :mod:`drift.detector` - tumbling / sliding windows and statuses;
+* :mod:`drift.config` - the detector's knobs (:class:`DriftConfig`);
+* :mod:`drift.status` - column and model statuses from one window's results, alarm streaks;
+* :mod:`drift.windows` - windows of served rows, merging them, judging one against the reference;
+* :mod:`drift.report` - per-column entries of a drift report;
+* :mod:`drift.detector` - tumbling / sliding windows of one model version, thread-safe;
 * :mod:`drift.monitor` - bounded queue + background thread, off the request path;
 * :mod:`drift.process` - the monitor hosted in a child process, off the server's GIL.
 """
@@ -18,13 +22,15 @@
 from drift.binning import Binning
 from drift.capture import ReferenceCapture
 from drift.columns import ColumnSpec, SchemaMismatch, category_key
-from drift.detector import DriftConfig, DriftDetector, Status
+from drift.config import DriftConfig
+from drift.detector import DriftDetector
 from drift.edges import BinningConfig
 from drift.evaluation import ColumnResult, WindowEvaluation, evaluate_window
 from drift.histogram import HistogramSet
 from drift.layout import OutputLayout
 from drift.monitor import DriftMonitor
 from drift.reference import Reference
+from drift.status import Status
 
 __all__ = [
     "Binning",

@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from drift.detector import DriftConfig, DriftDetector
+from drift.config import DriftConfig
+from drift.detector import DriftDetector
 from drift.monitor import DriftMonitor
 from drift.reference import Reference
 

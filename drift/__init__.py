@@ -16,6 +16,7 @@
 * :mod:`drift.report` - per-column entries of a drift report;
 * :mod:`drift.detector` - tumbling / sliding windows of one model version, thread-safe;
 * :mod:`drift.monitor` - bounded queue + background thread, off the request path;
+* :mod:`drift.coalesce` - queued batches of a version joined into fewer ``observe`` calls;
 * :mod:`drift.process` - the monitor hosted in a child process, off the server's GIL.
 """
 

@@ -94,7 +94,7 @@ def set_policy(
     policy = TrafficPolicy.from_json(model, body, current)
     check_servable(validate, model, policy.versions())
     detail = {"before": _policy_json(current), "after": policy.to_json()}
-    return Change(set_policy=True, policy=policy, audit=[actor.audit("set_policy", model, detail)])
+    return _policy_change(policy, actor.audit("set_policy", model, detail))
 
 
 def delete_policy(
@@ -105,7 +105,7 @@ def delete_policy(
     if current is None:
         raise NotConfigured(f"model {model!r} has no traffic policy")
     detail = {"before": current.to_json(), "after": None}
-    return Change(set_policy=True, policy=None, audit=[actor.audit("delete_policy", model, detail)])
+    return _policy_change(None, actor.audit("delete_policy", model, detail))
 
 
 def rollback(
@@ -126,13 +126,7 @@ def rollback(
             "before": _policy_json(current),
             "after": policy.to_json(),
         }
-        return Change(
-            set_policy=True,
-            policy=policy,
-            set_rollout=True,
-            rollout=stopped,
-            audit=[actor.audit("rollback", model, detail)],
-        )
+        return _rollout_change(policy, stopped, actor.audit("rollback", model, detail))
     if current is None:
         raise NotConfigured(f"model {model!r} has no traffic policy to roll back")
     if current.previous_stable is None and current.canaries:
@@ -148,7 +142,7 @@ def rollback(
             "before": current.to_json(),
             "after": policy.to_json(),
         }
-        return Change(set_policy=True, policy=policy, audit=[actor.audit("rollback", model, detail)])
+        return _policy_change(policy, actor.audit("rollback", model, detail))
     target = current.previous_stable
     if target is None:
         raise PolicyRefused(f"model {model!r} has no previous stable version to roll back to")
@@ -157,7 +151,7 @@ def rollback(
         model=model, stable=target, previous_stable=current.stable, generation=current.generation + 1
     )
     detail = {"from": current.stable, "to": target, "before": current.to_json(), "after": policy.to_json()}
-    return Change(set_policy=True, policy=policy, audit=[actor.audit("rollback", model, detail)])
+    return _policy_change(policy, actor.audit("rollback", model, detail))
 
 
 def start_rollout(
@@ -190,13 +184,7 @@ def start_rollout(
         "before": _policy_json(current),
         "after": policy.to_json(),
     }
-    return Change(
-        set_policy=True,
-        policy=policy,
-        set_rollout=True,
-        rollout=state,
-        audit=[actor.audit("rollout_start", model, detail)],
-    )
+    return _rollout_change(policy, state, actor.audit("rollout_start", model, detail))
 
 
 def operate_rollout(
@@ -213,45 +201,50 @@ def operate_rollout(
     new_state = transition(rollout, actor.at)
     policy = policy_for(new_state, current)
     detail = {**_rollout_detail(new_state), "before": _policy_json(current), "after": policy.to_json()}
-    return Change(
-        set_policy=_differs(policy, current),
-        policy=policy,
-        set_rollout=True,
-        rollout=new_state,
-        audit=[actor.audit(action, model, detail)],
-    )
+    return _rollout_change(policy, new_state, actor.audit(action, model, detail), _differs(policy, current))
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A tick's judgement of a running rollout: the state judged, the gates' results on the
+    canary's ``requests``, the windows they read, and the time ``now`` of the judgement."""
+
+    model: str
+    judged: RolloutState
+    gates: list[GateResult]
+    requests: int
+    windows: dict[str, Any]
+    now: float
 
 
 def judgement(
-    model: str,
-    judged: RolloutState,
-    gates: list[GateResult],
-    requests: int,
-    windows: dict[str, Any],
-    now: float,
-    current: TrafficPolicy | None,
-    latest: RolloutState | None,
-    at: float,
+    verdict: Verdict, current: TrafficPolicy | None, latest: RolloutState | None, at: float
 ) -> Change:
-    """The change a tick's verdict (at ``now``) on ``judged`` makes; none if the rollout moved since."""
-    if latest != judged:  # changed by an operator or another worker: judge again next tick
+    """The change ``verdict`` makes to the rollout; none if the rollout moved since it was judged."""
+    if latest != verdict.judged:  # changed by an operator or another worker: judge again next tick
         return Change()
-    new_state = evaluate(judged, judged.plan, gates, requests, now)
+    new_state = evaluate(verdict.judged, verdict.judged.plan, verdict.gates, verdict.requests, verdict.now)
     policy = policy_for(new_state, current)
     detail = {
         **_rollout_detail(new_state),
-        "gates": [g.to_json() for g in gates],
-        "windows": windows,
+        "gates": [g.to_json() for g in verdict.gates],
+        "windows": verdict.windows,
         "after": policy.to_json(),
     }
-    actor = Actor(CONTROLLER, new_state.reason, at)
-    return Change(
-        set_policy=True,
-        policy=policy,
-        set_rollout=True,
-        rollout=new_state,
-        audit=[actor.audit(f"rollout_{new_state.history[-1].action}", model, detail)],
+    record = Actor(CONTROLLER, new_state.reason, at).audit(
+        f"rollout_{new_state.history[-1].action}", verdict.model, detail
     )
+    return _rollout_change(policy, new_state, record)
+
+
+def _policy_change(policy: TrafficPolicy | None, record: AuditRecord) -> Change:
+    return Change(set_policy=True, policy=policy, audit=[record])
+
+
+def _rollout_change(
+    policy: TrafficPolicy, rollout: RolloutState, record: AuditRecord, set_policy: bool = True
+) -> Change:
+    return Change(set_policy=set_policy, policy=policy, set_rollout=True, rollout=rollout, audit=[record])
 
 
 def _rollout_detail(state: RolloutState) -> dict[str, Any]:

@@ -34,10 +34,10 @@ import numpy as np
 
 from router import changes
 from router.audit import AuditRecord
-from router.changes import Actor, Change, NotConfigured, PolicyRefused, Transition, Validator
+from router.changes import Actor, Change, NotConfigured, PolicyRefused, Transition, Validator, Verdict
 from router.committed import Builder, CommittedState
 from router.decide import RouteDecision, decide
-from router.gates import GateResult, evaluate_gates
+from router.gates import evaluate_gates
 from router.policy import TrafficPolicy
 from router.rollout import RolloutPlan, RolloutState, abort, evaluate, pause, promote, resume
 from router.rollout_signals import RolloutWindows, shadow_disagreement
@@ -297,27 +297,17 @@ class TrafficController:
             if evaluate(state, state.plan, gates, canary.requests, now) is state:
                 continue
             windows = {"canary": canary.to_json(), "stable": stable.to_json()}
-            build = self._judgement(model, state, gates, canary.requests, windows, now)
-            change = self._state.transact(model, build)
+            verdict = Verdict(model, state, gates, canary.requests, windows, now)
+            change = self._state.transact(model, self._judgement(verdict))
             if change.rollout is not None:
                 changed.append(change.rollout)
         return changed
 
-    def _judgement(
-        self,
-        model: str,
-        judged: RolloutState,
-        gates: list[GateResult],
-        requests: int,
-        windows: dict[str, Any],
-        now: float,
-    ) -> Builder:
-        """The change a tick's verdict on ``judged`` makes, unless the rollout moved meanwhile."""
+    def _judgement(self, verdict: Verdict) -> Builder:
+        """The change a tick's verdict makes, unless the rollout moved meanwhile."""
 
         def build(current: TrafficPolicy | None, latest: RolloutState | None) -> Change:
-            return changes.judgement(
-                model, judged, gates, requests, windows, now, current, latest, self._clock()
-            )
+            return changes.judgement(verdict, current, latest, self._clock())
 
         return build
 

@@ -138,13 +138,15 @@ class VersionWindow:
 
     __slots__ = ("_counts", "_errors", "_latency_sum", "_max", "_min", "_requests")
 
+    _counts: list[int]
+    _requests: int
+    _errors: int
+    _latency_sum: float
+    _min: float
+    _max: float
+
     def __init__(self) -> None:
-        self._counts = [0] * NUM_BUCKETS
-        self._requests = 0
-        self._errors = 0
-        self._latency_sum = 0.0
-        self._min = math.inf
-        self._max = 0.0
+        self.reset()
 
     @property
     def requests(self) -> int:

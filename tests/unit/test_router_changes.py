@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from router import changes
-from router.changes import Actor, NotConfigured, PolicyRefused
+from router.changes import Actor, NotConfigured, PolicyRefused, Verdict
 from router.gates import GateResult, Gates
 from router.policy import CanaryTarget, TrafficPolicy
 from router.rollout import RolloutError, RolloutPlan, pause, start
@@ -93,8 +93,8 @@ def test_judgement_is_void_when_the_rollout_moved() -> None:
     assert judged is not None
     failed = [GateResult("error_rate", False, 0.5, 0.01, "bad")]
     moved = pause(judged, 1.0, "bob")
-    assert changes.judgement("iris", judged, failed, 20, {}, 50.0, started.policy, moved, 51.0).empty
-    change = changes.judgement("iris", judged, failed, 20, {}, 50.0, started.policy, judged, 51.0)
+    assert changes.judgement(Verdict("iris", judged, failed, 20, {}, 50.0), started.policy, moved, 51.0).empty
+    change = changes.judgement(Verdict("iris", judged, failed, 20, {}, 50.0), started.policy, judged, 51.0)
     assert change.rollout is not None and change.rollout.status == "rolled_back"
     (record,) = change.audit
     assert (record.who, record.action, record.ts) == ("controller", "rollout_rolled_back", 51.0)
@@ -109,9 +109,8 @@ def test_rollout_windows_follow_steps_and_rollouts() -> None:
     windows.record("iris", "3", 0.01, True)  # not part of the rollout: ignored
     assert windows.get("iris", "3") is None
     assert not windows.sync("iris", state)
-    stepped = changes.judgement(
-        "iris", state, [], 10, {}, 20.0, None, state, 20.0
-    ).rollout  # no failed gate, enough requests, held long enough: next step
+    # no failed gate, enough requests, held long enough: the next step
+    stepped = changes.judgement(Verdict("iris", state, [], 10, {}, 20.0), None, state, 20.0).rollout
     assert stepped is not None and stepped.step_index == 1
     assert not windows.sync("iris", stepped)
     canary, stable = windows.get("iris", "2"), windows.get("iris", "1")

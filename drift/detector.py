@@ -17,13 +17,8 @@ The *sliding view* (``report(view="sliding")``) merges the last ``sliding_window
 tests them together: more rows, so more power against slow, small drifts. Consecutive sliding views
 overlap, so they are not independent looks; the view is informational and does not drive callbacks.
 
-Statuses (per column and for the model, the model taking the worst of its columns):
-
-* ``collecting`` - no reference yet (still capturing), or no window closed yet;
-* ``ok`` - the last window is not significant after correction;
-* ``warning`` - significant but the effect is below the floor (``min_js`` / ``min_psi``), or
-  significant and large but not yet for ``confirm_windows`` windows in a row;
-* ``drift`` - significant, above the effect floor, for ``confirm_windows`` consecutive windows.
+Statuses per column and for the model (``collecting``, ``ok``, ``warning``, ``drift``) are defined in
+:mod:`drift.status`; the knobs are :class:`~drift.config.DriftConfig`.
 
 Time windows that expire with fewer than ``min_window_rows`` rows are extended until they have enough.
 """
@@ -35,95 +30,23 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy.typing as npt
 
-from drift.evaluation import ColumnResult, WindowEvaluation, evaluate_window, result_dict
-from drift.histogram import BinningConfig, HistogramSet, IntArray, SchemaMismatch
-from drift.reference import DEFAULT_CAPTURE_ROWS, CategoricalSpec, Reference, ReferenceCapture, as_rows
-from drift.stats import Correction
+from drift.capture import ReferenceCapture
+from drift.columns import IntArray, SchemaMismatch
+from drift.config import DEFAULT_CONFIG, DriftConfig
+from drift.histogram import HistogramSet
+from drift.layout import as_rows
+from drift.reference import Reference
+from drift.report import columns_report, histogram_list
+from drift.status import Streaks, status_of
+from drift.windows import Snapshot, Window, evaluate, merge_windows, snapshot
 
 log = logging.getLogger("drift")
 
-Status = Literal["collecting", "ok", "warning", "drift"]
-SEVERITY: dict[str, int] = {"collecting": 0, "ok": 1, "warning": 2, "drift": 3}
 Clock = Callable[[], float]
-
-
-@dataclass(frozen=True)
-class DriftConfig:
-    """Knobs of a :class:`DriftDetector` (see the module docstring for their statistical meaning)."""
-
-    alpha: float = 0.01
-    correction: Correction = "bh"
-    min_js: float = 0.05
-    min_psi: float | None = None
-    window_rows: int | None = 500
-    window_seconds: float | None = None
-    min_window_rows: int = 30
-    sliding_windows: int = 4
-    confirm_windows: int = 1
-    reference_rows: int = DEFAULT_CAPTURE_ROWS
-    binning: BinningConfig = field(default_factory=BinningConfig)
-    # Only used when the reference is captured from traffic (a shipped reference carries its own).
-    feature_names: tuple[str, ...] | None = None
-    categorical: CategoricalSpec = None
-    output_names: tuple[str, ...] | None = None
-    output_categorical: CategoricalSpec = None
-    output_argmax: bool = True
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.alpha < 1.0:
-            raise ValueError("alpha must be in (0, 1)")
-        if self.correction not in ("bh", "bonferroni"):
-            raise ValueError("correction must be 'bh' or 'bonferroni'")
-        if self.window_rows is None and self.window_seconds is None:
-            raise ValueError("set window_rows and/or window_seconds")
-        if self.min_window_rows < 1:
-            raise ValueError("min_window_rows must be >= 1")
-        if self.window_rows is not None and self.window_rows < self.min_window_rows:
-            raise ValueError("window_rows must be >= min_window_rows")
-        if self.window_seconds is not None and self.window_seconds <= 0:
-            raise ValueError("window_seconds must be > 0")
-        if self.confirm_windows < 1:
-            raise ValueError("confirm_windows must be >= 1")
-        if self.sliding_windows < 0:
-            raise ValueError("sliding_windows must be >= 0")
-        if self.reference_rows < 1:
-            raise ValueError("reference_rows must be >= 1")
-        if not 0.0 <= self.min_js <= 1.0:
-            raise ValueError("min_js must be in [0, 1]")
-
-
-@dataclass
-class _Window:
-    features: HistogramSet
-    outputs: HistogramSet | None
-    rows: int
-    start: float
-    end: float
-
-
-@dataclass
-class _Snapshot:
-    window: _Window
-    index: int
-    evaluation: WindowEvaluation
-    feature_status: list[str]
-    output_status: list[str]
-    status: str
-
-
-DEFAULT_CONFIG = DriftConfig()
-
-
-def _worst(statuses: list[str]) -> str:
-    tested = [s for s in statuses if s != "collecting"]
-    if not tested:
-        return "collecting"
-    return max(tested, key=SEVERITY.__getitem__)
 
 
 class DriftDetector:
@@ -152,11 +75,11 @@ class DriftDetector:
         self._lock = threading.RLock()
         self._reference: Reference | None = None
         self._capture: ReferenceCapture | None = None
-        self._current: _Window | None = None
-        self._ring: deque[_Window] = deque(maxlen=max(config.sliding_windows, 1))
-        self._streaks: dict[tuple[str, str], int] = {}
-        self._last: _Snapshot | None = None
-        self._sliding_cache: tuple[int, _Snapshot] | None = None
+        self._current: Window | None = None
+        self._ring: deque[Window] = deque(maxlen=max(config.sliding_windows, 1))
+        self._streaks = Streaks()
+        self._last: Snapshot | None = None
+        self._sliding_cache: tuple[int, Snapshot] | None = None
         self._windows_completed = 0
         self._rows_seen = 0
         if reference is None:
@@ -200,11 +123,11 @@ class DriftDetector:
         self._sliding_cache = None
         self._current = self._new_window()
 
-    def _new_window(self) -> _Window:
+    def _new_window(self) -> Window:
         assert self._reference is not None
         outputs = self._reference.outputs.empty_like() if self._reference.outputs is not None else None
         now = self._clock()
-        return _Window(self._reference.features.empty_like(), outputs, 0, now, now)
+        return Window(self._reference.features.empty_like(), outputs, 0, now, now)
 
     def _freeze(self) -> None:
         assert self._capture is not None
@@ -283,42 +206,16 @@ class DriftDetector:
             return
         window.end = self._clock()
         self._current = self._new_window()
-        cfg = self.config
-        has_outputs = window.outputs is not None and window.outputs.rows > 0
-        evaluation = evaluate_window(
-            reference.features,
-            window.features,
-            reference.outputs if has_outputs else None,
-            window.outputs if has_outputs else None,
-            alpha=cfg.alpha,
-            correction=cfg.correction,
-            min_js=cfg.min_js,
-            min_psi=cfg.min_psi,
-        )
+        confirm = self.config.confirm_windows
+        evaluation = evaluate(reference, window, self.config)
         self._windows_completed += 1
-        feature_status = [self._column_status("f", c, cfg.confirm_windows) for c in evaluation.features]
-        output_status = [self._column_status("o", c, cfg.confirm_windows) for c in evaluation.outputs]
-        if reference.outputs is not None and not has_outputs:
-            output_status = ["collecting"] * len(reference.outputs.names)
-        self._last = _Snapshot(
-            window,
-            self._windows_completed,
-            evaluation,
-            feature_status,
-            output_status,
-            _worst(feature_status + output_status),
+        feature_status = [self._streaks.status("f", c, confirm) for c in evaluation.features]
+        output_status = [self._streaks.status("o", c, confirm) for c in evaluation.outputs]
+        self._last = snapshot(
+            reference, window, self._windows_completed, evaluation, feature_status, output_status
         )
         self._ring.append(window)
         self._sliding_cache = None
-
-    def _column_status(self, group: str, column: ColumnResult, confirm: int) -> str:
-        key = (group, column.name)
-        if not column.tested:
-            self._streaks[key] = 0
-            return "collecting"
-        streak = self._streaks.get(key, 0) + 1 if column.alarm else 0
-        self._streaks[key] = streak
-        return _status_of(column, streak, confirm)
 
     # -- multi-process merging ---------------------------------------------------------------------
 
@@ -330,8 +227,8 @@ class DriftDetector:
                 return {"rows": 0, "features": [], "outputs": [], "reference_ready": False}
             return {
                 "rows": window.rows,
-                "features": _hist_list(window.features),
-                "outputs": _hist_list(window.outputs) if window.outputs is not None else [],
+                "features": histogram_list(window.features),
+                "outputs": histogram_list(window.outputs) if window.outputs is not None else [],
                 "reference_ready": True,
             }
 
@@ -438,7 +335,7 @@ class DriftDetector:
             }
             if reference is None:
                 return out
-            out["features"] = self._columns_report(
+            out["features"] = columns_report(
                 reference.features,
                 snapshot.window.features if snapshot else None,
                 snapshot.evaluation.features if snapshot else None,
@@ -446,7 +343,7 @@ class DriftDetector:
                 histograms,
             )
             if reference.outputs is not None:
-                out["outputs"] = self._columns_report(
+                out["outputs"] = columns_report(
                     reference.outputs,
                     snapshot.window.outputs if snapshot else None,
                     snapshot.evaluation.outputs if snapshot and snapshot.evaluation.outputs else None,
@@ -455,94 +352,17 @@ class DriftDetector:
                 )
             return out
 
-    def _columns_report(
-        self,
-        ref: HistogramSet,
-        cur: HistogramSet | None,
-        results: list[ColumnResult] | None,
-        statuses: list[str] | None,
-        histograms: bool,
-    ) -> list[dict[str, Any]]:
-        entries: list[dict[str, Any]] = []
-        for j, name in enumerate(ref.names):
-            if results is not None and statuses is not None:
-                entry = result_dict(results[j])
-                entry["status"] = statuses[j]
-            else:
-                entry = {
-                    "name": name,
-                    "kind": ref.binning.specs[j].kind,
-                    "test": "none",
-                    "rows": 0,
-                    "score": None,
-                    "statistic": None,
-                    "p_value": None,
-                    "p_adjusted": None,
-                    "psi": None,
-                    "js": None,
-                    "status": "collecting" if statuses is None else statuses[j],
-                }
-            if histograms:
-                entry["reference"] = ref.histogram_dict(j)
-                entry["current"] = cur.histogram_dict(j) if cur is not None else None
-            entries.append(entry)
-        return entries
-
-    def _sliding(self) -> _Snapshot | None:
+    def _sliding(self) -> Snapshot | None:
         if not self._ring or self._reference is None or self.config.sliding_windows < 1:
             return None
         if self._sliding_cache is not None and self._sliding_cache[0] == self._windows_completed:
             return self._sliding_cache[1]
-        windows = list(self._ring)
-        features = windows[0].features.copy()
-        with_outputs = [w.outputs for w in windows if w.outputs is not None and w.outputs.rows > 0]
-        outputs = with_outputs[0].copy() if with_outputs else None
-        for w in windows[1:]:
-            features.merge(w.features)
-        for o in with_outputs[1:]:
-            assert outputs is not None
-            outputs.merge(o)
-        merged = _Window(features, outputs, sum(w.rows for w in windows), windows[0].start, windows[-1].end)
-        cfg = self.config
-        reference = self._reference
-        evaluation = evaluate_window(
-            reference.features,
-            features,
-            reference.outputs if outputs is not None else None,
-            outputs,
-            alpha=cfg.alpha,
-            correction=cfg.correction,
-            min_js=cfg.min_js,
-            min_psi=cfg.min_psi,
+        merged = merge_windows(list(self._ring))
+        evaluation = evaluate(self._reference, merged, self.config)
+        feature_status = [status_of(c, 1 if c.alarm else 0, 1) for c in evaluation.features]
+        output_status = [status_of(c, 1 if c.alarm else 0, 1) for c in evaluation.outputs]
+        sliding = snapshot(
+            self._reference, merged, self._windows_completed, evaluation, feature_status, output_status
         )
-        feature_status = [_status_of(c, 1 if c.alarm else 0, 1) for c in evaluation.features]
-        output_status = [_status_of(c, 1 if c.alarm else 0, 1) for c in evaluation.outputs]
-        if reference.outputs is not None and outputs is None:
-            output_status = ["collecting"] * len(reference.outputs.names)
-        snapshot = _Snapshot(
-            merged,
-            self._windows_completed,
-            evaluation,
-            feature_status,
-            output_status,
-            _worst(feature_status + output_status),
-        )
-        self._sliding_cache = (self._windows_completed, snapshot)
-        return snapshot
-
-
-def _status_of(column: ColumnResult, streak: int, confirm: int) -> str:
-    if not column.tested:
-        return "collecting"
-    if column.alarm:
-        return "drift" if streak >= confirm else "warning"
-    if column.significant:
-        return "warning"
-    return "ok"
-
-
-def _hist_list(hist: HistogramSet) -> list[dict[str, Any]]:
-    return [hist.histogram_dict(j) for j in range(hist.binning.n_columns)]
-
-
-__all__ = ["SEVERITY", "Clock", "DriftConfig", "DriftDetector", "Status"]
+        self._sliding_cache = (self._windows_completed, sliding)
+        return sliding

@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from drift.histogram import NUMERIC, HistogramSet
+from drift.columns import NUMERIC
+from drift.histogram import HistogramSet
 from drift.stats import (
     Correction,
     adjust_pvalues,

@@ -13,9 +13,8 @@ CPU-bound numpy code: as a task it would stall the event loop for the whole batc
 only competes for the GIL, which numpy releases in part (sorting, comparisons, ``bincount``) and which
 Python switches every few milliseconds anyway. The per-batch work is vectorised (one broadcast
 comparison and one ``bincount`` per batch, no Python loop over rows), and the worker coalesces the
-queued batches of the same model version (up to ``max_coalesce`` items) into one ``observe`` call, so
-single-row requests do not pay the per-call overhead one by one. A window test (every
-``window_rows`` rows) costs about a millisecond for tens of columns.
+queued batches of the same model version (up to ``max_coalesce`` items) into one ``observe`` call
+(:func:`drift.coalesce.coalesce`), so single-row requests do not pay the per-call overhead one by one.
 
 Detectors are created lazily, in the worker thread, by ``factory(model, version)`` - typically: load
 the persisted reference, else the ``reference.npz`` shipped with the model, else start capturing - so
@@ -44,14 +43,13 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
+from drift.coalesce import Item, coalesce
 from drift.detector import DriftDetector
-from drift.reference import as_rows
 
 log = logging.getLogger("drift.monitor")
 
@@ -60,14 +58,6 @@ DetectorFactory = Callable[[str, str], DriftDetector | None]
 StatusCallback = Callable[[str, str, str, str, dict[str, Any]], None]
 WindowCallback = Callable[[str, str, dict[str, Any]], None]
 BadBatchCallback = Callable[[str, str, str], None]
-
-
-@dataclass(frozen=True)
-class _Item:
-    model: str
-    version: str
-    inputs: npt.NDArray[Any]
-    outputs: npt.NDArray[Any] | None
 
 
 _STOP = object()
@@ -98,7 +88,7 @@ class DriftMonitor:
         if max_coalesce < 1:
             raise ValueError("max_coalesce must be >= 1")
         self._factory = factory
-        self._queue: queue.Queue[_Item | object] = queue.Queue(maxsize=queue_size)
+        self._queue: queue.Queue[Item | object] = queue.Queue(maxsize=queue_size)
         self._queue_size = queue_size
         self.sample_fraction = sample_fraction
         self._rng = random.Random(seed)
@@ -163,7 +153,7 @@ class DriftMonitor:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if isinstance(item, _Item):
+            if isinstance(item, Item):
                 discarded += 1
         if discarded:
             with self._lock:
@@ -189,7 +179,7 @@ class DriftMonitor:
             if self.sample_fraction < 1.0 and self._rng.random() >= self.sample_fraction:
                 self._counters["sampled_out"] += 1
                 return False
-            item = _Item(model, version, np.asarray(inputs), None if outputs is None else np.asarray(outputs))
+            item = Item(model, version, np.asarray(inputs), None if outputs is None else np.asarray(outputs))
             try:
                 self._queue.put_nowait(item)
             except queue.Full:
@@ -265,7 +255,7 @@ class DriftMonitor:
                 continue
             if first is _STOP:
                 return
-            batch: list[_Item] = [first] if isinstance(first, _Item) else []
+            batch: list[Item] = [first] if isinstance(first, Item) else []
             stop_after = False
             while len(batch) < self._max_coalesce:
                 try:
@@ -275,7 +265,7 @@ class DriftMonitor:
                 if more is _STOP:
                     stop_after = True
                     break
-                if isinstance(more, _Item):
+                if isinstance(more, Item):
                     batch.append(more)
             try:
                 self._process(batch)
@@ -303,8 +293,8 @@ class DriftMonitor:
         with self._lock:
             return self._detectors.setdefault(key, detector)
 
-    def _process(self, batch: list[_Item]) -> None:
-        groups: dict[Key, list[_Item]] = {}
+    def _process(self, batch: list[Item]) -> None:
+        groups: dict[Key, list[Item]] = {}
         for item in batch:
             groups.setdefault((item.model, item.version), []).append(item)
         for key, items in groups.items():
@@ -315,7 +305,7 @@ class DriftMonitor:
                 continue
             before_status, before_windows = detector.status, detector.windows_completed
             rows = 0
-            for inputs, outputs in _coalesce(items):
+            for inputs, outputs in coalesce(items):
                 try:
                     detector.observe(inputs, outputs)
                     rows += inputs.shape[0]
@@ -373,42 +363,3 @@ class DriftMonitor:
                 self._on_status_change(key[0], key[1], old_status, new_status, report)
             except Exception:
                 log.exception("drift: on_status_change callback failed for %s/%s", *key)
-
-
-def _coalesce(items: list[_Item]) -> list[tuple[npt.NDArray[Any], npt.NDArray[Any] | None]]:
-    """Concatenate consecutive batches with compatible shapes (all with outputs, or all without)."""
-    out: list[tuple[npt.NDArray[Any], npt.NDArray[Any] | None]] = []
-    run_in: list[npt.NDArray[Any]] = []
-    run_out: list[npt.NDArray[Any]] = []
-    run_has_out: bool | None = None
-
-    def flush_run() -> None:
-        if not run_in:
-            return
-        inputs = run_in[0] if len(run_in) == 1 else np.concatenate(run_in, axis=0)
-        outputs: npt.NDArray[Any] | None = None
-        if run_has_out:
-            outputs = run_out[0] if len(run_out) == 1 else np.concatenate(run_out, axis=0)
-        out.append((inputs, outputs))
-        run_in.clear()
-        run_out.clear()
-
-    for item in items:
-        inputs = as_rows(item.inputs)
-        outputs = as_rows(item.outputs) if item.outputs is not None else None
-        has_out = outputs is not None
-        compatible = (
-            run_in
-            and run_has_out == has_out
-            and run_in[0].shape[1:] == inputs.shape[1:]
-            and (outputs is None or run_out[0].shape[1:] == outputs.shape[1:])
-            and (run_in[0].dtype.kind == "O") == (inputs.dtype.kind == "O")
-        )
-        if not compatible:
-            flush_run()
-            run_has_out = has_out
-        run_in.append(inputs)
-        if outputs is not None:
-            run_out.append(outputs)
-    flush_run()
-    return out

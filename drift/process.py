@@ -1,8 +1,8 @@
 """A :class:`DriftMonitor` in a child process, so its numpy work never takes the server's GIL.
 
-In a thread, the monitor's binning and window tests (a few milliseconds every flush) competed
-with the event loop for the GIL: at saturation that cost the loop throughput, and the loop's p99
-rose with every window. In a child process the server only pickles each flush's rows into a pipe.
+In a thread, the monitor's binning and window tests competed with the event loop for the GIL,
+taking throughput and latency from the loop under load. In a child process the server only pickles
+each flush's rows into a pipe.
 
 Messages, parent -> child (one pipe): ``("spec", key, DetectorSpec)`` before the first rows of a
 version, ``("rows", key, inputs, outputs)``, ``("remove", key)``, ``("call", id, method, args)``
@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from drift.detector import DriftConfig, DriftDetector
+from drift.config import DriftConfig
+from drift.detector import DriftDetector
 from drift.monitor import DriftMonitor
 from drift.reference import Reference
 

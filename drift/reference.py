@@ -6,16 +6,13 @@ A :class:`Reference` is built once per model version, from one of:
 * a ``reference.npz`` shipped next to the model - :meth:`Reference.from_npz`. Arrays: ``X``
   ``[rows, features]`` (numeric, or strings for BYTES features), optional ``feature_names`` (strings),
   ``categorical`` (bool mask), ``outputs`` ``[rows, ...]`` and ``output_names``;
-* the first rows served - :class:`ReferenceCapture` (default 10,000 rows), then frozen.
+* the first rows served - :class:`~drift.capture.ReferenceCapture`, then frozen.
 
 Once built it keeps only the bin edges / category lists and the integer reference counts - never raw
 rows - and it is persisted with :meth:`Reference.save` (atomic ``.npz`` write) and restored with
 :meth:`Reference.load`, so a restart does not lose a captured reference.
 
-Model outputs are handled like features after :class:`OutputLayout` has expanded them: a float output
-with several columns (class probabilities, logits, scores) becomes one numeric column per score plus a
-categorical ``<name>.argmax`` column (the predicted class); integer, boolean and string outputs are
-categorical; a single float column (regression, binary score) is numeric.
+Model outputs are expanded into columns by :class:`~drift.layout.OutputLayout`.
 """
 
 from __future__ import annotations
@@ -24,7 +21,6 @@ import json
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,105 +28,13 @@ import numpy as np
 import numpy.typing as npt
 
 from drift._io import atomic_save_npz, load_npz
-from drift.histogram import (
-    CATEGORICAL,
-    DEFAULT_BINNING,
-    Binning,
-    BinningConfig,
-    HistogramSet,
-    specs_from_data,
-)
+from drift.binning import Binning
+from drift.columns import CATEGORICAL
+from drift.edges import DEFAULT_BINNING, BinningConfig, specs_from_data
+from drift.histogram import HistogramSet
+from drift.layout import CategoricalSpec, OutputLayout, as_rows, default_names, resolve_categorical
 
 FORMAT = "turnout-drift-reference/1"
-DEFAULT_CAPTURE_ROWS = 10_000
-
-CategoricalSpec = Sequence[bool] | Sequence[str] | None
-
-
-def as_rows(array: npt.ArrayLike) -> npt.NDArray[Any]:
-    """View any tensor as ``[rows, columns]`` (1-D -> one column, N-D -> flattened per row)."""
-    a = np.asarray(array)
-    if a.ndim == 0:
-        return a.reshape(1, 1)
-    if a.ndim == 1:
-        return a.reshape(-1, 1)
-    if a.ndim > 2:
-        return a.reshape(a.shape[0], -1)
-    return a
-
-
-def _is_categorical_dtype(dtype: np.dtype[Any]) -> bool:
-    return dtype.kind in "OUSb"
-
-
-def resolve_categorical(
-    n_columns: int, names: Sequence[str], categorical: CategoricalSpec, dtype: np.dtype[Any]
-) -> list[bool]:
-    """Categorical mask from a bool mask, a list of categorical column names, or the dtype."""
-    if categorical is None:
-        return [_is_categorical_dtype(dtype)] * n_columns
-    items = list(categorical)
-    if items and all(isinstance(c, str) for c in items):
-        wanted = {str(c) for c in items}
-        unknown = wanted - set(names)
-        if unknown:
-            raise ValueError(f"unknown categorical columns: {sorted(unknown)}")
-        return [name in wanted for name in names]
-    if len(items) != n_columns:
-        raise ValueError(f"categorical mask has {len(items)} entries for {n_columns} columns")
-    return [bool(c) for c in items]
-
-
-def default_names(prefix: str, n: int) -> list[str]:
-    return [f"{prefix}[{i}]" for i in range(n)]
-
-
-@dataclass(frozen=True)
-class OutputLayout:
-    """How raw model outputs become drift columns (see module docstring)."""
-
-    n_raw: int
-    argmax: bool
-    names: tuple[str, ...]
-    categorical: tuple[bool, ...]
-
-    @classmethod
-    def infer(
-        cls,
-        outputs: npt.ArrayLike,
-        *,
-        names: Sequence[str] | None = None,
-        categorical: CategoricalSpec = None,
-        argmax: bool = True,
-        prefix: str = "output",
-    ) -> OutputLayout:
-        raw = as_rows(outputs)
-        k = raw.shape[1]
-        raw_names = list(names) if names is not None else default_names(prefix, k)
-        if len(raw_names) != k:
-            raise ValueError(f"{len(raw_names)} output names for {k} output columns")
-        if categorical is None:
-            raw_cat = [raw.dtype.kind in "OUSbiu"] * k
-        else:
-            raw_cat = resolve_categorical(k, raw_names, categorical, raw.dtype)
-        use_argmax = bool(argmax and k >= 2 and raw.dtype.kind == "f" and not any(raw_cat))
-        if use_argmax:
-            return cls(k, True, (*raw_names, f"{prefix}.argmax"), (*(False,) * k, True))
-        return cls(k, False, tuple(raw_names), tuple(raw_cat))
-
-    def expand(self, outputs: npt.ArrayLike) -> npt.NDArray[Any]:
-        raw = as_rows(outputs)
-        if raw.shape[1] != self.n_raw:
-            raise ValueError(f"expected {self.n_raw} output columns, got {raw.shape[1]}")
-        if not self.argmax:
-            return raw
-        values = raw.astype(np.float64, copy=False)
-        winner = np.argmax(values, axis=1).astype(np.float64) if values.shape[0] else np.zeros(0)
-        winner[np.isnan(values).any(axis=1)] = np.nan
-        return np.column_stack((values, winner))
-
-    def to_arrays(self) -> dict[str, npt.NDArray[np.generic]]:
-        return {"o_layout": np.asarray([self.n_raw, int(self.argmax)], dtype=np.int64)}
 
 
 class Reference:
@@ -318,88 +222,3 @@ class Reference:
             f"Reference(rows={self.n_rows}, features={len(self.feature_names)}, "
             f"outputs={len(self.output_names)})"
         )
-
-
-class ReferenceCapture:
-    """Collects the first ``max_rows`` rows served, then freezes them into a :class:`Reference`.
-
-    Raw rows are held only while capturing (at most ``max_rows``); :meth:`freeze` bins them and the
-    rows are dropped. Outputs are kept only if every captured batch carried them.
-    """
-
-    def __init__(
-        self,
-        max_rows: int = DEFAULT_CAPTURE_ROWS,
-        *,
-        feature_names: Sequence[str] | None = None,
-        categorical: CategoricalSpec = None,
-        output_names: Sequence[str] | None = None,
-        output_categorical: CategoricalSpec = None,
-        output_argmax: bool = True,
-        binning: BinningConfig = DEFAULT_BINNING,
-    ) -> None:
-        if max_rows < 1:
-            raise ValueError("max_rows must be >= 1")
-        self.max_rows = max_rows
-        self.feature_names = list(feature_names) if feature_names is not None else None
-        self.categorical = categorical
-        self.output_names = list(output_names) if output_names is not None else None
-        self.output_categorical = output_categorical
-        self.output_argmax = output_argmax
-        self.binning = binning
-        self._inputs: list[npt.NDArray[Any]] = []
-        self._outputs: list[npt.NDArray[Any]] | None = []
-        self._rows = 0
-        self._n_columns: int | None = None
-
-    @property
-    def rows(self) -> int:
-        return self._rows
-
-    @property
-    def full(self) -> bool:
-        return self._rows >= self.max_rows
-
-    def add(self, inputs: npt.ArrayLike, outputs: npt.ArrayLike | None = None) -> int:
-        """Take rows from the front of a batch until ``max_rows``; returns how many were taken."""
-        data = as_rows(inputs)
-        if self._n_columns is None:
-            self._n_columns = data.shape[1]
-        elif data.shape[1] != self._n_columns:
-            raise ValueError(f"expected {self._n_columns} input columns, got {data.shape[1]}")
-        raw_out = as_rows(outputs) if outputs is not None else None
-        if raw_out is not None and raw_out.shape[0] != data.shape[0]:
-            raise ValueError("inputs and outputs must have the same number of rows")
-        take = min(self.max_rows - self._rows, data.shape[0])
-        if take <= 0:
-            return 0
-        self._inputs.append(np.array(data[:take], copy=True))
-        if self._outputs is not None:
-            if raw_out is None:
-                self._outputs = None
-            else:
-                self._outputs.append(np.array(raw_out[:take], copy=True))
-        self._rows += take
-        return take
-
-    def freeze(self, metadata: Mapping[str, Any] | None = None) -> Reference:
-        """Bin the captured rows into a :class:`Reference` and drop them."""
-        if self._rows == 0:
-            raise ValueError("nothing captured yet")
-        X = np.concatenate(self._inputs, axis=0)
-        outputs = np.concatenate(self._outputs, axis=0) if self._outputs else None
-        meta: dict[str, Any] = {"source": "capture", "captured_rows": self._rows}
-        meta.update(metadata or {})
-        reference = Reference.from_arrays(
-            X,
-            feature_names=self.feature_names,
-            categorical=self.categorical,
-            outputs=outputs,
-            output_names=self.output_names,
-            output_categorical=self.output_categorical,
-            output_argmax=self.output_argmax,
-            binning=self.binning,
-            metadata=meta,
-        )
-        self._inputs, self._outputs, self._rows = [], [], 0
-        return reference

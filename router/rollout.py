@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, cast
 
-from router.analysis import GateResult, Gates
+from router.gates import GateResult, Gates
 from router.policy import CanaryTarget, TrafficPolicy
 
 RolloutStatus = Literal["running", "paused", "succeeded", "rolled_back", "aborted"]

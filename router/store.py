@@ -9,16 +9,16 @@ Layout of ``state_dir``:
 * ``.lock`` — ``flock`` target serialising writers (exclusive) against readers (shared)
 * ``.leader`` — ``flock`` target held for life by the one process that runs rollouts
 
-Both JSON files are replaced atomically: written to a temporary file in the same
-directory, flushed and fsynced, then ``os.replace``-d over the old one, and the directory is
-fsynced. A crash leaves either the old or the new file, never a torn one.
+Both JSON files are replaced atomically (:func:`router.files.write_atomically`): a crash
+leaves either the old or the new file, never a torn one. Audit records are
+:class:`router.audit.AuditRecord`.
 
 Every commit raises a store-wide *generation* counter by one. It is kept in both JSON files
 and, for cheap polling, in the tiny file ``generation`` (also replaced atomically, last in a
 commit). Workers poll :meth:`ControlPlaneStore.generation` — one small read — and reload
 when it moved. (A stat-based check of inode/mtime/size was not used: inodes are reused
-after ``os.replace`` and timestamps are coarse, so two states could look the same.) :meth:`ControlPlaneStore.commit` merges
-per-model changes into the files under the exclusive lock and can refuse with
+after ``os.replace`` and timestamps are coarse, so two states could look the same.)
+:meth:`ControlPlaneStore.commit` merges per-model changes into the files under the exclusive lock and can refuse with
 :class:`StoreConflict` when the generation is not the one the caller last saw, so two
 workers never overwrite each other's changes unknowingly (optimistic concurrency).
 
@@ -27,17 +27,15 @@ POSIX only (``fcntl.flock``).
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-import math
 import os
-import secrets
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
+from router.audit import AuditRecord, append_record, read_records
+from router.files import json_safe, locked, try_lock, write_atomically
 from router.policy import PolicyError, TrafficPolicy
 from router.rollout import RolloutError, RolloutState
 
@@ -59,57 +57,12 @@ class StoreConflict(RuntimeError):
 
 
 @dataclass(frozen=True, slots=True)
-class AuditRecord:
-    """Who did what to which model, when and why. ``detail`` is any JSON-ready mapping."""
-
-    ts: float
-    who: str
-    action: str
-    model: str
-    detail: Mapping[str, Any] = field(default_factory=dict)
-    reason: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "ts": self.ts,
-            "who": self.who,
-            "action": self.action,
-            "model": self.model,
-            "detail": _json_safe(dict(self.detail)),
-            "reason": self.reason,
-        }
-
-    @classmethod
-    def from_json(cls, obj: Mapping[str, Any]) -> AuditRecord:
-        detail = obj.get("detail") or {}
-        return cls(
-            ts=float(obj["ts"]),
-            who=str(obj["who"]),
-            action=str(obj["action"]),
-            model=str(obj["model"]),
-            detail=detail if isinstance(detail, dict) else {"value": detail},
-            reason=str(obj.get("reason", "")),
-        )
-
-
-@dataclass(frozen=True, slots=True)
 class StoreSnapshot:
     """Everything :meth:`ControlPlaneStore.load` read, at one generation."""
 
     generation: int
     policies: dict[str, TrafficPolicy]
     rollouts: dict[str, RolloutState]
-
-
-def _json_safe(value: Any) -> Any:
-    """Replace NaN/inf (not valid JSON) by None and tuples by lists, recursively."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 class ControlPlaneStore:
@@ -129,31 +82,15 @@ class ControlPlaneStore:
 
     # -- locking -----------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _locked(self, exclusive: bool) -> Iterator[None]:
-        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-            yield
-        finally:
-            os.close(fd)  # closing the descriptor releases the lock
-
     def try_lead(self) -> bool:
         """Become (or stay) the one process that evaluates rollouts; non-blocking.
 
         The lock is held until :meth:`close` or process exit, after which another process's
         next call takes over.
         """
-        if self._leader_fd is not None:
-            return True
-        fd = os.open(self._leader_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return False
-        self._leader_fd = fd
-        return True
+        if self._leader_fd is None:
+            self._leader_fd = try_lock(self._leader_path)
+        return self._leader_fd is not None
 
     @property
     def is_leader(self) -> bool:
@@ -183,10 +120,10 @@ class ControlPlaneStore:
         """Make ``generation`` agree with the JSON files (after a crash mid-commit)."""
         if not self._policies_path.exists() and not self._rollouts_path.exists():
             return
-        with self._locked(exclusive=True):
+        with locked(self._lock_path, exclusive=True):
             generation, _, _ = self._read_all()
             if self._read_generation_file() != generation:
-                self._write_bytes(self._generation_path, str(generation).encode("ascii"))
+                write_atomically(self._generation_path, str(generation).encode("ascii"))
 
     def _read(self, path: Path, section: str) -> tuple[int, dict[str, Any]]:
         try:
@@ -217,7 +154,7 @@ class ControlPlaneStore:
         generation = self._read_generation_file()
         if generation is not None:
             return generation
-        with self._locked(exclusive=False):
+        with locked(self._lock_path, exclusive=False):
             generation, _, _ = self._read_all()
         return generation
 
@@ -227,7 +164,7 @@ class ControlPlaneStore:
 
     def load(self) -> StoreSnapshot:
         """Everything saved, read consistently (no writer runs meanwhile)."""
-        with self._locked(exclusive=False):
+        with locked(self._lock_path, exclusive=False):
             generation, raw_policies, raw_rollouts = self._read_all()
         try:
             policies = {
@@ -244,26 +181,7 @@ class ControlPlaneStore:
         Reads the file backwards in blocks, so the cost depends on ``limit``, not on the log's
         length (unless filtering by a rare model). Unparseable lines are skipped.
         """
-        if limit <= 0:
-            return []
-        found: list[AuditRecord] = []
-        try:
-            handle = self._audit_path.open("rb")
-        except FileNotFoundError:
-            return []
-        with handle:
-            for line in _lines_backwards(handle):
-                try:
-                    record = AuditRecord.from_json(json.loads(line))
-                except (ValueError, KeyError, TypeError):
-                    continue
-                if model is not None and record.model != model:
-                    continue
-                found.append(record)
-                if len(found) >= limit:
-                    break
-        found.reverse()
-        return found
+        return read_records(self._audit_path, limit, model)
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -281,7 +199,7 @@ class ControlPlaneStore:
         With ``expected_generation`` the commit is refused with :class:`StoreConflict` if the
         store has moved on since. Models not mentioned are left as they are on disk.
         """
-        with self._locked(exclusive=True):
+        with locked(self._lock_path, exclusive=True):
             generation, raw_policies, raw_rollouts = self._read_all()
             if expected_generation is not None and generation != expected_generation:
                 raise StoreConflict(
@@ -289,7 +207,7 @@ class ControlPlaneStore:
                 )
             if not policies and not rollouts:
                 for record in audit:
-                    self._append_audit(record)
+                    append_record(self._audit_path, record)
                 return generation
             new_generation = generation + 1
             if policies:
@@ -312,14 +230,14 @@ class ControlPlaneStore:
                     self._rollouts_path,
                     {"format": FORMAT, "generation": new_generation, "rollouts": raw_rollouts},
                 )
-            self._write_bytes(self._generation_path, str(new_generation).encode("ascii"))
+            write_atomically(self._generation_path, str(new_generation).encode("ascii"))
             for record in audit:
-                self._append_audit(record)
+                append_record(self._audit_path, record)
         return new_generation
 
     def save(self, policies: Mapping[str, TrafficPolicy], rollouts: Mapping[str, RolloutState]) -> int:
         """Replace the whole saved state (both files) with ``policies`` and ``rollouts``."""
-        with self._locked(exclusive=True):
+        with locked(self._lock_path, exclusive=True):
             generation, _, _ = self._read_all()
             new_generation = generation + 1
             self._write_json(
@@ -338,74 +256,12 @@ class ControlPlaneStore:
                     "rollouts": {m: s.to_json() for m, s in rollouts.items()},
                 },
             )
-            self._write_bytes(self._generation_path, str(new_generation).encode("ascii"))
+            write_atomically(self._generation_path, str(new_generation).encode("ascii"))
         return new_generation
 
     def append_audit(self, record: AuditRecord) -> None:
-        with self._locked(exclusive=True):
-            self._append_audit(record)
-
-    def _append_audit(self, record: AuditRecord) -> None:
-        line = json.dumps(record.to_json(), allow_nan=False, separators=(",", ":")) + "\n"
-        fd = os.open(self._audit_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line.encode("utf-8"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        with locked(self._lock_path, exclusive=True):
+            append_record(self._audit_path, record)
 
     def _write_json(self, path: Path, doc: Mapping[str, Any]) -> None:
-        self._write_bytes(
-            path, json.dumps(_json_safe(doc), allow_nan=False, indent=1, sort_keys=True).encode()
-        )
-
-    def _write_bytes(self, path: Path, data: bytes) -> None:
-        """Atomically replace ``path`` with ``data`` (temp file, fsync, rename, fsync dir)."""
-        temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(temp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp)
-            raise
-        self._fsync_dir()
-
-    def _fsync_dir(self) -> None:
-        try:
-            fd = os.open(self.state_dir, os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            os.fsync(fd)
-        except OSError:
-            pass  # some filesystems refuse fsync on directories
-        finally:
-            os.close(fd)
-
-
-def _lines_backwards(handle: BinaryIO, block_size: int = 64 * 1024) -> Iterator[bytes]:
-    """Yield the non-empty lines of a binary file, last line first."""
-    handle.seek(0, os.SEEK_END)
-    position = handle.tell()
-    tail = b""
-    while position > 0:
-        step = min(block_size, position)
-        position -= step
-        handle.seek(position)
-        chunk = handle.read(step) + tail
-        lines = chunk.split(b"\n")
-        tail = lines[0]
-        for line in reversed(lines[1:]):
-            if line.strip():
-                yield line
-    if tail.strip():
-        yield tail
+        write_atomically(path, json.dumps(json_safe(doc), allow_nan=False, indent=1, sort_keys=True).encode())

@@ -8,18 +8,15 @@ import random
 import numpy as np
 import pytest
 
-from router.analysis import (
+from router.gates import GateResult, Gates, evaluate_gates, wilson_lower_bound
+from router.window import (
     BUCKET_EDGES,
     HIGHEST_LATENCY_S,
     LOWEST_LATENCY_S,
     NUM_BUCKETS,
-    GateResult,
-    Gates,
     VersionWindow,
     WindowSnapshot,
     bucket_index,
-    evaluate_gates,
-    wilson_lower_bound,
 )
 
 

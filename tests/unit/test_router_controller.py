@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from router.analysis import Gates
 from router.controller import NotConfigured, PolicyRefused, TrafficController
 from router.decide import RouteDecision
+from router.gates import Gates
 from router.policy import PolicyError, TrafficPolicy
 from router.rollout import RolloutError, RolloutPlan
 from router.store import ControlPlaneStore

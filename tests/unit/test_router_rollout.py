@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from router.analysis import GateResult, Gates
+from router.gates import GateResult, Gates
 from router.policy import CanaryTarget, ShadowTarget, TrafficPolicy
 from router.rollout import (
     RolloutError,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -10,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from router.audit import AuditRecord
+from router.files import lines_backwards
 from router.policy import CanaryTarget, ShadowTarget, TrafficPolicy
 from router.rollout import RolloutPlan, pause, start
-from router.store import AuditRecord, ControlPlaneStore, StoreConflict, StoreError
+from router.store import ControlPlaneStore, StoreConflict, StoreError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -210,3 +213,10 @@ def test_leader_lock_is_exclusive_and_released_on_close(tmp_path: Path) -> None:
     assert b.try_lead()
     assert not a.try_lead()
     b.close()
+
+
+@pytest.mark.parametrize("block_size", [1, 3, 64 * 1024])
+def test_lines_backwards_across_block_boundaries(block_size: int) -> None:
+    data = b"first\n\nsecond line\n  \nthird"
+    assert list(lines_backwards(io.BytesIO(data), block_size)) == [b"third", b"second line", b"first"]
+    assert list(lines_backwards(io.BytesIO(b""), block_size)) == []

@@ -6,17 +6,17 @@ memory and file descriptors came back.
    ``--short-timeouts``, shorter ones), a copy of the demo repository in explicit model-control
    mode, all models loaded, drift on (the default), and sets ``mlp``'s traffic policy: stable 1,
    canary 2 at ``--canary`` weight, each version shadowing the other at ``--shadow`` fraction.
-2. Capacity: closed loop, concurrency 32 on ``mlp``, ``--capacity-seconds`` per protocol
-   (``benchmarks.loadgen``, with the policy in place so the shadow copies are part of the cost).
-3. Baseline RSS (``/proc/<pid>/status`` VmRSS) and open descriptors (``/proc/<pid>/fd``) of the
-   idle, warmed server.
-4. For ``--duration`` seconds: open-loop Poisson load at ``--rate-fraction`` of capacity, half of
-   the server's time to each protocol (gRPC rate = fraction x gRPC capacity / 2, same for HTTP),
-   one ``benchmarks.loadgen`` process per protocol; every ``--reload-every`` seconds ``mlp``'s
-   config.pbtxt gets a new comment line and the model is loaded again through ``POST
-   /v2/repository/models/mlp/load`` (both versions are swapped for new sessions); the abusers of
-   ``benchmarks.abuse`` run in their own process (unless ``--no-abuse``); RSS and descriptors
-   are sampled every ``--sample-every`` seconds.
+2. Warm-up (both protocols, 5 s), then the baseline RSS (``/proc/<pid>/status`` VmRSS) and open
+   descriptors (``/proc/<pid>/fd``) of the idle, warmed server.
+3. The abusers of ``benchmarks.abuse`` start in their own process (unless ``--no-abuse``) and run
+   until the soak ends. Capacity is measured in the soak's own conditions: closed loop at
+   concurrency 32 on ``mlp``, both protocols at once, for ``--capacity-seconds``, beside the
+   abusers and with the traffic policy in place (the shadow copies are part of the cost).
+4. For ``--duration`` seconds: open-loop Poisson load on each protocol at ``--rate-fraction`` of
+   its capacity from step 3, one ``benchmarks.loadgen`` process per protocol; every
+   ``--reload-every`` seconds ``mlp``'s config.pbtxt gets a new comment line and the model is
+   loaded again through ``POST /v2/repository/models/mlp/load`` (both versions are swapped for
+   new sessions); RSS and descriptors are sampled every ``--sample-every`` seconds.
 5. After the load and the abusers stop, ``--settle`` seconds, then (waiting up to 15 s more for
    descriptors to drop back) the end RSS and descriptors of the idle server.
 6. Prints the summary and writes it to ``--out`` (default ``benchmarks/results/SOAK.md``) and a
@@ -77,6 +77,8 @@ METRIC_PREFIXES = (
     "turnout_drift_dropped_total",
     "turnout_drift_monitor_restarts_total",
     "turnout_model_load_failures_total",
+    "turnout_request_duration_seconds_sum",
+    "turnout_request_duration_seconds_count",
 )
 LOADED = re.compile(rb"model mlp version \S+ loaded")
 
@@ -294,19 +296,36 @@ def set_policy(srv: Turnout, opts: Options) -> dict[str, Any]:
     return dict(json.loads(body))
 
 
-def measure_capacity(srv: Turnout, soak: Soak) -> None:
-    for proto in PROTOS:
-        r = points.loadgen(
+def closed_loop(srv: Turnout, seconds: float) -> dict[str, dict[str, Any]]:
+    """Both protocols at once, closed loop at concurrency 32 each, for ``seconds``."""
+    results: dict[str, dict[str, Any]] = {}
+
+    def one(proto: str) -> None:
+        results[proto] = points.loadgen(
             srv, "capacity", proto=proto, model=MODEL, mode="closed", concurrency=32,
-            warmup=2, duration=soak.opts.capacity_seconds,
+            warmup=2, duration=seconds,
         )  # fmt: skip
+
+    threads = [threading.Thread(target=one, args=(proto,)) for proto in PROTOS]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def measure_capacity(srv: Turnout, soak: Soak) -> None:
+    """What the server sustains in the soak's own conditions: both protocols at once, beside the
+    abusers (already running), on the same machine as the generators."""
+    for proto, r in closed_loop(srv, soak.opts.capacity_seconds).items():
         if "error" in r or not r.get("req_per_s"):
             raise RuntimeError(f"capacity run ({proto}) failed: {r.get('error', r)}")
         keep = ("req_per_s", "p50_ms", "p99_ms", "errors", "server_cores", "client_cores", "other_cores")
         soak.capacity[proto] = {k: r.get(k) for k in keep}
-        soak.rates[proto] = round(soak.opts.rate_fraction * float(r["req_per_s"]) / 2, 1)
+        soak.rates[proto] = round(soak.opts.rate_fraction * float(r["req_per_s"]), 1)
         print(
-            f"capacity {proto}: {r['req_per_s']} req/s at c=32 -> {soak.rates[proto]} req/s offered",
+            f"capacity {proto}: {r['req_per_s']} req/s at c=32 beside the other protocol and the abusers"
+            f" -> {soak.rates[proto]} req/s offered",
             flush=True,
         )
 
@@ -321,12 +340,12 @@ def start_loadgen(srv: Turnout, proto: str, rate: float, opts: Options) -> subpr
     return _spawn(cmd, opts.workdir / f"loadgen-{proto}.err")
 
 
-def start_abuse(srv: Turnout, opts: Options) -> subprocess.Popen[str]:
+def start_abuse(srv: Turnout, opts: Options, seconds: float) -> subprocess.Popen[str]:
     request_timeout = (
         SHORT_TIMEOUTS["--request-timeout-secs"] if opts.short_timeouts else DEFAULT_REQUEST_TIMEOUT
     )
     cmd = [
-        PYTHON, "-m", "benchmarks.abuse", "--http", srv.http, "--grpc", srv.grpc, "--duration", str(opts.duration),
+        PYTHON, "-m", "benchmarks.abuse", "--http", srv.http, "--grpc", srv.grpc, "--duration", str(seconds),
         "--max-sockets", str(opts.max_sockets), "--hold", str(request_timeout + 15),
     ]  # fmt: skip
     return _spawn(cmd, opts.workdir / "abuse.err")
@@ -337,6 +356,23 @@ def _spawn(cmd: list[str], err: Path) -> subprocess.Popen[str]:
     reads during a 10-minute run could fill up and block it)."""
     with err.open("w") as f:
         return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=f, text=True)
+
+
+def server_side(metrics: list[str]) -> str:
+    """The server's own mean time per inference by protocol (from Core.infer's histogram, over
+    the whole run): beside the clients' latencies, it tells the server's delays from the
+    generators' (on a 2-core machine they share the server's cores)."""
+    totals: dict[str, list[float]] = {}
+    for line in metrics:
+        m = re.match(r'turnout_request_duration_seconds_(sum|count)\{.*protocol="(\w+)".*\} (\S+)', line)
+        if m:
+            totals.setdefault(m.group(2), [0.0, 0.0])[m.group(1) == "count"] += float(m.group(3))
+    parts = [
+        f"{proto} {1000 * s / n:.2f} ms over {n:,.0f} requests"
+        for proto, (s, n) in sorted(totals.items())
+        if n
+    ]
+    return "* the server's own mean time per inference (Core.infer): " + ("; ".join(parts) or "-")
 
 
 def scrape(srv: Turnout, soak: Soak) -> None:
@@ -355,12 +391,18 @@ def run(opts: Options, soak: Soak, children: list[subprocess.Popen[str]], srv: T
     assert srv.proc is not None
     pid = srv.proc.pid
     soak.policy = set_policy(srv, opts)
-    measure_capacity(srv, soak)
-    time.sleep(3)  # the capacity generators' connections close
+    closed_loop(srv, 5.0)  # warm-up: sessions, arenas, the drift reference
+    time.sleep(3)  # the warm-up generators' connections close
     soak.baseline = Sample(0.0, rss_kb(pid), fds(pid))
     log = opts.workdir / "turnout.log"
     loaded_before = len(LOADED.findall(log.read_bytes()))
     print(f"baseline: RSS {soak.baseline.rss_kb / 1024:.1f} MiB, {soak.baseline.fds} descriptors", flush=True)
+    abuse_for = opts.capacity_seconds + 10 + opts.duration
+    abuse = start_abuse(srv, opts, abuse_for) if opts.abuse else None
+    if abuse is not None:
+        children.append(abuse)
+        time.sleep(3)  # the abusers are at work before capacity is measured
+    measure_capacity(srv, soak)
 
     t0 = soak.t0 = time.perf_counter()
     sampler = Sampler(pid, opts.sample_every, t0)
@@ -368,9 +410,6 @@ def run(opts: Options, soak: Soak, children: list[subprocess.Popen[str]], srv: T
     reloader = Reloader(f"http://{srv.http}", config, opts.workdir / "config.tmp", opts.reload_every)
     gens = {proto: start_loadgen(srv, proto, soak.rates[proto], opts) for proto in PROTOS}
     children.extend(gens.values())
-    abuse = start_abuse(srv, opts) if opts.abuse else None
-    if abuse is not None:
-        children.append(abuse)
     sampler.start()
     reloader.start()
     limit = t0 + opts.duration + opts.request_timeout + 60  # the generators' own bound, and a margin
@@ -507,8 +546,8 @@ def report(soak: Soak) -> str:
         "",
         "## Legitimate requests",
         "",
-        f"Capacity: closed loop, concurrency 32, {o.capacity_seconds:g} s per protocol. Soak: open loop, Poisson "
-        f"arrivals, {o.rate_fraction:.0%} of capacity with half of the server to each protocol, "
+        f"Capacity: closed loop, concurrency 32, both protocols at once for {o.capacity_seconds:g} s, beside the "
+        f"abusers. Soak: open loop, Poisson arrivals, {o.rate_fraction:.0%} of each protocol's capacity, "
         f"{o.duration:g} s, client deadline {o.request_timeout:g} s. Latency from the scheduled send time.",
         "",
         "| protocol | capacity req/s | offered req/s | sent | ok | failed | failures by code | near a reload | "
@@ -580,6 +619,7 @@ def report(soak: Soak) -> str:
             lines.append(f"  * failed reload: HTTP {rl.status} {rl.detail!r}")
     for p in soak.shadow_pairs:
         lines.append(f"* shadow pair: `{json.dumps(p)}`")
+    lines += ["", server_side(soak.metrics)]
     growth = soak.rss_growth_pct()
     peak = max((s.rss_kb for s in soak.samples), default=0)
     peak_fds = max((s.fds for s in soak.samples), default=0)
@@ -588,7 +628,7 @@ def report(soak: Soak) -> str:
         "",
         "## Memory and descriptors (the server process)",
         "",
-        "Baseline: idle after the capacity runs (warm), before the soak load and the abusers. End: idle, "
+        "Baseline: idle after a warm-up, before the abusers, the capacity runs and the soak load. End: idle, "
         f"{o.settle:g} s after they stopped. Sampled every {o.sample_every:g} s in between.",
         "",
         "| | baseline | peak | end | growth |",

@@ -84,7 +84,7 @@ class Settings(BaseSettings):
     grpc_transport: Literal["asyncio", "grpcio"] = Field(
         "asyncio",
         description="gRPC server: asyncio (Turnout's HTTP/2 server on the event loop) or grpcio's"
-        " asyncio server (README, Performance)",
+        " asyncio server (benchmarks/results/NOTES.md)",
     )
     grpc_h2_engine: Literal["turnout", "h2"] = Field(
         "turnout",
@@ -242,7 +242,7 @@ class Settings(BaseSettings):
         None, description="URL that receives a JSON POST when a version's drift status changes"
     )
 
-    # access control and mTLS (server/auth.py, server/tls.py; README, Access)
+    # access control and mTLS (server/auth.py, server/tls.py; docs/security.md)
     auth_tokens_file: Path | None = Field(
         None,
         description='named tokens with scopes (infer, read, admin): JSON {"tokens": [{"name": ...,'

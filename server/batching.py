@@ -28,7 +28,7 @@ Implementation notes (hot path)
 -------------------------------
 * Idle fast path: when nothing is queued and nothing executes, ``submit`` runs ``execute`` for
   its lone request directly in the caller's task -- no queueing, no hand-off, no allocation
-  besides the call itself (about 2 us of overhead at concurrency 1). Being idle, there is nobody
+  besides the call itself. Being idle, there is nobody
   it could have been batched with.
 * Otherwise a request costs one slotted :class:`_Request` (which owns its future) and that
   future. The queue is a list of per-priority deques of those objects -- the one bounded

@@ -103,7 +103,7 @@ async def run_server(settings: Settings) -> None:
         await runtime.start()
         # Everything alive now (modules, the first models) lives as long as the process: move it
         # out of the collector's reach, so a full collection later scans only what came after.
-        # Model churn made such collections take ~50 ms with the GIL held; after this, 1-3 ms.
+        # (Model churn made such collections long, with the GIL held: benchmarks/results/NOTES.md.)
         gc.collect()
         gc.freeze()
         await runtime.wait()

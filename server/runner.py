@@ -51,7 +51,7 @@ def _execute_sync(
 
     The CPU time excludes waiting for the GIL or for a core, so it measures the model, not the
     contention: onnxruntime's calling thread works (or spins) for as long as the run lasts.
-    Reading it is a system call (~0.7 µs, twice), so callers sample it."""
+    Reading it is a system call (twice), so callers sample it."""
     c0 = time.thread_time_ns() if cpu else 0
     t0 = time.perf_counter_ns()
     try:

@@ -1,8 +1,8 @@
 """The asyncio gRPC transport: a gRPC server on the event loop, without grpcio's server.
 
-grpcio's asyncio server spends about 250 µs of CPU per unary call on this class of machine
-(its C core, a completion-queue thread and the hand-over to the loop); parsing HTTP/2 frames
-on the loop itself costs a fraction of that, because a gRPC call's frames follow one pattern.
+grpcio's asyncio server spends several times more CPU per unary call (its C core, a
+completion-queue thread and the hand-over to the loop) than parsing HTTP/2 frames on the loop
+itself, because a gRPC call's frames follow one pattern (benchmarks/results/NOTES.md).
 This server keeps grpc.aio's registration interface (``add_generic_rpc_handlers``,
 ``add_registered_method_handlers``), so generated ``add_*Servicer_to_server`` functions, and
 the grpc health and reflection servicers, register on it unchanged. ``--grpc-transport grpcio``

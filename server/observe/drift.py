@@ -34,11 +34,10 @@ from server.observe.metrics import Metrics
 log = logging.getLogger("turnout.drift")
 
 # How often the request path's buffers go to the monitor process. Each flush concatenates the
-# buffered rows on the event loop (about 0.3 ms per 1,000 single-row requests), so a short interval
-# keeps each of these pauses short: at 500 ms, HTTP at concurrency 32 (~11,000 requests/s) saw its
-# p99 rise from ~4.5 to ~7.5 ms; at 100 ms, to ~5.2 ms (wrk, 3 runs each). The hand-off itself is
-# a queue put on the loop; a sender thread then pickles the rows (about 0.2 ms per 1,000 rows with
-# the GIL held) and writes the pipe. Reports flush first, so nothing waits on this.
+# buffered rows on the event loop, so a short interval keeps each of these pauses short (the
+# measured effect on p99 is in benchmarks/results/NOTES.md). The hand-off itself is a queue put on
+# the loop; a sender thread then pickles the rows and writes the pipe. Reports flush first, so
+# nothing waits on this.
 FLUSH_INTERVAL_S = 0.1
 
 STATUS_CODE = {"collecting": 0, "ok": 1, "warning": 2, "drift": 3}

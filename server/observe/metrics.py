@@ -3,8 +3,8 @@
 The per-request metrics (request counts, latency, batch size, queue and compute time) are
 kept as tallies: plain counts on the event loop thread, added to their Prometheus children by
 :meth:`Metrics.flush` before every scrape and once a second. A Prometheus child takes a lock
-and walks its buckets on every update; four histograms and a counter per request cost ~15 µs
-of the event loop's time that way (a micro-benchmark of the gRPC handler), a tally ~1 µs.
+and walks its buckets on every update, which costs the event loop far more per request than a
+plain count (benchmarks/results/NOTES.md).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from server.grpc.call import Call
 from server.grpc.context import Aborted, Context
 from server.grpc.http2 import MAX_HEADER_LIST, H2Connection, H2Stream
 from server.grpc.messages import MessageReader
-from server.grpc.streams import RequestHead, receiving
+from server.grpc.streams import RequestHead, answering, receiving
 from server.grpc.wire import H2Error
 
 if TYPE_CHECKING:
@@ -344,7 +344,10 @@ class GrpcConnection(Answering, asyncio.Protocol):
         self._end_call(call)
         if call.ctx is not None:
             call.ctx.done_ = True
-        # cancelled before it started: answered here (a no-op for a stream already closed)
+        if not answering(call.h2.state):  # answered (the common case), or reset
+            self._close_if_done()
+            return
+        # cancelled before it started: answered here
         self._finish(
             call,
             *(

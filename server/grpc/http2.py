@@ -232,7 +232,8 @@ class H2Connection:
             if sid > self.last_sid:
                 raise ConnectionError_(H2Error.PROTOCOL_ERROR, "DATA on an idle stream")
             return  # a stream we already closed: frames in flight are dropped (RFC 9113 §5.1)
-        if not receiving(st.state):
+        state = st.state
+        if state is not State.OPEN and state is not State.HALF_CLOSED_LOCAL:  # not receiving()
             self.stream_error(st, H2Error.STREAM_CLOSED)
             return
         st.recv_window -= n
@@ -240,8 +241,8 @@ class H2Connection:
             self.stream_error(st, H2Error.FLOW_CONTROL_ERROR)
             return
         end = bool(flags & END_STREAM)
-        if end:
-            st.state = transition(st.state, Event.RECV_END)
+        if end:  # RECV_END, as TRANSITIONS has it (spelt out: this runs for every request)
+            st.state = State.HALF_CLOSED_REMOTE if state is State.OPEN else State.CLOSED
         self.handler.on_data(st, wire.strip_padding(flags, payload), n, end)
         if st.state is State.CLOSED:
             self.streams.pop(sid, None)
@@ -297,11 +298,11 @@ class H2Connection:
                 raise ConnectionError_(H2Error.ENHANCE_YOUR_CALM, "too many refused streams")
             self._write(wire.rst_stream(sid, H2Error.REFUSED_STREAM))
             return
-        self.flood.earn(self.flood.earn_per_stream)
+        flood = self.flood
+        flood.level = min(flood.capacity, flood.level + flood.earn_per_stream)  # earn(), inline
         st = self.streams[sid] = H2Stream(sid, self.peer_initial_window)
-        st.state = transition(State.IDLE, Event.RECV_HEADERS)
-        if flags & END_STREAM:
-            st.state = transition(st.state, Event.RECV_END)
+        # RECV_HEADERS, then RECV_END with END_STREAM, as TRANSITIONS has it
+        st.state = State.HALF_CLOSED_REMOTE if flags & END_STREAM else State.OPEN
         size = sum(len(name) + len(value) + 32 for name, value in headers)  # RFC 9113 6.5.2
         if size > MAX_HEADER_LIST:
             self.handler.on_oversized(st, size)
@@ -403,13 +404,16 @@ class H2Connection:
     def send_answer(self, st: H2Stream, head: bytes, body: bytes, tail: bytes) -> bool:
         """Headers, one DATA frame and trailers in one write, if the windows allow all of
         ``body`` now (the common case for a unary answer); False otherwise, and nothing is sent."""
-        n, max_frame = len(body), self.peer_max_frame
-        if n > min(self.send_window, st.send_window, max_frame) or not answering(st.state):
+        n, max_frame, state = len(body), self.peer_max_frame, st.state
+        if n > min(self.send_window, st.send_window, max_frame) or (
+            state is not State.OPEN and state is not State.HALF_CLOSED_REMOTE  # not answering()
+        ):
             return False
         self.send_window -= n
         st.send_window -= n
-        self.flood.earn(n / SENT_PER_CREDIT)
-        st.state = transition(st.state, Event.SEND_END)
+        flood = self.flood
+        flood.level = min(flood.capacity, flood.level + n / SENT_PER_CREDIT)  # earn(), inline
+        st.state = State.HALF_CLOSED_LOCAL if state is State.OPEN else State.CLOSED  # SEND_END
         sid = st.sid
         self._write(
             (
@@ -446,7 +450,7 @@ class H2Connection:
     def credit(self, st: H2Stream, n: int) -> None:
         """The handler has taken ``n`` of ``st``'s received bytes: the peer may send them again."""
         st.recv_credit += n
-        if receiving(st.state) and st.recv_credit >= STREAM_WINDOW // 2:
+        if st.recv_credit >= STREAM_WINDOW // 2 and receiving(st.state):
             self._write(wire.window_update(st.sid, st.recv_credit))
             st.recv_window += st.recv_credit
             st.recv_credit = 0

@@ -368,3 +368,12 @@ def test_arbitrary_frame_sequences_end_in_a_defined_state(
         assert core.error is not None
         core.receive(frame(PING, 0, 0, b"12345678"), 2.0)
         assert core.data_to_send() == b""
+
+
+def test_the_spelt_out_hot_path_states_are_the_tables() -> None:
+    """http2.py assigns these directly on every request; they must be what TRANSITIONS says."""
+    assert transition(State.IDLE, Event.RECV_HEADERS) is State.OPEN
+    assert transition(State.OPEN, Event.RECV_END) is State.HALF_CLOSED_REMOTE
+    assert transition(State.HALF_CLOSED_LOCAL, Event.RECV_END) is State.CLOSED
+    assert transition(State.OPEN, Event.SEND_END) is State.HALF_CLOSED_LOCAL
+    assert transition(State.HALF_CLOSED_REMOTE, Event.SEND_END) is State.CLOSED

@@ -257,7 +257,8 @@ def batching_config(config: ModelConfig, settings: Settings) -> BatchingConfig |
         default_timeout_s=(qp.default_timeout_microseconds / 1e6)
         if qp.default_timeout_microseconds
         else None,
-        allow_timeout_override=True,
+        # with no default timeout there is nothing to override: a request's own timeout applies
+        allow_timeout_override=qp.allow_timeout_override or not qp.default_timeout_microseconds,
         priority_levels=levels,
         default_priority=min(max(int(db.default_priority_level) or levels, 1), levels),
         instance_count=instance_count(config),

@@ -33,7 +33,6 @@ class Call:
         "queue",
         "reader",
         "received",
-        "reset",
         "task",
         "timer",
     )
@@ -55,7 +54,6 @@ class Call:
         self.received = 0
         self.queue: asyncio.Queue[Any] | None = None
         self.headers_sent = False
-        self.reset = False  # the stream was reset (by the peer, or for a stream error)
         self.expired = False
         self.task: asyncio.Task[None] | None = None
         self.ctx: Context | None = None

@@ -52,7 +52,7 @@ class GrpcConnection(Answering, asyncio.Protocol):
         self.host = ""
         self.opened_at = self.last_rx = self.loop.time()
         self.h2: H2Connection = server.h2_engine(
-            self, max_streams=server.max_streams, now=self.opened_at, count=server.count
+            self, max_streams=server.limits.max_streams, now=self.opened_at, count=server.count
         )
         self.flush_scheduled = False
         self.waiters: list[asyncio.Future[None]] = []  # senders waiting for window or for the socket
@@ -66,7 +66,7 @@ class GrpcConnection(Answering, asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        if len(self.server.connections) >= self.server.limits_.max_connections:
+        if len(self.server.connections) >= self.server.limits.max_connections:
             # refused before it costs more than a file descriptor for an instant
             self.refused = self.closed = True
             self.server.count("connection_refused")
@@ -127,7 +127,7 @@ class GrpcConnection(Answering, asyncio.Protocol):
     # ------------------------------------------------------------------ the core's callbacks
 
     def accept(self) -> bool:
-        return self.queued <= self.server.limits_.max_queued_bytes
+        return self.queued <= self.server.limits.max_queued_bytes
 
     def on_oversized(self, st: H2Stream, size: int) -> None:
         msg = f"request metadata of {size} bytes exceeds the limit of {MAX_HEADER_LIST}"
@@ -261,7 +261,7 @@ class GrpcConnection(Answering, asyncio.Protocol):
     def _admit(self, call: Call) -> bool:
         """Take a call slot if the server limits this method (when its request has arrived, so a
         client that never finishes a request holds none); answer RESOURCE_EXHAUSTED if none is free."""
-        if self.server.limits(call.path):
+        if self.server.is_limited(call.path):
             if not self.server.admit():
                 self._finish_early(call, grpc.StatusCode.RESOURCE_EXHAUSTED, "too many concurrent calls")
                 return False
@@ -377,7 +377,6 @@ class GrpcConnection(Answering, asyncio.Protocol):
             self._finish_early(call, grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
 
     def _cancel(self, call: Call) -> None:
-        call.reset = True
         if call.ctx is not None:
             call.ctx.cancelled_ = True
         if call.task is not None:
@@ -403,7 +402,7 @@ class GrpcConnection(Answering, asyncio.Protocol):
 
     def sweep(self, now: float) -> None:
         """Enforce the timeouts (``TransportLimits``); the server calls this about once a second."""
-        lim = self.server.limits_
+        lim = self.server.limits
         if self.closed or self.transport is None:
             return
         age = now - self.opened_at

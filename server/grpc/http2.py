@@ -303,13 +303,13 @@ class H2Connection:
         st = self.streams[sid] = H2Stream(sid, self.peer_initial_window)
         # RECV_HEADERS, then RECV_END with END_STREAM, as TRANSITIONS has it
         st.state = State.HALF_CLOSED_REMOTE if flags & END_STREAM else State.OPEN
-        size = sum(len(name) + len(value) + 32 for name, value in headers)  # RFC 9113 6.5.2
-        if size > MAX_HEADER_LIST:
-            self.handler.on_oversized(st, size)
-            return
-        if headers is self._last_headers and self._last_head is not None:  # the HPACK memo's block
-            head = self._last_head
+        if headers is self._last_headers and self._last_head is not None:
+            head = self._last_head  # the HPACK memo's block again: sized and validated already
         else:
+            size = sum(len(name) + len(value) + 32 for name, value in headers)  # RFC 9113 6.5.2
+            if size > MAX_HEADER_LIST:
+                self.handler.on_oversized(st, size)
+                return
             try:
                 head = request_head(headers, self.known_fields)
             except StreamError as exc:

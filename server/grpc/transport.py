@@ -56,8 +56,7 @@ class AsyncioGrpcServer:
         self.loop = asyncio.get_running_loop()
         self.max_message_bytes = max_message_bytes
         self.max_calls = max_calls
-        self.limits_ = limits or TransportLimits()
-        self.max_streams = self.limits_.max_streams
+        self.limits = limits or TransportLimits()
         self.limited = frozenset(limited) if limited is not None else None
         self.max_frame = max_frame  # largest frame we accept (SETTINGS_MAX_FRAME_SIZE default)
         self.reuse_port = reuse_port
@@ -88,7 +87,7 @@ class AsyncioGrpcServer:
         for method, handler in handlers.items():
             self._registered[f"/{service}/{method}"] = handler
 
-    def limits(self, path: str) -> bool:
+    def is_limited(self, path: str) -> bool:
         """Does a call of this method need one of the ``max_calls`` slots?"""
         return self.limited is None or path in self.limited
 
@@ -137,7 +136,7 @@ class AsyncioGrpcServer:
                 lambda: GrpcConnection(self),
                 sock=sock,
                 ssl=tls,
-                ssl_handshake_timeout=self.limits_.handshake_timeout_s if tls is not None else None,
+                ssl_handshake_timeout=self.limits.handshake_timeout_s if tls is not None else None,
             )
             self._servers.append(server)
         self._sweeper = self.loop.create_task(self._sweep_forever())

@@ -242,8 +242,6 @@ class HeadHoldingHttpToolsProtocol(HttpToolsProtocol):
         self._unset_keepalive_if_required()
         try:
             self.parser.feed_data(data)
-        except _Refused as exc:  # raised before the parser saw the bytes
-            self._refuse(exc.status, str(exc))
         except httptools.HttpParserError as exc:
             if isinstance(exc.__context__, _Refused):  # raised in one of our parser callbacks
                 self._refuse(exc.__context__.status, str(exc.__context__))

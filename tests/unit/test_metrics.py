@@ -16,10 +16,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _values(text: bytes) -> dict[str, float]:
-    """Sample name+labels -> value, without the creation timestamps (which differ)."""
+    """Sample name+labels -> value of Turnout's own metrics, without the creation timestamps (which
+    differ) and the process collector's samples (CPU time and memory move between two scrapes)."""
     out: dict[str, float] = {}
     for line in text.decode().splitlines():
-        if line.startswith("#") or "_created" in line:
+        if line.startswith(("#", "process_", "python_")) or "_created" in line:
             continue
         key, value = line.rsplit(" ", 1)
         out[key] = float(value)

@@ -27,6 +27,8 @@ from prometheus_client import CollectorRegistry
 
 from drift import DriftConfig
 from model_store.config import instance_count
+from model_store.errors import ModelStoreError
+from model_store.layout import stage_single_model
 from model_store.registry import ModelRegistry
 from model_store.repository import LocalRepository
 from model_store.session import Session, SessionOptions
@@ -526,6 +528,17 @@ def open_repository(settings: Settings) -> LocalRepository:
 
         cache = settings.repository_cache_dir or Path(tempfile.mkdtemp(prefix="turnout-repo-"))
         return S3Repository(settings.model_repository, cache, endpoint_url=settings.s3_endpoint_url)
+    if settings.single_model is not None:
+        # one model's files (KServe's /mnt/models) staged as a repository of links
+        dest = Path(tempfile.mkdtemp(prefix="turnout-single-", dir=settings.repository_cache_dir))
+        try:
+            stage_single_model(Path(settings.model_repository), settings.single_model, dest)
+        except ModelStoreError as exc:
+            raise StartError(str(exc)) from exc
+        log.info(
+            "serving %s as model %s (staged in %s)", settings.model_repository, settings.single_model, dest
+        )
+        return LocalRepository(dest)
     return LocalRepository(Path(settings.model_repository))
 
 

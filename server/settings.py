@@ -62,6 +62,12 @@ class Settings(BaseSettings):
         description="explicit mode: models to load at start, comma-separated or repeated; '*' for all",
     )
     strict_model_config: bool = Field(False, description="require inputs and outputs in config.pbtxt")
+    single_model: str | None = Field(
+        None,
+        description="the repository directory holds one model's files (KServe's /mnt/models: a .onnx"
+        " file or numbered version directories, config.pbtxt optional): serve them as this model"
+        " (docs/kubernetes.md)",
+    )
 
     # processes
     workers: int = Field(1, ge=1, description="server processes sharing the ports (SO_REUSEPORT)")
@@ -285,6 +291,8 @@ class Settings(BaseSettings):
         tokens = self.admin_token or self.auth_tokens_file or self.auth_tokens
         if (self.auth_infer or self.auth_metrics) and not tokens:
             raise ValueError("auth_infer and auth_metrics need tokens (admin_token or auth_tokens_file)")
+        if self.single_model is not None and self.is_remote:
+            raise ValueError("single_model needs a local directory, not an s3:// repository")
         if self.tls_client_ca is not None and not (self.tls_cert and self.tls_key):
             raise ValueError("tls_client_ca needs tls_cert and tls_key")
         return self

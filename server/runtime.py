@@ -103,6 +103,7 @@ class Runtime:
             on_load_failure=self._load_failed,
         )
         self.core = Core(self.models, self.metrics)
+        self.metrics.sample(lambda: self.metrics.inflight.set(self.core.in_flight))
         store = ControlPlaneStore(settings.state_dir / "control") if settings.state_dir else None
         self.drift: DriftWiring | None = None
         if settings.drift:

@@ -52,7 +52,7 @@ def test_no_or_several_graphs_are_refused(tmp_path: Path, files: tuple[str, ...]
     src.mkdir()
     for f in files:
         (src / f).write_bytes(b"x")
-    with pytest.raises(ModelStoreError, match="not exactly one .onnx file"):
+    with pytest.raises(ModelStoreError, match=r"not exactly one \.onnx file"):
         stage_single_model(src, "m", tmp_path / "stage")
 
 

@@ -330,6 +330,12 @@ def test_the_runtime_serves_onnx_over_both_v2_protocols_for_its_inference_servic
     grpc_port = objects["inference-service-grpc.yaml"]["spec"]["predictor"]["model"]["ports"][0]
     assert grpc_port["name"] == "h2c" and f"--grpc-port={grpc_port['containerPort']}" in c["args"]
     assert "--http-port=8080" in c["args"]  # KServe's HTTP port
+    # requests in flight finish before the kubelet's SIGKILL: the pod's grace period (Kubernetes'
+    # default 30 s unless the predictor sets one) is above Turnout's exit timeout
+    exit_timeout = float({e["name"]: e["value"] for e in c["env"]}["TURNOUT_EXIT_TIMEOUT_SECS"])
+    for name in ("inference-service.yaml", "inference-service-grpc.yaml"):
+        predictor = objects[name]["spec"]["predictor"]
+        assert predictor.get("terminationGracePeriodSeconds", 30) > exit_timeout, name
 
 
 @pytest.mark.parametrize("layout", ["model-file", "versions"])

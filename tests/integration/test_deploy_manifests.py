@@ -211,9 +211,12 @@ def test_production_scales_on_a_metric_turnout_exports(demo_server: ServerProc) 
 
 
 @contextlib.contextmanager
-def pod_like_server(objects: list[dict[str, Any]], root: Path) -> Iterator[ServerProc]:
-    """The dev overlay's pod, here: its init containers' commands with the volume paths moved
-    under ``root``, then Turnout with the container's settings (ports and host left to the test)."""
+def pod_like_server(
+    objects: list[dict[str, Any]], root: Path, extra_env: dict[str, str] | None = None
+) -> Iterator[ServerProc]:
+    """An overlay's pod, here: its init containers' commands with the volume paths moved under
+    ``root``, then Turnout with the container's settings (ports and host left to the test) and
+    ``extra_env`` (what Secrets would give it)."""
     deployment = one(objects, "Deployment", "turnout")
     pod = deployment["spec"]["template"]["spec"]
     c = container(deployment)
@@ -241,6 +244,7 @@ def pod_like_server(objects: list[dict[str, Any]], root: Path) -> Iterator[Serve
     env = {k: move(v) for k, v in container_env(objects, c).items()}
     for k in ("TURNOUT_HTTP_PORT", "TURNOUT_GRPC_PORT"):
         env.pop(k)
+    env.update(extra_env or {})
     server = start_server(root / "run", repo=None, env=env)
     try:
         yield server
@@ -260,6 +264,35 @@ def test_the_dev_pod_serves_the_demo_repository_with_its_policy(tmp_path: Path) 
         x = {"name": "input", "datatype": "FP32", "shape": [1, 32], "data": [0.5] * 32}
         r = httpx.post(f"{server.base}/v2/models/mlp/infer", json={"inputs": [x]}, timeout=10)
         assert r.status_code == 200 and r.json()["model_version"] in ("1", "2")
+
+
+def test_the_production_pod_serves_its_s3_repository(tmp_path: Path) -> None:
+    """The production overlay's settings against an S3-compatible server (moto, on loopback) that
+    holds the demo repository under the overlay's bucket and prefix."""
+    from moto.server import ThreadedMotoServer
+    from s3fs import S3FileSystem
+
+    objects = render(DEPLOY / "kubernetes" / "overlays" / "production")
+    settings = container_env(objects, container(one(objects, "Deployment", "turnout")))
+    bucket, _, prefix = settings["TURNOUT_MODEL_REPOSITORY"].removeprefix("s3://").partition("/")
+    creds = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    moto.start()
+    try:
+        endpoint = f"http://127.0.0.1:{moto._server.server_port}"
+        fs = S3FileSystem(key="test", secret="test", client_kwargs={"endpoint_url": endpoint})
+        fs.mkdir(bucket)
+        for path in DEMO_REPO.rglob("*"):
+            if path.is_file():
+                fs.put_file(str(path), f"{bucket}/{prefix}/{path.relative_to(DEMO_REPO)}")
+        # the Secret turnout-s3 gives the AWS_* variables; the endpoint is for a non-AWS store
+        with pod_like_server(objects, tmp_path, {**creds, "TURNOUT_S3_ENDPOINT_URL": endpoint}) as server:
+            x = {"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}
+            r = httpx.post(f"{server.base}/v2/models/iris/infer", json={"inputs": [x]}, timeout=10)
+            assert r.status_code == 200, r.text
+            assert any((tmp_path / "cache").rglob("model.onnx"))  # mirrored into the cache volume
+    finally:
+        moto.stop()
 
 
 # -- KServe --------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 A real server runs with the dev overlay's traffic policy (mlp: version 2 as a canary and a shadow)
 and small drift windows, takes traffic (successes, errors, canary, shadow, drift), and is scraped.
-Every metric name in every panel's PromQL and in the template variables' queries must be one the
+Every panel's PromQL and every template variable's query must parse (promql-parser, with Grafana's
+variables filled in), and every metric name in them must be one the
 scrape declares, with the suffix its type gives it (``_total`` for a counter, ``_bucket``, ``_sum``
 and ``_count`` for a histogram, none for a gauge), and every ``histogram_quantile`` reads buckets;
 all but the few that count rare events must also have samples by then.
@@ -16,6 +17,7 @@ import time
 from typing import Any
 
 import httpx
+import promql_parser
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -26,30 +28,36 @@ POLICIES = ROOT / "deploy" / "kubernetes" / "overlays" / "dev" / "policies.json"
 # series that only exist once something rare happened (a full queue, a failed load, an edge refusal)
 RARE = {"turnout_rejected_requests_total", "turnout_model_load_failures_total", "turnout_edge_events_total"}
 
-KEYWORDS = {
-    *("by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset"),
-    *("and", "or", "unless", "inf", "nan"),
-    # aggregations, which may be followed by `by (...)` before their parenthesis
-    *("sum", "min", "max", "avg", "count", "stddev", "stdvar", "topk", "bottomk", "quantile", "group"),
-    "count_values",
-}
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+# what Grafana puts in place of its variables before Prometheus sees a query
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h"}
+
+
+def parse(expr: str) -> Any:
+    """The PromQL expression's syntax tree (promql-parser), Grafana's variables filled in as
+    Grafana would: intervals with durations, the dashboard's own ($model, $job) with a regex."""
+    for var, value in GRAFANA_VARIABLES.items():
+        expr = expr.replace(var, value)
+    expr = re.sub(r"\$\{?\w+\}?", ".*", expr)
+    return promql_parser.parse(expr)
 
 
 def metric_names(expr: str) -> set[str]:
-    """The metric names a PromQL expression (with Grafana's $variables) reads."""
-    e = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # string literals
-    e = re.sub(r"\$\{?\w+\}?", " ", e)  # Grafana variables ($__rate_interval, ${datasource})
-    e = re.sub(r"\{[^}]*\}", " ", e)  # label matchers
-    e = re.sub(r"\[[^\]]*\]", " ", e)  # range selectors
-    e = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", r" \1 ", e)  # label lists
-    names = set()
-    for m in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", e):
-        if m.start() > 0 and (e[m.start() - 1].isdigit() or e[m.start() - 1] == "."):
-            continue  # the exponent of a number (1e3)
-        if e[m.end() :].lstrip().startswith("(") or m.group(0) in KEYWORDS:
-            continue  # a function or an aggregation, a keyword
-        names.add(m.group(0))
+    """The metric names a PromQL expression reads (ValueError if it does not parse)."""
+    names: set[str] = set()
+    stack = [parse(expr)]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, promql_parser.VectorSelector):
+            assert node.name, f"a selector without a metric name in {expr}"
+            names.add(node.name)
+            continue
+        for attr in ("vector_selector", "expr", "param", "lhs", "rhs", "args"):
+            child = getattr(node, attr, None)
+            if isinstance(child, list):
+                stack.extend(child)
+            elif child is not None and not isinstance(child, str | int | float):
+                stack.append(child)
     return names
 
 
@@ -60,6 +68,8 @@ def test_metric_names_are_read_out_of_promql() -> None:
     )
     assert metric_names(expr) == {"a_bucket", "b_total", "c"}
     assert metric_names("histogram_quantile(0.99, sum by (le) (rate(x_bucket[5m])))") == {"x_bucket"}
+    with pytest.raises(ValueError):
+        metric_names("sum(rate(x[5m])")
 
 
 def dashboard_queries(dash: dict[str, Any]) -> list[tuple[str, str]]:

@@ -397,3 +397,30 @@ def test_the_runtime_args_serve_what_the_storage_initializer_lays_out(tmp_path: 
         assert {o["name"] for o in r.json()["outputs"]} == {"label", "probabilities"}
     finally:
         assert server.stop() == 0, server.log()
+
+
+def test_a_storage_uri_that_is_not_one_model_stops_the_start_with_the_reason(tmp_path: Path) -> None:
+    mnt = tmp_path / "mnt" / "models"
+    mnt.mkdir(parents=True)
+    for name in ("a.onnx", "b.onnx"):
+        shutil.copy(DEMO_REPO / "iris" / "1" / "model.onnx", mnt / name)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "server",
+            "serve",
+            str(mnt),
+            "--single-model=iris",
+            "--http-port=0",
+            "--grpc-port=0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if not k.startswith("TURNOUT_")},
+        check=False,
+    )
+    assert out.returncode == 1, out.stderr
+    assert "not exactly one .onnx file (a.onnx, b.onnx)" in out.stderr

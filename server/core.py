@@ -17,6 +17,7 @@ from server.errors import InvalidInput, NotFound, TurnoutError, wire_status
 from server.model_ops import ModelOpsLog
 from server.observe.metrics import Metrics
 from server.observe.stats import VersionStats
+from server.observe.triton_metrics import failure_reason
 from server.types import InferRequest, InferResponse, Tensor
 from server.validation import validate_inputs, validate_outputs
 
@@ -167,7 +168,7 @@ class Core:
         latency = self.clock() - t0
         code = wire_status(exc).grpc.name.lower()
         self.metrics.requests.labels(req.model_name, sv.version, req.protocol, code).inc()
-        sv.runner.stats.record_failure(int(latency * 1e9))
+        sv.runner.stats.record_failure(int(latency * 1e9), failure_reason(code))
         # only server-side failures count against a version in rollouts; bad input is the client's
         server_fault = not isinstance(exc, InvalidInput) and (
             not isinstance(exc, TurnoutError) or wire_status(exc).http >= 500

@@ -101,6 +101,7 @@ class Runtime:
             on_load_failure=self._load_failed,
         )
         self.core = Core(self.models, self.metrics)
+        self.metrics.triton.attach(self.core.statistics)
         store = ControlPlaneStore(settings.state_dir / "control") if settings.state_dir else None
         self.drift: DriftWiring | None = None
         if settings.drift:

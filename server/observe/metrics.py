@@ -25,6 +25,8 @@ from prometheus_client import (
     multiprocess,
 )
 
+from server.observe.triton_metrics import Split, TritonMetrics, render
+
 LATENCY_BUCKETS = (
     0.0001,
     0.00025,
@@ -148,6 +150,8 @@ class Metrics:
         self.registry = registry
         self._tallies: dict[tuple[Any, ...], HistogramTally | CounterTally] = {}
         self.process = ProcessMetrics(registry, multiprocess_mode())
+        # Triton's nv_* names, read from the statistics (attached by the runtime)
+        self.triton = TritonMetrics(registry, multiprocess_mode())
         self.requests = Counter(
             "turnout_requests",
             "Inference requests by outcome",
@@ -281,18 +285,21 @@ class Metrics:
         for tally in self._tallies.values():
             tally.flush()
         self.process.flush()
+        self.triton.flush()
 
     def exposition(self) -> bytes:
         self.flush()
-        return exposition(self.registry)
+        return exposition(self.registry) + self.triton.exposition()
 
 
 def exposition(registry: CollectorRegistry) -> bytes:
     """The text exposition: this process's registry, or every worker's when the server runs
-    several processes (PROMETHEUS_MULTIPROC_DIR set by the supervisor)."""
+    several processes (PROMETHEUS_MULTIPROC_DIR set by the supervisor), the nv_* counters
+    summed over the workers."""
     if multiprocess_mode():
         merged = CollectorRegistry()
         multiprocess.MultiProcessCollector(merged)
         PlatformCollector(registry=merged)  # python_info: the same in every worker
-        return generate_latest(merged)
+        split = Split(merged.collect())  # the nv_* sums are written as Triton's counters
+        return generate_latest(split) + render(split.nv)
     return generate_latest(registry)

@@ -71,6 +71,7 @@ HTTP_POLICY: dict[tuple[str, str], Need] = {
             (("POST", prefix + "/infer"), Need.INFER),  # answered by server/http/infer_route.py
         )
     },
+    ("GET", "/v2/models/{model}/versions/{version}/drift/counts"): Need.READ,
     ("GET", "/admin/traffic"): Need.READ,
     ("GET", "/admin/models/{model}/traffic"): Need.READ,
     ("PUT", "/admin/models/{model}/traffic"): Need.ADMIN,

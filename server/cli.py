@@ -129,6 +129,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from server.admin_cli import add_admin_commands
 
     add_admin_commands(sub)
+    from server.fleet_cli import add_fleet_commands
+
+    add_fleet_commands(sub)
     token_hash_parser(sub)
     ns = parser.parse_args(argv)
     if ns.command != "serve":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -55,13 +56,23 @@ class Fleet:
     args: list[str]
     repo: Path
 
-    def restart(self, i: int) -> int:
-        """SIGTERM replica ``i``, wait for its exit, start it again on the same ports."""
-        code = self.replicas[i].stop(timeout=T)
+    def restart(self, i: int) -> tuple[int, bool]:
+        """SIGTERM replica ``i``, wait for its exit, start it again on the same ports. Returns
+        its exit status and whether HAProxy had taken it out of rotation before it exited."""
+        old = self.replicas[i]
+        old.proc.send_signal(signal.SIGTERM)
+        name = self.backends[i].name
+        deadline = time.monotonic() + T
+        while not all(v.startswith("DOWN") for (_, n), v in self.haproxy.status().items() if n == name):
+            if not old.alive() or time.monotonic() > deadline:
+                break
+            time.sleep(0.005)
+        down_first = old.alive()
+        code = old.stop(timeout=T)
         self.replicas[i] = start_server(
             self.workdir / f"r{i}", self.repo, [*self.args, *_ports(self.backends[i])]
         )
-        return code
+        return code, down_first
 
 
 def _ports(b: Backend) -> list[str]:
@@ -128,11 +139,13 @@ def test_rolling_restart_loses_no_request(fleet: Fleet) -> None:
     hap = fleet.haproxy
     load = LoadDriver(hap.grpc_url, hap.http_url, "mlp", _mlp_input, model_version="1", max_seconds=90)
     load.start()
-    codes = []
+    codes, down_first = [], []
     try:
         _wait_count(load, 50)
         for i, b in enumerate(fleet.backends):
-            codes.append(fleet.restart(i))
+            code, first = fleet.restart(i)
+            codes.append(code)
+            down_first.append(first)
             hap.wait(b.name, "UP")
             _wait_count(load, load.count() + 60)  # every replica takes load again before the next goes
     finally:
@@ -142,7 +155,8 @@ def test_rolling_restart_loses_no_request(fleet: Fleet) -> None:
     _report(
         f"rolling restart of 3 replicas: {len(outcomes)} requests "
         f"(gRPC {by_proto['grpc']}, HTTP {by_proto['http']}), {len(failures)} failed; "
-        f"HAProxy retries and redispatches by backend: {hap.retries()}"
+        f"HAProxy retries and redispatches by backend: {hap.retries()}; "
+        f"out of rotation (readiness 503) while still running: {down_first}"
     )
     assert codes == [0, 0, 0]
     assert not failures, failures[:5]

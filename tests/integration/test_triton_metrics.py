@@ -73,6 +73,9 @@ def test_nv_metrics_match_statistics_and_requests(tmp_path: Path) -> None:
         send(server, good, bad)
         text = httpx.get(f"{server.base}/metrics").text
         stats = httpx.get(f"{server.base}/v2/models/iris/versions/1/stats").json()["model_stats"][0]
+        grpc_stats = grpcclient.InferenceServerClient(server.grpc_url).get_inference_statistics(
+            "iris", "1", as_json=True
+        )["model_stats"][0]
     for name in NV:
         assert f"# TYPE {name} counter" in text, name
     samples = parse_nv(text)
@@ -92,6 +95,10 @@ def test_nv_metrics_match_statistics_and_requests(tmp_path: Path) -> None:
     assert nv(samples, "nv_inference_exec_count", **iris) == stats["execution_count"]
     assert 1 <= stats["execution_count"] <= good
     inference = stats["inference_stats"]
+    # gRPC ModelStatistics says the same (int64 fields come as strings in protobuf's JSON)
+    assert int(grpc_stats["inference_stats"]["success"]["count"]) == good
+    assert int(grpc_stats["inference_stats"]["fail"]["count"]) == bad
+    assert int(grpc_stats["inference_count"]) == 2 * good
     assert nv(samples, "nv_inference_request_duration_us", **iris) == inference["success"]["ns"] // 1000 > 0
     assert nv(samples, "nv_inference_queue_duration_us", **iris) == inference["queue"]["ns"] // 1000
     assert (

@@ -33,7 +33,7 @@ from drift.histogram import HistogramSet
 from drift.report import histogram_list
 from tests.haproxy import HAPROXY, Backend, HAProxy, free_port, running_haproxy
 from tests.integration.load import LoadDriver
-from tests.integration.test_triton_metrics import nv, parse_nv
+from tests.integration.prom import nv, parse_nv
 from tests.server_proc import DEMO_REPO, ROOT, ServerProc, start_server
 
 pytestmark = pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed (apt-get install haproxy)")

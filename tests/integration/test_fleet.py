@@ -5,7 +5,7 @@ behind a real HAProxy for HTTP and for gRPC over h2c.
 - A canary split set once holds on every replica (chi-square), and a routing key lands on the
   same version whichever replica answers.
 - Drift counts of different replicas merge (``turnout drift merge``) into exactly the report on
-  all their rows.
+  all their rows, computed offline and by one replica that served them all.
 - The replicas' ``/metrics``, summed, count exactly the requests sent through the balancer.
 """
 
@@ -305,7 +305,7 @@ def test_fleet_drift_merge_equals_the_report_on_all_rows(fleet: Fleet) -> None:
     merged = json.loads(out.stdout)
     assert [r["rows"] for r in merged["replicas"]] == [len(p) for p in slices]
     # offline: the same reference, every row binned in one place
-    one = httpx.get(f"{fleet.replicas[0].base}/v2/models/iris/versions/1/drift/counts", timeout=T).json()
+    one = _counts(fleet.replicas[0])
     features = HistogramSet.from_dict({"columns": one["reference"]["features"]}).empty_like()
     features.update(rows)
     offline = {**one, "window": {"rows": len(rows), "features": histogram_list(features), "outputs": []}}
@@ -318,6 +318,25 @@ def test_fleet_drift_merge_equals_the_report_on_all_rows(fleet: Fleet) -> None:
         f"all {len(rows)} rows: {got == expected}; status {got['status']}, features {statuses}"
     )
     assert got["status"] == "drift" and statuses["input[3]"] == "drift"
+    # and one replica that serves all the rows counts them the same (its window grows by exactly them)
+    before = _counts(fleet.replicas[0])
+    _send_iris(fleet.replicas[0], rows)
+    after = _counts(fleet.replicas[0])
+    grown = HistogramSet(features.binning, _hist(after).counts - _hist(before).counts)
+    single = {**after, "window": {"rows": len(rows), "features": histogram_list(grown), "outputs": []}}
+    assert after["window"]["rows"] - before["window"]["rows"] == len(rows)
+    assert counts_report(single) == got
+    _report("drift merge: the report on the rows one replica served, all 900 of them, is the same")
+
+
+def _counts(s: ServerProc) -> dict:
+    r = httpx.get(f"{s.base}/v2/models/iris/versions/1/drift/counts", timeout=T)
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def _hist(counts: dict) -> HistogramSet:
+    return HistogramSet.from_dict({"columns": counts["window"]["features"]})
 
 
 def test_metrics_summed_over_replicas_equal_requests_sent(fleet: Fleet) -> None:

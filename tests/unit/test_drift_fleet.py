@@ -80,3 +80,31 @@ def test_empty_window_is_collecting() -> None:
     report = counts_report(DriftDetector(_reference(), CONFIG).mergeable_counts())
     assert report["status"] == "collecting"
     assert report["window"]["rows"] == 0
+
+
+def test_fleet_report_fetches_each_replica_and_reports_on_the_merge() -> None:
+    from server.fleet_cli import counts_url, fleet_report
+
+    rng = np.random.default_rng(3)
+    rows = rng.normal(size=(400, 4))
+    replicas = {f"http://r{i}:8000": DriftDetector(_reference(), CONFIG) for i in range(2)}
+    for d, part in zip(replicas.values(), (rows[:100], rows[100:]), strict=True):
+        d.observe(part, _outputs(part))
+    single = DriftDetector(_reference(), CONFIG)
+    single.observe(rows, _outputs(rows))
+    asked: list[tuple[str, str | None]] = []
+
+    def fetch(url: str, token: str | None) -> dict:
+        asked.append((url, token))
+        base = url.split("/v2/")[0]
+        return {"model_name": "m", "model_version": "1", **replicas[base].mergeable_counts()}
+
+    report = fleet_report(list(replicas), "m", "1", "tok", fetch)
+    assert asked == [(f"{u}/v2/models/m/versions/1/drift/counts", "tok") for u in replicas]
+    assert report.pop("replicas") == [
+        {"url": u, "rows": n} for u, n in zip(replicas, (100, 300), strict=True)
+    ]
+    assert report == {"model_name": "m", "model_version": "1", **counts_report(single.mergeable_counts())}
+    assert counts_url("http://h:1/v2/models/a/versions/2/drift/counts", "x", "y").endswith(
+        "/a/versions/2/drift/counts"
+    )

@@ -2,16 +2,17 @@
 
 Nothing is counted twice and nothing is added to the request path: the values are read from
 the same :class:`~server.observe.stats.VersionStats` that ``/v2/models/{m}/stats`` and gRPC
-ModelStatistics report, when the registry is collected (one process) or when
+ModelStatistics report, when ``/metrics`` is scraped (one process) or when
 :meth:`TritonMetrics.flush` runs before a scrape and once a second (several workers). So the two
-views agree by construction.
+views agree by construction. The text is written here rather than by prometheus_client, which
+would name a counter's samples ``..._total``.
 
 Names, labels and meaning follow Triton: ``nv_inference_request_success`` and
 ``nv_inference_request_failure{reason}`` count requests; ``nv_inference_count`` counts
 inferences (batch rows); ``nv_inference_exec_count`` counts batch executions; the
 ``*_duration_us`` counters are cumulative microseconds (request duration of successful requests,
-queue time and compute time per request). Triton exposes them as counters without a ``_total``
-suffix, and so do we.
+queue time, and compute time as the statistics count it). Triton exposes them as counters
+without a ``_total`` suffix, and so do we.
 """
 
 from __future__ import annotations

@@ -46,11 +46,15 @@ from server.grpc.transport import AsyncioGrpcServer
 from server.http.access import secure_routes
 from server.http.admin import admin_routes
 from server.http.app import build_app, build_routes
+from server.http.feedback import feedback_routes
 from server.http.infer_route import InferRoute
 from server.http.protocol import HeadHoldingHttpToolsProtocol, HttpLimits
 from server.model_ops import ModelOpsLog
 from server.observe.drift import DriftWiring
+from server.observe.feedback import Feedback
 from server.observe.metrics import Metrics
+from server.observe.recording import Recorder
+from server.observe.request_log import RequestLog, Rotation
 from server.observe.stats import VersionStats
 from server.os_limits import connection_cap, return_large_buffers
 from server.runner import BatchingRunner, Compute, DirectRunner, Runner, batching_config
@@ -118,6 +122,7 @@ class Runtime:
                 webhook=settings.drift_webhook,
             )
             self.core.observers.append(self.drift)
+        self._operators_loop(settings)
         self.controller = TrafficController(
             store,
             clock=time.time,
@@ -157,6 +162,43 @@ class Runtime:
         self._stopped = asyncio.Event()
         self._background: list[asyncio.Task[Any]] = []
         self._model_tasks: list[asyncio.Task[Any]] = []  # repository polling, other workers' loads
+
+    def _operators_loop(self, s: Settings) -> None:
+        """Request logging and ground-truth feedback (both off unless configured)."""
+        self.request_log: RequestLog | None = None
+        self.feedback: Feedback | None = None
+        self.recorder: Recorder | None = None
+        if s.request_log_dir is not None:
+            rotation = Rotation(
+                s.request_log_max_file_bytes, s.request_log_max_file_secs, s.request_log_max_files
+            )
+            self.request_log = RequestLog(
+                s.request_log_dir,
+                self.metrics,
+                rotation,
+                queue_size=s.request_log_queue,
+                exclude=s.request_log_exclude,
+            )
+        if s.feedback_models:
+            self.feedback = Feedback(
+                self.metrics,
+                models=s.feedback_models,
+                max_predictions=s.feedback_max_predictions,
+                window=s.feedback_window,
+                clock=time.time,
+            )
+        if self.request_log is not None or self.feedback is not None:
+            self.recorder = Recorder(
+                self.metrics,
+                request_log=self.request_log,
+                feedback=self.feedback,
+                sample=s.request_log_sample,
+                rates=s.request_log_rates,
+                clock=time.time,
+            )
+            if self.feedback is not None:
+                self.feedback.sink = self.recorder.feedback_sink
+            self.core.recorder = self.recorder
 
     # ---- model versions -> runners --------------------------------------------------
 
@@ -226,6 +268,8 @@ class Runtime:
         stats = runner.stats
         if self.drift is not None:
             self.drift.forget(stats.name, stats.version)
+        if self.recorder is not None:
+            self.recorder.forget(stats.name, stats.version)
         self.metrics.model_ready.labels(stats.name, stats.version).set(0)
 
     # ---- lifecycle ------------------------------------------------------------------
@@ -305,7 +349,9 @@ class Runtime:
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
         server.add_registered_method_handlers(SERVICE, handlers)  # faster dispatch than the generic lookup
         admin_pb2_grpc.add_AdminServicer_to_server(
-            AdminServicer(self.controller, self.auth, self.drift.report_async if self.drift else None),
+            AdminServicer(
+                self.controller, self.auth, self.drift.report_async if self.drift else None, self.feedback
+            ),
             server,
         )
         health = health_aio.HealthServicer()
@@ -397,8 +443,10 @@ class Runtime:
     def http_routes(self) -> list[Any]:
         """Every Starlette route, before the access checks are put in front of them."""
         s = self.settings
-        return build_routes(self.core, s.max_request_bytes, self.metrics, self.drift) + admin_routes(
-            self.controller
+        return (
+            build_routes(self.core, s.max_request_bytes, self.metrics, self.drift)
+            + feedback_routes(self.feedback)
+            + admin_routes(self.controller)
         )
 
     def http_app(self) -> InferRoute:
@@ -513,6 +561,8 @@ class Runtime:
         await self.mirror.close()
         if self.drift is not None:
             self.drift.stop()
+        if self.request_log is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.request_log.close)
         self.controller.close()
         await self.models.close()
         self.pool.shutdown(wait=True, cancel_futures=True)

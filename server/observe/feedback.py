@@ -181,7 +181,11 @@ class Feedback:
             raise InvalidInput('\'feedback\' must be a list of {"id": ..., "label": ...}')
         if len(items) > MAX_ITEMS:
             raise InvalidInput(f"at most {MAX_ITEMS} feedback items per call, got {len(items)}")
-        store = self.store(model)
+        store = self._stores.get(model)
+        if store is None:  # nothing served yet; a made-up name must not create a store or labels
+            if model not in self.models:
+                raise NotFound(f"no predictions of model '{model}' are kept")
+            store = ModelPredictions(0)
         counts = dict.fromkeys(OUTCOMES, 0)
         touched: set[str] = set()
         for item in items:

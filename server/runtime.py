@@ -129,6 +129,7 @@ class Runtime:
             rng=random.Random(),
             validate=servable(self.models),
             drift=self.drift.status if self.drift is not None else None,
+            accuracy=self.feedback.counts if self.feedback is not None else None,
         )
         self.mirror = ShadowMirror(self.controller.shadow_stats, max_in_flight=settings.shadow_max_in_flight)
         self.traffic = TrafficRouting(self.controller, self.mirror, self.models, self.metrics)

@@ -62,18 +62,24 @@ class ChangeRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Gates(_message.Message):
-    __slots__ = ("max_error_rate_increase", "max_p99_ratio", "max_disagreement", "max_drift_status", "min_requests")
+    __slots__ = ("max_error_rate_increase", "max_p99_ratio", "max_disagreement", "max_drift_status", "min_requests", "max_accuracy_drop", "accuracy_alpha", "min_labelled")
     MAX_ERROR_RATE_INCREASE_FIELD_NUMBER: _ClassVar[int]
     MAX_P99_RATIO_FIELD_NUMBER: _ClassVar[int]
     MAX_DISAGREEMENT_FIELD_NUMBER: _ClassVar[int]
     MAX_DRIFT_STATUS_FIELD_NUMBER: _ClassVar[int]
     MIN_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_ACCURACY_DROP_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_ALPHA_FIELD_NUMBER: _ClassVar[int]
+    MIN_LABELLED_FIELD_NUMBER: _ClassVar[int]
     max_error_rate_increase: float
     max_p99_ratio: float
     max_disagreement: float
     max_drift_status: str
     min_requests: int
-    def __init__(self, max_error_rate_increase: _Optional[float] = ..., max_p99_ratio: _Optional[float] = ..., max_disagreement: _Optional[float] = ..., max_drift_status: _Optional[str] = ..., min_requests: _Optional[int] = ...) -> None: ...
+    max_accuracy_drop: float
+    accuracy_alpha: float
+    min_labelled: int
+    def __init__(self, max_error_rate_increase: _Optional[float] = ..., max_p99_ratio: _Optional[float] = ..., max_disagreement: _Optional[float] = ..., max_drift_status: _Optional[str] = ..., min_requests: _Optional[int] = ..., max_accuracy_drop: _Optional[float] = ..., accuracy_alpha: _Optional[float] = ..., min_labelled: _Optional[int] = ...) -> None: ...
 
 class RolloutPlan(_message.Message):
     __slots__ = ("steps", "hold_seconds", "min_requests", "gates")

@@ -128,6 +128,9 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                     "max_disagreement": g.max_disagreement or None,
                     "max_drift_status": g.max_drift_status or None,
                     "min_requests": g.min_requests or None,
+                    "max_accuracy_drop": g.max_accuracy_drop or None,
+                    "accuracy_alpha": g.accuracy_alpha or None,
+                    "min_labelled": g.min_labelled or None,
                 }
                 plan["gates"] = {k: v for k, v in gates.items() if v is not None}
         self.c.start_rollout(req.model, req.canary, plan, who, req.reason)

@@ -237,6 +237,13 @@ class Feedback:
 
     # ---- reports ------------------------------------------------------------------------
 
+    def counts(self, model: str, version: str) -> tuple[int, int] | None:
+        """A classifier version's (correct, labelled) rows so far (the rollout accuracy gate)."""
+        t = self._tallies.get((model, version))
+        if t is None or t.task != "classification":
+            return None
+        return t.correct, t.labelled
+
     def report(self, model: str, version: str) -> dict[str, Any]:
         if not self.tracks(model):
             raise NotFound(f"model '{model}' does not keep predictions for feedback (--feedback-models)")

@@ -322,7 +322,7 @@ def test_rollout_status_view() -> None:
     assert status is not None
     assert status["rollout"]["weight"] == 0.1
     assert status["canary_window"]["requests"] + status["stable_window"]["requests"] == 500
-    assert [g["name"] for g in status["gates"]] == ["error_rate", "p99_latency", "disagreement", "drift"]
+    assert [g["name"] for g in status["gates"]] == ["error_rate", "p99_latency", "disagreement", "drift", "accuracy"]
     assert len(status["shadow"]) == 1
 
 

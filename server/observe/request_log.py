@@ -194,7 +194,7 @@ class RequestLog:
         files = self._files.get(key)
         if files is None:
             files = self._files[key] = RotatingFiles(
-                self.root / _safe(model) / _safe(version), kind, self.rotation, self.clock
+                self.root / path_component(model) / path_component(version), kind, self.rotation, self.clock
             )
         try:
             files.write(lines)
@@ -218,7 +218,7 @@ class RequestLog:
         self._thread.join(timeout)
 
 
-def _safe(name: str) -> str:
+def path_component(name: str) -> str:
     """A model or version name as one path component."""
     cleaned = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
     return cleaned if cleaned not in ("", ".", "..") else "_"

@@ -200,7 +200,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 items.append({"id": item.id})  # no label: counted invalid
                 continue
             items.append({"id": item.id, "label": label})
-        return pb.FeedbackResponse(**self._feedback().apply(req.model, items))
+        return pb.FeedbackResponse(**await self._feedback().apply_async(req.model, items))
 
     @_guard
     async def GetPerformance(self, req: pb.PerformanceRequest, ctx: Any, who: str) -> pb.PerformanceReport:

@@ -26,7 +26,7 @@ def feedback_routes(feedback: Feedback | None) -> list[BaseRoute]:
         body = loads(await read_body(request, FEEDBACK_BODY_LIMIT))
         if not isinstance(body, dict) or "feedback" not in body:
             raise InvalidInput('the body must be {"feedback": [{"id": ..., "label": ...}, ...]}')
-        return json_response(fb.apply(request.path_params["model"], body["feedback"]))
+        return json_response(await fb.apply_async(request.path_params["model"], body["feedback"]))
 
     async def version_performance(request: Request) -> Response:
         p = request.path_params

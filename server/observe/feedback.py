@@ -16,6 +16,7 @@ per row is a regression's prediction.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections import OrderedDict
 from collections.abc import Callable
@@ -36,6 +37,8 @@ from server.observe.performance import (
 
 OUTCOMES = ("accepted", "duplicate", "unknown", "late", "invalid")
 MAX_ITEMS = 10_000  # feedback items per call
+CHUNK = 256  # items judged between two turns of the event loop
+ESTIMATE_EVERY_S = 5.0  # feedback calls refresh turnout_model_estimated_accuracy at most this often
 
 
 def _width(shape: tuple[int, ...]) -> int:
@@ -146,6 +149,7 @@ class Feedback:
         self._stores: dict[str, ModelPredictions] = {}
         self._tallies: dict[tuple[str, str], PerformanceTally] = {}
         self._evicted_counters: dict[str, Any] = {}
+        self._estimated_at: dict[tuple[str, str], float] = {}
 
     def tracks(self, model: str) -> bool:
         return self.all_models or model in self.models
@@ -175,6 +179,27 @@ class Feedback:
 
     def apply(self, model: str, items: Any) -> dict[str, int]:
         """Join feedback items ``[{"id": ..., "label": ...}]`` with ``model``'s predictions."""
+        store = self._check(model, items)
+        counts = dict.fromkeys(OUTCOMES, 0)
+        touched: set[str] = set()
+        for item in items:
+            counts[self._one(model, store, item, touched)] += 1
+        self._finish(model, counts, touched)
+        return counts
+
+    async def apply_async(self, model: str, items: Any) -> dict[str, int]:
+        """:meth:`apply` on the event loop, giving way to requests every ``CHUNK`` items."""
+        store = self._check(model, items)
+        counts = dict.fromkeys(OUTCOMES, 0)
+        touched: set[str] = set()
+        for n, item in enumerate(items, 1):
+            counts[self._one(model, store, item, touched)] += 1
+            if n % CHUNK == 0:
+                await asyncio.sleep(0)
+        self._finish(model, counts, touched)
+        return counts
+
+    def _check(self, model: str, items: Any) -> ModelPredictions:
         if not self.tracks(model):
             raise NotFound(f"model '{model}' does not keep predictions for feedback (--feedback-models)")
         if not isinstance(items, list):
@@ -186,11 +211,9 @@ class Feedback:
             if model not in self.models:
                 raise NotFound(f"no predictions of model '{model}' are kept")
             store = ModelPredictions(0)
-        counts = dict.fromkeys(OUTCOMES, 0)
-        touched: set[str] = set()
-        for item in items:
-            outcome = self._one(model, store, item, touched)
-            counts[outcome] += 1
+        return store
+
+    def _finish(self, model: str, counts: dict[str, int], touched: set[str]) -> None:
         for outcome, n in counts.items():
             if n:
                 self.metrics.feedback.labels(model, outcome).inc(n)
@@ -198,7 +221,10 @@ class Feedback:
             tally = self._tallies[(model, version)]
             if tally.accuracy is not None:
                 self.metrics.accuracy.labels(model, version).set(tally.accuracy)
-        return counts
+            now = self.clock()
+            if now - self._estimated_at.get((model, version), -math.inf) >= ESTIMATE_EVERY_S:
+                self._estimated_at[(model, version)] = now  # the gauge, without a report asked for
+                self._estimate(model, version, tally)
 
     def _one(self, model: str, store: ModelPredictions, item: Any, touched: set[str]) -> str:
         if not isinstance(item, dict) or not isinstance(item.get("id"), str) or "label" not in item:
@@ -254,6 +280,19 @@ class Feedback:
             out.update(tally.to_json())
         else:
             out.update({"labelled": 0, "accuracy": None})
+        out["estimate"] = self._estimate(model, version, tally)
+        if store is not None:
+            out["store"] = {
+                "predictions": len(store.items),
+                "capacity": store.capacity,
+                "evictions": store.evictions,
+            }
+        return out
+
+    def _estimate(self, model: str, version: str, tally: PerformanceTally | None) -> dict[str, Any]:
+        """The label-free estimate over the version's most recent predicted rows (and its
+        gauge). O(window) numpy work per call: reports and feedback calls only."""
+        store = self._stores.get(model)
         confidences: list[float] = []
         predictions = 0
         if store is not None:
@@ -272,21 +311,14 @@ class Feedback:
             outcome, conf_l = tally.recent()
             known = ~np.isnan(conf_l)
             calibrated = binned_estimate(conf_l[known], outcome[known] > 0.5, confidences)
-        out["estimate"] = {
+        if estimate is not None:
+            self.metrics.estimated_accuracy.labels(model, version).set(estimate)
+        return {
             "method": "mean top-class probability of the most recent predicted rows",
             "rows": len(confidences),
             "expected_accuracy": estimate,
             "calibrated_accuracy": calibrated,
         }
-        if estimate is not None:
-            self.metrics.estimated_accuracy.labels(model, version).set(estimate)
-        if store is not None:
-            out["store"] = {
-                "predictions": len(store.items),
-                "capacity": store.capacity,
-                "evictions": store.evictions,
-            }
-        return out
 
     def versions(self, model: str) -> list[str]:
         seen = {v for (m, v) in self._tallies if m == model}
@@ -294,10 +326,6 @@ class Feedback:
         if store is not None:
             seen.update(p.version for p in store.items.values())
         return sorted(seen, key=lambda v: (len(v), v))
-
-    def forget(self, model: str, version: str) -> None:
-        """A version unloaded: its performance goes (its stored predictions age out)."""
-        self._tallies.pop((model, version), None)
 
 
 def _is_label(v: Any) -> bool:

@@ -129,3 +129,13 @@ def test_untracked_models_and_bad_bodies_are_refused() -> None:
         fb.report("other", "1")
     with pytest.raises(InvalidInput):
         fb.apply("m", {"id": "a"})
+
+
+async def test_apply_async_gives_way_and_counts_like_apply() -> None:
+    fb, _ = make(capacity=1000)
+    for i in range(600):
+        predict(fb, f"r{i}", "1", i % 3, [0.5, 0.3, 0.2])
+    items = [{"id": f"r{i}", "label": 0} for i in range(600)] + [{"id": "r0", "label": 0}]
+    counts = await fb.apply_async("m", items)
+    assert counts == {"accepted": 600, "duplicate": 1, "unknown": 0, "late": 0, "invalid": 0}
+    assert fb.report("m", "1")["accuracy"] == pytest.approx(200 / 600)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -223,3 +224,41 @@ def test_feedback_over_grpc(repo: Path, tmp_path: Path) -> None:
             with pytest.raises(grpc.RpcError) as err:
                 stub.PostFeedback(pb.FeedbackRequest(model="mlp-unknown", feedback=items))
             assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_less_accurate_canary_is_rolled_back_by_the_accuracy_gate(repo: Path, tmp_path: Path) -> None:
+    args = ["--feedback-models", "iris", "--no-drift"]
+    with (
+        running_server(tmp_path, repo, args) as server,
+        httpx.Client(base_url=server.base, timeout=30) as client,
+    ):
+        json_headers = {"Content-Type": "application/json"}
+        r = client.put("/admin/models/iris/traffic", json={"stable": "1"}, headers=json_headers)
+        assert r.status_code == 200, r.text
+        plan = {
+            "steps": [0.5, 1.0],
+            "hold_seconds": 600,
+            "min_requests": 10,
+            "gates": {"max_accuracy_drop": 0.02, "min_labelled": 100, "max_p99_ratio": 100.0},
+        }
+        r = client.post(
+            "/admin/models/iris/rollout", json={"canary": "2", "plan": plan}, headers=json_headers
+        )
+        assert r.status_code == 201, r.text
+        x, y = stream(600, 0.0, seed=4)
+        items = []
+        for i in range(600):
+            body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": x[i].tolist()}]}
+            resp = client.post("/v2/models/iris/infer", json=body).json()
+            items.append({"id": resp["id"], "label": int(y[i])})
+        assert client.post("/v2/models/iris/feedback", json={"feedback": items}).json()["accepted"] == 600
+        status: dict[str, Any] = {}
+        for _ in range(100):
+            status = client.get("/admin/models/iris/rollout").json()
+            if status["rollout"]["status"] != "running":
+                break
+            time.sleep(0.1)
+        assert status["rollout"]["status"] == "rolled_back", status
+        assert "accuracy" in status["rollout"]["reason"]
+        accuracy_gate = next(g for g in status["gates"] if g["name"] == "accuracy")
+        assert accuracy_gate["passed"] is False

@@ -51,10 +51,8 @@ from server.http.infer_route import InferRoute
 from server.http.protocol import HeadHoldingHttpToolsProtocol, HttpLimits
 from server.model_ops import ModelOpsLog
 from server.observe.drift import DriftWiring
-from server.observe.feedback import Feedback
 from server.observe.metrics import Metrics
-from server.observe.recording import Recorder
-from server.observe.request_log import RequestLog, Rotation
+from server.observe.recording import operators_loop
 from server.observe.stats import VersionStats
 from server.os_limits import connection_cap, return_large_buffers
 from server.runner import BatchingRunner, Compute, DirectRunner, Runner, batching_config
@@ -166,40 +164,8 @@ class Runtime:
 
     def _operators_loop(self, s: Settings) -> None:
         """Request logging and ground-truth feedback (both off unless configured)."""
-        self.request_log: RequestLog | None = None
-        self.feedback: Feedback | None = None
-        self.recorder: Recorder | None = None
-        if s.request_log_dir is not None:
-            rotation = Rotation(
-                s.request_log_max_file_bytes, s.request_log_max_file_secs, s.request_log_max_files
-            )
-            self.request_log = RequestLog(
-                s.request_log_dir,
-                self.metrics,
-                rotation,
-                queue_size=s.request_log_queue,
-                exclude=s.request_log_exclude,
-            )
-        if s.feedback_models:
-            self.feedback = Feedback(
-                self.metrics,
-                models=s.feedback_models,
-                max_predictions=s.feedback_max_predictions,
-                window=s.feedback_window,
-                clock=time.time,
-            )
-        if self.request_log is not None or self.feedback is not None:
-            self.recorder = Recorder(
-                self.metrics,
-                request_log=self.request_log,
-                feedback=self.feedback,
-                sample=s.request_log_sample,
-                rates=s.request_log_rates,
-                clock=time.time,
-            )
-            if self.feedback is not None:
-                self.feedback.sink = self.recorder.feedback_sink
-            self.core.recorder = self.recorder
+        self.request_log, self.feedback, self.recorder = operators_loop(s, self.metrics)
+        self.core.recorder = self.recorder
 
     # ---- model versions -> runners --------------------------------------------------
 

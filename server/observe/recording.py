@@ -13,6 +13,7 @@ import itertools
 import logging
 import os
 import random
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,8 +23,8 @@ from model_store.registry import ServingVersion
 from server.observe.feedback import Feedback, Judged, ModelPredictions
 from server.observe.logs import RateLimitedLog
 from server.observe.metrics import Metrics
-from server.observe.request_log import RequestLog
-from server.settings import parse_rate
+from server.observe.request_log import RequestLog, Rotation
+from server.settings import Settings, parse_rate
 from server.types import InferRequest
 
 log = logging.getLogger("turnout.recording")
@@ -134,3 +135,42 @@ class Recorder:
 
     def forget(self, model: str, version: str) -> None:
         self._plans.pop((model, version), None)
+
+
+def operators_loop(
+    s: Settings, metrics: Metrics
+) -> tuple[RequestLog | None, Feedback | None, Recorder | None]:
+    """The request log, the feedback store and the core's record hook the settings ask for
+    (each None when off; the hook when either is on)."""
+    request_log = feedback = recorder = None
+    if s.request_log_dir is not None:
+        rotation = Rotation(
+            s.request_log_max_file_bytes, s.request_log_max_file_secs, s.request_log_max_files
+        )
+        request_log = RequestLog(
+            s.request_log_dir,
+            metrics,
+            rotation,
+            queue_size=s.request_log_queue,
+            exclude=s.request_log_exclude,
+        )
+    if s.feedback_models:
+        feedback = Feedback(
+            metrics,
+            models=s.feedback_models,
+            max_predictions=s.feedback_max_predictions,
+            window=s.feedback_window,
+            clock=time.time,
+        )
+    if request_log is not None or feedback is not None:
+        recorder = Recorder(
+            metrics,
+            request_log=request_log,
+            feedback=feedback,
+            sample=s.request_log_sample,
+            rates=s.request_log_rates,
+            clock=time.time,
+        )
+        if feedback is not None:
+            feedback.sink = recorder.feedback_sink
+    return request_log, feedback, recorder

@@ -71,29 +71,36 @@ class Judged:
 
 
 class Prediction:
-    __slots__ = ("judged", "labelled", "outputs", "ts", "version")
+    """One answered request: references to the arrays it is judged on (no copy), nothing else."""
+
+    __slots__ = ("label", "labelled", "scores", "ts", "value", "version")
 
     def __init__(self, version: str, ts: float, outputs: dict[str, np.ndarray], judged: Judged) -> None:
         self.version = version
         self.ts = ts
-        self.outputs = outputs
-        self.judged = judged
+        self.label = outputs.get(judged.label) if judged.label is not None else None
+        self.scores = outputs.get(judged.scores) if judged.scores is not None else None
+        self.value = outputs.get(judged.value) if judged.value is not None else None
         self.labelled = False
+
+    @property
+    def task(self) -> str:
+        return "regression" if self.label is None and self.scores is None else "classification"
 
     def rows(self) -> tuple[list[Any], np.ndarray | None]:
         """The predicted class (or value) of each row, and each row's confidence (or None)."""
-        j = self.judged
         conf = None
-        if j.scores is not None:
-            scores = np.asarray(self.outputs[j.scores])
+        if self.scores is not None:
+            scores = np.asarray(self.scores)
             scores = scores.reshape(scores.shape[0], -1) if scores.ndim > 1 else scores.reshape(1, -1)
             conf = top_probability(scores)
-        if j.label is not None:
-            return list(np.asarray(self.outputs[j.label]).reshape(-1)), conf
-        if j.scores is not None:
+        if self.label is not None:
+            return list(np.asarray(self.label).reshape(-1)), conf
+        if self.scores is not None:
             return list(np.argmax(scores, axis=1)), conf
-        assert j.value is not None
-        return [float(v) for v in np.asarray(self.outputs[j.value]).reshape(-1)], None
+        if self.value is None:
+            return [], None
+        return [float(v) for v in np.asarray(self.value).reshape(-1)], None
 
 
 class ModelPredictions:
@@ -239,7 +246,9 @@ class Feedback:
         labels = label if isinstance(label, list) else [label]
         if len(labels) != len(predicted) or not all(_is_label(v) for v in labels):
             return "invalid"
-        tally = self.tally(model, p.version, p.judged.task or "classification")
+        if not predicted:
+            return "invalid"
+        tally = self.tally(model, p.version, p.task)
         if tally.task == "classification":
             correct = [same_label(pv, lv) for pv, lv in zip(predicted, labels, strict=True)]
             tally.add_classified(correct, list(conf) if conf is not None else None)

@@ -271,6 +271,12 @@ class Settings(BaseSettings):
     request_log_max_files: int = Field(
         100, ge=1, description="request log files kept per model version; the oldest are deleted"
     )
+    request_log_max_age_secs: float | None = Field(
+        None,
+        gt=0,
+        description="delete request log files started longer ago than this (checked whenever a file"
+        " is started; unset: only --request-log-max-files applies)",
+    )
     request_log_queue: int = Field(
         10_000,
         ge=1,

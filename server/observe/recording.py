@@ -145,7 +145,10 @@ def operators_loop(
     request_log = feedback = recorder = None
     if s.request_log_dir is not None:
         rotation = Rotation(
-            s.request_log_max_file_bytes, s.request_log_max_file_secs, s.request_log_max_files
+            s.request_log_max_file_bytes,
+            s.request_log_max_file_secs,
+            s.request_log_max_files,
+            s.request_log_max_age_secs,
         )
         request_log = RequestLog(
             s.request_log_dir,

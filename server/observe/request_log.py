@@ -5,7 +5,8 @@ queue drops the record and counts it (``turnout_request_log_dropped_total``), so
 never blocks or fails a request. One writer thread encodes the records as JSON lines and
 appends them to per-version files under ``<dir>/<model>/<version>/``: ``requests-*.jsonl`` and
 ``feedback-*.jsonl``. A file is closed and a new one started past ``max_file_bytes`` or
-``max_file_secs``; beyond ``max_files`` per kind and version the oldest files are deleted.
+``max_file_secs``; beyond ``max_files`` per kind and version the oldest files are deleted, and so
+are files started more than ``max_age_secs`` ago (checked whenever a file is started).
 A failure to write is logged (rate-limited) and counted as drops; the writer carries on.
 """
 
@@ -63,6 +64,7 @@ class Rotation:
     max_file_bytes: int
     max_file_secs: float
     max_files: int
+    max_age_secs: float | None = None  # files started longer ago are deleted
 
 
 class RotatingFiles:
@@ -104,8 +106,12 @@ class RotatingFiles:
         self._prune()
 
     def _prune(self) -> None:
-        files = sorted(self.dir.glob(f"{self.prefix}-*.jsonl"))
-        for old in files[: max(0, len(files) - self.rotation.max_files)]:
+        files = sorted(self.dir.glob(f"{self.prefix}-*.jsonl"))  # oldest first: named by start time
+        doomed = files[: max(0, len(files) - self.rotation.max_files)]
+        if self.rotation.max_age_secs is not None:
+            cutoff_ms = int((self.clock() - self.rotation.max_age_secs) * 1000)
+            doomed += [f for f in files[len(doomed) :] if _started_ms(f) < cutoff_ms]
+        for old in doomed:
             old.unlink(missing_ok=True)
 
     def close(self) -> None:
@@ -216,6 +222,14 @@ class RequestLog:
             log.warning("request log: queue still full at shutdown; queued records lost")
             return
         self._thread.join(timeout)
+
+
+def _started_ms(path: Path) -> int:
+    """When a log file was started, from its name (``<kind>-<ms>-<pid>-<n>.jsonl``)."""
+    try:
+        return int(path.name.split("-")[1])
+    except (IndexError, ValueError):
+        return 1 << 62  # not one of ours: never deleted for its age
 
 
 def path_component(name: str) -> str:

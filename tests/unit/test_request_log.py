@@ -132,3 +132,18 @@ def test_an_unwritable_directory_counts_drops_and_the_writer_survives(tmp_path: 
         == 1
     )
     assert len(lines(tmp_path / "n" / "1")) == 1
+
+
+def test_files_older_than_the_age_limit_are_deleted_when_a_file_starts(tmp_path: Path) -> None:
+    now = [1000.0]
+    files = RotatingFiles(
+        tmp_path, "requests", Rotation(1 << 20, 10.0, 100, max_age_secs=25.0), lambda: now[0]
+    )
+    (tmp_path / "requests-notours.jsonl").write_text("{}\n")  # a name without a start time: kept
+    for _ in range(6):
+        files.write([b"{}\n"])
+        now[0] += 10.0  # a new file every write (age rotation)
+    files.close()
+    kept = sorted(p.name for p in tmp_path.glob("requests-*.jsonl"))
+    # files started at 1000..1050; the last start (1050) deleted those before 1025
+    assert len(kept) == 4 and "requests-notours.jsonl" in kept

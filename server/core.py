@@ -64,6 +64,19 @@ class ObserveHook(Protocol):
     ) -> None: ...
 
 
+class RecordHook(Protocol):
+    """Keeps what an answered request leaves for the operators' loop (request log, feedback);
+    returns the id its answer carries. Must not block or raise."""
+
+    def record(
+        self,
+        req: InferRequest,
+        sv: ServingVersion,
+        feeds: dict[str, np.ndarray],
+        outputs: dict[str, np.ndarray],
+    ) -> str: ...
+
+
 class Core:
     def __init__(
         self, registry: ModelRegistry, metrics: Metrics, *, clock: Callable[[], float] = time.perf_counter
@@ -73,6 +86,7 @@ class Core:
         self.clock = clock
         self.router: RouteHook | None = None
         self.observers: list[ObserveHook] = []
+        self.recorder: RecordHook | None = None  # set when request logging or feedback is on
         self.model_ops: ModelOpsLog | None = None  # set when several workers share the server
         self.live = True
         self.started = False
@@ -116,10 +130,11 @@ class Core:
             self.in_flight -= 1
         latency = self.clock() - t0
         self._succeeded(req, sv, latency, max(rows, 1), feeds, outputs, shadows)
+        rid = req.id if self.recorder is None else self.recorder.record(req, sv, feeds, outputs)
         return InferResponse(
             model_name=req.model_name,
             model_version=sv.version,
-            id=req.id,
+            id=rid,
             outputs=_select_outputs(sig, outputs, req),
         )
 

@@ -249,6 +249,44 @@ class Metrics:
             "Drift monitor processes started to replace one that died",
             registry=registry,
         )
+        self.request_log_written = Counter(
+            "turnout_request_log_written",
+            "Request records written to the request log",
+            ["model", "version"],
+            registry=registry,
+        )
+        self.request_log_dropped = Counter(
+            "turnout_request_log_dropped",
+            "Request records dropped because the log writer's queue was full or writing failed",
+            ["model", "version"],
+            registry=registry,
+        )
+        self.feedback = Counter(
+            "turnout_feedback",
+            "Ground-truth feedback items by outcome (accepted, duplicate, unknown, late, invalid)",
+            ["model", "outcome"],
+            registry=registry,
+        )
+        self.feedback_evictions = Counter(
+            "turnout_feedback_evictions",
+            "Predictions evicted from the feedback store before any feedback arrived",
+            ["model"],
+            registry=registry,
+        )
+        self.accuracy = Gauge(
+            "turnout_model_accuracy",
+            "Accuracy of a classifier version on the rows that received feedback (cumulative)",
+            ["model", "version"],
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.estimated_accuracy = Gauge(
+            "turnout_model_estimated_accuracy",
+            "Label-free accuracy estimate (mean top-class probability) of recent predictions",
+            ["model", "version"],
+            registry=registry,
+            multiprocess_mode="max",
+        )
         self.edge_events = Counter(
             "turnout_edge_events",
             "Connections and requests the edge refused or closed, by protocol and defence",

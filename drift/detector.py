@@ -37,6 +37,7 @@ import numpy.typing as npt
 from drift.capture import ReferenceCapture
 from drift.columns import IntArray, SchemaMismatch
 from drift.config import DEFAULT_CONFIG, DriftConfig
+from drift.fleet import window_counts
 from drift.histogram import HistogramSet
 from drift.layout import as_rows
 from drift.reference import Reference
@@ -231,6 +232,12 @@ class DriftDetector:
                 "outputs": histogram_list(window.outputs) if window.outputs is not None else [],
                 "reference_ready": True,
             }
+
+    def mergeable_counts(self) -> dict[str, Any]:
+        """The reference and the counts of the window being filled, for a fleet-wide merge
+        (:func:`drift.fleet.window_counts`)."""
+        with self._lock:
+            return window_counts(self._reference, self._current, self.config)
 
     def take_current_histograms(self) -> dict[str, Any]:
         """Like :meth:`current_histograms`, then restart the current window empty (for shipping counts

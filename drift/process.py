@@ -141,6 +141,11 @@ def _query(monitor: DriftMonitor, method: str, args: tuple[Any, ...]) -> Any:
         monitor.flush(timeout=5.0)
         detector = monitor.detector(model, version)
         return detector.current_histograms() if detector is not None else None
+    if method == "counts":
+        model, version = args
+        monitor.flush(timeout=5.0)
+        detector = monitor.detector(model, version)
+        return detector.mergeable_counts() if detector is not None else None
     raise ValueError(f"unknown query {method!r}")
 
 

@@ -40,7 +40,7 @@ from router.decide import RouteDecision, decide
 from router.gates import evaluate_gates
 from router.policy import TrafficPolicy
 from router.rollout import RolloutPlan, RolloutState, abort, evaluate, pause, promote, resume
-from router.rollout_signals import RolloutWindows, shadow_disagreement
+from router.rollout_signals import AccuracySince, AccuracySource, RolloutWindows, shadow_disagreement
 from router.shadow import Comparison, PairStats, ShadowStats, Task, compare_outputs
 from router.store import ControlPlaneStore
 
@@ -60,18 +60,21 @@ class TrafficController:
         rng: random.Random,
         validate: Validator,
         drift: DriftSource | None = None,
+        accuracy: AccuracySource | None = None,
         audit_capacity: int = 1000,
         max_commit_attempts: int = 5,
     ) -> None:
         """``validate(model, version)`` returns None when the version can serve, else why not.
         ``drift(model, version)`` (optional) returns the version's drift status
-        (``ok``/``warning``/``drift``) or None when unknown.
+        (``ok``/``warning``/``drift``) or None when unknown. ``accuracy(model, version)``
+        (optional) returns a version's (correct, labelled) rows from ground-truth feedback.
         """
         self._clock = clock
         self._random = rng.random
         self._validate = validate
         self._drift = drift
         self._windows = RolloutWindows()
+        self._accuracy = AccuracySince(accuracy) if accuracy is not None else None
         self.shadow_stats = ShadowStats()
         self._state = CommittedState(
             store,
@@ -292,6 +295,7 @@ class TrafficController:
                 shadow_disagreement(self.shadow_stats, model, state),
                 self._drift_status(model, state),
                 state.plan.gates,
+                self._accuracy.pair(model, state) if self._accuracy is not None else None,
             )
             self._windows.set_last_gates(model, gates)
             if evaluate(state, state.plan, gates, canary.requests, now) is state:
@@ -326,6 +330,8 @@ class TrafficController:
         if self._windows.sync(model, state):
             assert state is not None
             self.shadow_stats.reset(model, frozenset({state.stable, state.canary}))
+            if self._accuracy is not None:
+                self._accuracy.begin(model, (state.stable, state.canary))
 
     def _drift_status(self, model: str, state: RolloutState) -> str | None:
         if self._drift is None:

@@ -49,6 +49,10 @@ class Gates:
     * ``max_drift_status`` — worst acceptable drift status (``ok`` < ``warning`` < ``drift``).
     * ``min_requests`` — canary requests needed before the error and latency gates judge.
     * ``error_rate_z`` — z of the one-sided Wilson bound used by the error gate.
+    * ``max_accuracy_drop`` — canary accuracy (from ground-truth feedback) may be below stable's
+      by at most this much; the gate fails only when a one-sided two-proportion z-test at
+      ``accuracy_alpha`` says the drop is larger …
+    * ``min_labelled`` — … and both versions have at least this many labelled rows.
     """
 
     max_error_rate_increase: float = 0.01
@@ -58,9 +62,12 @@ class Gates:
     min_requests: int = 100
     p99_slack_s: float = 0.001
     error_rate_z: float = _Z_95_ONE_SIDED
+    max_accuracy_drop: float = 0.02
+    accuracy_alpha: float = 0.05
+    min_labelled: int = 200
 
     def __post_init__(self) -> None:
-        for name in ("max_error_rate_increase", "max_disagreement"):
+        for name in ("max_error_rate_increase", "max_disagreement", "max_accuracy_drop", "accuracy_alpha"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
                 raise ValueError(f"gate {name} must be between 0 and 1, got {value!r}")
@@ -79,12 +86,10 @@ class Gates:
             raise ValueError(
                 f"gate max_drift_status must be one of {', '.join(DRIFT_LEVELS)}, got {self.max_drift_status!r}"
             )
-        if (
-            isinstance(self.min_requests, bool)
-            or not isinstance(self.min_requests, int)
-            or self.min_requests < 0
-        ):
-            raise ValueError(f"gate min_requests must be a non-negative integer, got {self.min_requests!r}")
+        for name in ("min_requests", "min_labelled"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"gate {name} must be a non-negative integer, got {value!r}")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -95,6 +100,9 @@ class Gates:
             "min_requests": self.min_requests,
             "p99_slack_s": self.p99_slack_s,
             "error_rate_z": self.error_rate_z,
+            "max_accuracy_drop": self.max_accuracy_drop,
+            "accuracy_alpha": self.accuracy_alpha,
+            "min_labelled": self.min_labelled,
         }
 
     @classmethod
@@ -135,15 +143,49 @@ class GateResult:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Labelled:
+    """Rows of one version judged against ground-truth feedback during a rollout."""
+
+    correct: int
+    labelled: int
+
+
+def accuracy_drop_test(stable: Labelled, canary: Labelled, margin: float) -> tuple[float, float]:
+    """One-sided two-proportion z-test of H0: p_stable - p_canary <= margin against
+    H1: p_stable - p_canary > margin (the canary is worse by more than ``margin``).
+
+    Returns ``(z, p_value)``. With ``margin`` 0 the standard error uses the pooled proportion
+    (the classic test; z squared is the uncorrected chi-square of the 2x2 table), otherwise each
+    sample's own (a non-inferiority test). Both versions need at least one labelled row.
+    """
+    n1, n2 = stable.labelled, canary.labelled
+    if n1 <= 0 or n2 <= 0:
+        raise ValueError("both versions need labelled rows")
+    p1, p2 = stable.correct / n1, canary.correct / n2
+    if margin == 0:
+        pooled = (stable.correct + canary.correct) / (n1 + n2)
+        se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    else:
+        se = math.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2)
+    excess = p1 - p2 - margin
+    if se == 0:
+        z = math.inf if excess > 0 else (-math.inf if excess < 0 else 0.0)
+    else:
+        z = excess / se
+    return z, 0.5 * math.erfc(z / math.sqrt(2))
+
+
 def evaluate_gates(
     canary: WindowSnapshot,
     stable: WindowSnapshot,
     disagreement: float | None,
     drift_status: str | None,
     gates: Gates,
+    accuracy: tuple[Labelled, Labelled] | None = None,
 ) -> list[GateResult]:
-    """Judge the canary against the stable baseline; always returns the four gates in order
-    ``error_rate``, ``p99_latency``, ``disagreement``, ``drift``.
+    """Judge the canary against the stable baseline; always returns the five gates in order
+    ``error_rate``, ``p99_latency``, ``disagreement``, ``drift``, ``accuracy``.
 
     *Error rate.* Fails only when we are confident (one-sided Wilson bound at
     ``gates.error_rate_z``, 95% by default) that the canary's true error rate is above the
@@ -157,6 +199,10 @@ def evaluate_gates(
     Both need ``gates.min_requests`` canary requests; below that they give no verdict.
     Disagreement (a rate in [0, 1] from shadow comparisons) and drift give no verdict when
     their input is None (or the drift status is not one of :data:`DRIFT_LEVELS`).
+
+    *Accuracy.* ``accuracy`` is (canary, stable) rows labelled since the rollout began. Fails
+    when :func:`accuracy_drop_test` rejects "the canary is at most ``max_accuracy_drop`` less
+    accurate" at ``accuracy_alpha``; no verdict below ``min_labelled`` rows on either side.
     """
     enough = canary.requests >= gates.min_requests
     return [
@@ -164,6 +210,7 @@ def evaluate_gates(
         _p99_gate(canary, stable, gates, enough),
         _disagreement_gate(disagreement, gates),
         _drift_gate(drift_status, gates),
+        _accuracy_gate(accuracy, gates),
     ]
 
 
@@ -229,3 +276,28 @@ def _drift_gate(drift_status: str | None, gates: Gates) -> GateResult:
     passed = DRIFT_LEVELS.index(status) <= DRIFT_LEVELS.index(threshold)
     detail = f"drift status {status!r} {'is within' if passed else 'is worse than'} {threshold!r}"
     return GateResult("drift", passed, status, threshold, detail)
+
+
+def _accuracy_gate(accuracy: tuple[Labelled, Labelled] | None, gates: Gates) -> GateResult:
+    threshold = gates.max_accuracy_drop
+    if accuracy is None:
+        return GateResult("accuracy", None, None, threshold, "no verdict: no ground-truth feedback")
+    canary, stable = accuracy
+    if min(canary.labelled, stable.labelled) < max(gates.min_labelled, 1):
+        return GateResult(
+            "accuracy",
+            None,
+            None,
+            threshold,
+            f"no verdict: {canary.labelled} canary and {stable.labelled} stable labelled rows, need"
+            f" {gates.min_labelled} each",
+        )
+    drop = stable.correct / stable.labelled - canary.correct / canary.labelled
+    z, p = accuracy_drop_test(stable, canary, threshold)
+    passed = p >= gates.accuracy_alpha
+    detail = (
+        f"canary {canary.correct}/{canary.labelled} vs stable {stable.correct}/{stable.labelled} correct:"
+        f" drop {drop:.2%}, z {z:.2f}, p {p:.3g} {'>=' if passed else '<'} {gates.accuracy_alpha:g}"
+        f" (allowed drop {threshold:.2%})"
+    )
+    return GateResult("accuracy", passed, drop, threshold, detail)

@@ -4,12 +4,15 @@ While a rollout is active its canary has a :class:`~router.window.VersionWindow`
 at every step (each step is judged on its own traffic) and its stable version one that is kept
 for the whole rollout (so a baseline exists even at a 100% step). A new rollout, or one that
 ended, drops the model's windows and its latest gate verdicts. :func:`shadow_disagreement`
-reads the canary-vs-stable agreement off the shadow statistics.
+reads the canary-vs-stable agreement off the shadow statistics; :class:`AccuracySince` the
+rows labelled by ground-truth feedback since the rollout began.
 """
 
 from __future__ import annotations
 
-from router.gates import GateResult
+from collections.abc import Callable
+
+from router.gates import GateResult, Labelled
 from router.rollout import RolloutState
 from router.shadow import ShadowStats
 from router.window import VersionWindow
@@ -80,3 +83,38 @@ def shadow_disagreement(stats: ShadowStats, model: str, state: RolloutState) -> 
     if rows == 0 or rows < state.plan.gates.min_requests:
         return None
     return 1.0 - agreements / rows
+
+
+# (correct, labelled) rows of a version so far, from ground-truth feedback; None when unknown
+AccuracySource = Callable[[str, str], tuple[int, int] | None]
+
+
+class AccuracySince:
+    """Labelled rows per version counted from a rollout's start: the source's cumulative
+    counts minus those it had when the rollout began (or when first asked, if later)."""
+
+    def __init__(self, source: AccuracySource) -> None:
+        self._source = source
+        self._base: dict[tuple[str, str], tuple[int, int]] = {}
+
+    def _counts(self, model: str, version: str) -> tuple[int, int]:
+        try:
+            got = self._source(model, version)
+        except Exception:  # a broken source must not stop rollouts; the gate has no verdict
+            got = None
+        return got if got is not None else (0, 0)
+
+    def begin(self, model: str, versions: tuple[str, ...]) -> None:
+        for key in [k for k in self._base if k[0] == model]:
+            del self._base[key]
+        for version in versions:
+            self._base[(model, version)] = self._counts(model, version)
+
+    def since(self, model: str, version: str) -> Labelled:
+        correct, labelled = self._counts(model, version)
+        base = self._base.setdefault((model, version), (correct, labelled))
+        return Labelled(max(0, correct - base[0]), max(0, labelled - base[1]))
+
+    def pair(self, model: str, state: RolloutState) -> tuple[Labelled, Labelled]:
+        """(canary, stable) since the rollout began."""
+        return self.since(model, state.canary), self.since(model, state.stable)

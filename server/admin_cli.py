@@ -87,6 +87,7 @@ def rollout(ns: argparse.Namespace) -> int:
                 ("max_error_rate_increase", ns.max_error_rate_increase),
                 ("max_p99_ratio", ns.max_p99_ratio),
                 ("max_disagreement", ns.max_disagreement),
+                ("max_accuracy_drop", ns.max_accuracy_drop),
             )
             if v is not None
         }
@@ -138,6 +139,7 @@ def add_admin_commands(sub: Any) -> None:
     o.add_argument("--max-error-rate-increase", type=float)
     o.add_argument("--max-p99-ratio", type=float)
     o.add_argument("--max-disagreement", type=float)
+    o.add_argument("--max-accuracy-drop", type=float, help="accuracy gate on ground-truth feedback")
     _common(o)
     o.set_defaults(func=rollout)
 

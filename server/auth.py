@@ -71,6 +71,11 @@ HTTP_POLICY: dict[tuple[str, str], Need] = {
             (("POST", prefix + "/infer"), Need.INFER),  # answered by server/http/infer_route.py
         )
     },
+    ("GET", "/v2/models/{model}/versions/{version}/drift/counts"): Need.READ,
+    # ground-truth feedback comes from whoever may ask for predictions (docs/feedback.md)
+    ("POST", "/v2/models/{model}/feedback"): Need.INFER,
+    ("GET", "/v2/models/{model}/performance"): Need.READ,
+    ("GET", "/v2/models/{model}/versions/{version}/performance"): Need.READ,
     ("GET", "/admin/traffic"): Need.READ,
     ("GET", "/admin/models/{model}/traffic"): Need.READ,
     ("PUT", "/admin/models/{model}/traffic"): Need.ADMIN,
@@ -117,6 +122,8 @@ GRPC_POLICY: dict[str, Need] = {
     _ADMIN + "ControlRollout": Need.ADMIN,
     _ADMIN + "GetAudit": Need.READ,
     _ADMIN + "GetDrift": Need.READ,
+    _ADMIN + "PostFeedback": Need.INFER,
+    _ADMIN + "GetPerformance": Need.READ,
     # registered by grpcio's health and reflection packages: open, like the HTTP health routes
     "/grpc.health.v1.Health/Check": Need.OPEN,
     "/grpc.health.v1.Health/List": Need.OPEN,

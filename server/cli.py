@@ -127,8 +127,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     serve_parser(sub)
     from server.admin_cli import add_admin_commands
+    from server.export import add_export_command
+    from server.fleet_cli import add_fleet_commands
 
     add_admin_commands(sub)
+    add_fleet_commands(sub)
+    add_export_command(sub)
     token_hash_parser(sub)
     ns = parser.parse_args(argv)
     if ns.command != "serve":

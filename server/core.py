@@ -17,6 +17,7 @@ from server.errors import InvalidInput, NotFound, TurnoutError, wire_status
 from server.model_ops import ModelOpsLog
 from server.observe.metrics import Metrics
 from server.observe.stats import VersionStats
+from server.observe.triton_metrics import failure_reason
 from server.types import InferRequest, InferResponse, Tensor
 from server.validation import validate_inputs, validate_outputs
 
@@ -63,6 +64,19 @@ class ObserveHook(Protocol):
     ) -> None: ...
 
 
+class RecordHook(Protocol):
+    """Keeps what an answered request leaves for the operators' loop (request log, feedback);
+    returns the id its answer carries. Must not block or raise."""
+
+    def record(
+        self,
+        req: InferRequest,
+        sv: ServingVersion,
+        feeds: dict[str, np.ndarray],
+        outputs: dict[str, np.ndarray],
+    ) -> str: ...
+
+
 class Core:
     def __init__(
         self, registry: ModelRegistry, metrics: Metrics, *, clock: Callable[[], float] = time.perf_counter
@@ -72,6 +86,7 @@ class Core:
         self.clock = clock
         self.router: RouteHook | None = None
         self.observers: list[ObserveHook] = []
+        self.recorder: RecordHook | None = None  # set when request logging or feedback is on
         self.model_ops: ModelOpsLog | None = None  # set when several workers share the server
         self.live = True
         self.started = False
@@ -115,10 +130,11 @@ class Core:
             self.in_flight -= 1
         latency = self.clock() - t0
         self._succeeded(req, sv, latency, max(rows, 1), feeds, outputs, shadows)
+        rid = req.id if self.recorder is None else self.recorder.record(req, sv, feeds, outputs)
         return InferResponse(
             model_name=req.model_name,
             model_version=sv.version,
-            id=req.id,
+            id=rid,
             outputs=_select_outputs(sig, outputs, req),
         )
 
@@ -167,7 +183,7 @@ class Core:
         latency = self.clock() - t0
         code = wire_status(exc).grpc.name.lower()
         self.metrics.requests.labels(req.model_name, sv.version, req.protocol, code).inc()
-        sv.runner.stats.record_failure(int(latency * 1e9))
+        sv.runner.stats.record_failure(int(latency * 1e9), failure_reason(code))
         # only server-side failures count against a version in rollouts; bad input is the client's
         server_fault = not isinstance(exc, InvalidInput) and (
             not isinstance(exc, TurnoutError) or wire_status(exc).http >= 500

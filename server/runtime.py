@@ -48,11 +48,13 @@ from server.grpc.transport import AsyncioGrpcServer
 from server.http.access import secure_routes
 from server.http.admin import admin_routes
 from server.http.app import build_app, build_routes
+from server.http.feedback import feedback_routes
 from server.http.infer_route import InferRoute
 from server.http.protocol import HeadHoldingHttpToolsProtocol, HttpLimits
 from server.model_ops import ModelOpsLog
 from server.observe.drift import DriftWiring
 from server.observe.metrics import Metrics
+from server.observe.recording import operators_loop
 from server.observe.stats import VersionStats
 from server.os_limits import connection_cap, return_large_buffers
 from server.runner import BatchingRunner, Compute, DirectRunner, Runner, batching_config
@@ -104,6 +106,7 @@ class Runtime:
         )
         self.core = Core(self.models, self.metrics)
         self.metrics.sample(lambda: self.metrics.inflight.set(self.core.in_flight))
+        self.metrics.triton.attach(self.core.statistics)
         store = ControlPlaneStore(settings.state_dir / "control") if settings.state_dir else None
         self.drift: DriftWiring | None = None
         if settings.drift:
@@ -121,12 +124,14 @@ class Runtime:
                 webhook=settings.drift_webhook,
             )
             self.core.observers.append(self.drift)
+        self._operators_loop(settings)
         self.controller = TrafficController(
             store,
             clock=time.time,
             rng=random.Random(),
             validate=servable(self.models),
             drift=self.drift.status if self.drift is not None else None,
+            accuracy=self.feedback.counts if self.feedback is not None else None,
         )
         self.mirror = ShadowMirror(self.controller.shadow_stats, max_in_flight=settings.shadow_max_in_flight)
         self.traffic = TrafficRouting(self.controller, self.mirror, self.models, self.metrics)
@@ -160,6 +165,11 @@ class Runtime:
         self._stopped = asyncio.Event()
         self._background: list[asyncio.Task[Any]] = []
         self._model_tasks: list[asyncio.Task[Any]] = []  # repository polling, other workers' loads
+
+    def _operators_loop(self, s: Settings) -> None:
+        """Request logging and ground-truth feedback (both off unless configured)."""
+        self.request_log, self.feedback, self.recorder = operators_loop(s, self.metrics)
+        self.core.recorder = self.recorder
 
     # ---- model versions -> runners --------------------------------------------------
 
@@ -229,6 +239,8 @@ class Runtime:
         stats = runner.stats
         if self.drift is not None:
             self.drift.forget(stats.name, stats.version)
+        if self.recorder is not None:
+            self.recorder.forget(stats.name, stats.version)
         self.metrics.model_ready.labels(stats.name, stats.version).set(0)
 
     # ---- lifecycle ------------------------------------------------------------------
@@ -308,7 +320,9 @@ class Runtime:
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
         server.add_registered_method_handlers(SERVICE, handlers)  # faster dispatch than the generic lookup
         admin_pb2_grpc.add_AdminServicer_to_server(
-            AdminServicer(self.controller, self.auth, self.drift.report_async if self.drift else None),
+            AdminServicer(
+                self.controller, self.auth, self.drift.report_async if self.drift else None, self.feedback
+            ),
             server,
         )
         health = health_aio.HealthServicer()
@@ -400,8 +414,10 @@ class Runtime:
     def http_routes(self) -> list[Any]:
         """Every Starlette route, before the access checks are put in front of them."""
         s = self.settings
-        return build_routes(self.core, s.max_request_bytes, self.metrics, self.drift) + admin_routes(
-            self.controller
+        return (
+            build_routes(self.core, s.max_request_bytes, self.metrics, self.drift)
+            + feedback_routes(self.feedback)
+            + admin_routes(self.controller)
         )
 
     def http_app(self) -> InferRoute:
@@ -516,6 +532,8 @@ class Runtime:
         await self.mirror.close()
         if self.drift is not None:
             self.drift.stop()
+        if self.request_log is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.request_log.close)
         self.controller.close()
         await self.models.close()
         self.pool.shutdown(wait=True, cancel_futures=True)

@@ -28,6 +28,7 @@ SECTIONS = {
     "batching": "dynamic batching (overrides for every model when set)",
     "state_dir": "control plane",
     "drift": "drift monitoring",
+    "request_log_dir": "request logging and ground-truth feedback",
     "auth_tokens_file": "access control and mTLS",
     "log_verbose": "logging",
 }
@@ -248,6 +249,58 @@ class Settings(BaseSettings):
         None, description="URL that receives a JSON POST when a version's drift status changes"
     )
 
+    # request logging and ground-truth feedback (docs/feedback.md)
+    request_log_dir: Path | None = Field(
+        None,
+        description="write sampled requests (inputs, outputs, version, routing key, id) and accepted"
+        " feedback here as rotating JSONL files, one directory per model version (unset: off)",
+    )
+    request_log_sample: float = Field(
+        0.0, ge=0, le=1, description="share of each model version's requests logged (0 = none)"
+    )
+    request_log_rates: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="sample rates for some models or versions, overriding --request-log-sample:"
+        " model=rate or model:version=rate, comma-separated or repeated",
+    )
+    request_log_exclude: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="left out of logged records: inputs, outputs, routing_key, parameters, id, or a"
+        " tensor's name; comma-separated or repeated",
+    )
+    request_log_max_file_bytes: int = Field(
+        64 * 1024 * 1024, gt=0, description="start a new request log file past this size"
+    )
+    request_log_max_file_secs: float = Field(
+        3600.0, gt=0, description="start a new request log file when the current one is this old"
+    )
+    request_log_max_files: int = Field(
+        100, ge=1, description="request log files kept per model version; the oldest are deleted"
+    )
+    request_log_max_age_secs: float | None = Field(
+        None,
+        gt=0,
+        description="delete request log files started longer ago than this (checked whenever a file"
+        " is started; unset: only --request-log-max-files applies)",
+    )
+    request_log_queue: int = Field(
+        10_000,
+        ge=1,
+        description="records waiting for the log writer; past it records are dropped and counted"
+        " (turnout_request_log_dropped_total), never the request",
+    )
+    feedback_models: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="models whose predictions are kept to join ground-truth feedback with ('*' for"
+        " all); their answers always carry an id (generated when the client sent none)",
+    )
+    feedback_max_predictions: int = Field(
+        100_000, ge=1, description="predictions kept per model for feedback; the oldest are evicted"
+    )
+    feedback_window: int = Field(
+        1000, ge=1, description="labelled rows in the sliding window of live accuracy"
+    )
+
     # access control and mTLS (server/auth.py, server/tls.py; docs/security.md)
     auth_tokens_file: Path | None = Field(
         None,
@@ -276,7 +329,9 @@ class Settings(BaseSettings):
     log_verbose: int = Field(0, ge=0, description="0 info, 1 more, 2 debug")
     log_format: Literal["text", "json"] = Field("text", description="log line format")
 
-    @field_validator("load_model", mode="before")
+    @field_validator(
+        "load_model", "request_log_rates", "request_log_exclude", "feedback_models", mode="before"
+    )
     @classmethod
     def _split(cls, v: object) -> object:
         """Comma-separated names, from the environment or from each repeated flag."""
@@ -295,6 +350,8 @@ class Settings(BaseSettings):
             raise ValueError("single_model needs a local directory, not an s3:// repository")
         if self.tls_client_ca is not None and not (self.tls_cert and self.tls_key):
             raise ValueError("tls_client_ca needs tls_cert and tls_key")
+        for entry in self.request_log_rates:
+            parse_rate(entry)
         return self
 
     @property
@@ -304,3 +361,16 @@ class Settings(BaseSettings):
     def __repr_args__(self):  # type: ignore[no-untyped-def]
         for k, v in super().__repr_args__():
             yield k, ("***" if k == "admin_token" and v is not None else v)
+
+
+def parse_rate(entry: str) -> tuple[str, str, float]:
+    """``model=rate`` or ``model:version=rate`` -> (model, version or "", rate)."""
+    name, sep, value = entry.rpartition("=")
+    model, _, version = name.partition(":")
+    try:
+        rate = float(value)
+    except ValueError:
+        rate = -1.0
+    if not sep or not model or not 0.0 <= rate <= 1.0:
+        raise ValueError(f"request_log_rates: expected model[:version]=rate in [0, 1], got {entry!r}")
+    return model, version, rate

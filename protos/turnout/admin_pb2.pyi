@@ -62,18 +62,24 @@ class ChangeRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Gates(_message.Message):
-    __slots__ = ("max_error_rate_increase", "max_p99_ratio", "max_disagreement", "max_drift_status", "min_requests")
+    __slots__ = ("max_error_rate_increase", "max_p99_ratio", "max_disagreement", "max_drift_status", "min_requests", "max_accuracy_drop", "accuracy_alpha", "min_labelled")
     MAX_ERROR_RATE_INCREASE_FIELD_NUMBER: _ClassVar[int]
     MAX_P99_RATIO_FIELD_NUMBER: _ClassVar[int]
     MAX_DISAGREEMENT_FIELD_NUMBER: _ClassVar[int]
     MAX_DRIFT_STATUS_FIELD_NUMBER: _ClassVar[int]
     MIN_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_ACCURACY_DROP_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_ALPHA_FIELD_NUMBER: _ClassVar[int]
+    MIN_LABELLED_FIELD_NUMBER: _ClassVar[int]
     max_error_rate_increase: float
     max_p99_ratio: float
     max_disagreement: float
     max_drift_status: str
     min_requests: int
-    def __init__(self, max_error_rate_increase: _Optional[float] = ..., max_p99_ratio: _Optional[float] = ..., max_disagreement: _Optional[float] = ..., max_drift_status: _Optional[str] = ..., min_requests: _Optional[int] = ...) -> None: ...
+    max_accuracy_drop: float
+    accuracy_alpha: float
+    min_labelled: int
+    def __init__(self, max_error_rate_increase: _Optional[float] = ..., max_p99_ratio: _Optional[float] = ..., max_disagreement: _Optional[float] = ..., max_drift_status: _Optional[str] = ..., min_requests: _Optional[int] = ..., max_accuracy_drop: _Optional[float] = ..., accuracy_alpha: _Optional[float] = ..., min_labelled: _Optional[int] = ...) -> None: ...
 
 class RolloutPlan(_message.Message):
     __slots__ = ("steps", "hold_seconds", "min_requests", "gates")
@@ -184,3 +190,55 @@ class DriftReport(_message.Message):
     status: str
     report_json: str
     def __init__(self, status: _Optional[str] = ..., report_json: _Optional[str] = ...) -> None: ...
+
+class FeedbackItem(_message.Message):
+    __slots__ = ("id", "number", "text", "json")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    number: float
+    text: str
+    json: str
+    def __init__(self, id: _Optional[str] = ..., number: _Optional[float] = ..., text: _Optional[str] = ..., json: _Optional[str] = ...) -> None: ...
+
+class FeedbackRequest(_message.Message):
+    __slots__ = ("model", "feedback")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    FEEDBACK_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    feedback: _containers.RepeatedCompositeFieldContainer[FeedbackItem]
+    def __init__(self, model: _Optional[str] = ..., feedback: _Optional[_Iterable[_Union[FeedbackItem, _Mapping]]] = ...) -> None: ...
+
+class FeedbackResponse(_message.Message):
+    __slots__ = ("accepted", "duplicate", "unknown", "late", "invalid")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_FIELD_NUMBER: _ClassVar[int]
+    LATE_FIELD_NUMBER: _ClassVar[int]
+    INVALID_FIELD_NUMBER: _ClassVar[int]
+    accepted: int
+    duplicate: int
+    unknown: int
+    late: int
+    invalid: int
+    def __init__(self, accepted: _Optional[int] = ..., duplicate: _Optional[int] = ..., unknown: _Optional[int] = ..., late: _Optional[int] = ..., invalid: _Optional[int] = ...) -> None: ...
+
+class PerformanceRequest(_message.Message):
+    __slots__ = ("model", "version")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: str
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class PerformanceReport(_message.Message):
+    __slots__ = ("labelled", "accuracy", "report_json")
+    LABELLED_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    REPORT_JSON_FIELD_NUMBER: _ClassVar[int]
+    labelled: int
+    accuracy: float
+    report_json: str
+    def __init__(self, labelled: _Optional[int] = ..., accuracy: _Optional[float] = ..., report_json: _Optional[str] = ...) -> None: ...

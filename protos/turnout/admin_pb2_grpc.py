@@ -74,6 +74,16 @@ class AdminStub:
                 request_serializer=protos_dot_turnout_dot_admin__pb2.DriftRequest.SerializeToString,
                 response_deserializer=protos_dot_turnout_dot_admin__pb2.DriftReport.FromString,
                 _registered_method=True)
+        self.PostFeedback = channel.unary_unary(
+                '/turnout.admin.v1.Admin/PostFeedback',
+                request_serializer=protos_dot_turnout_dot_admin__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=protos_dot_turnout_dot_admin__pb2.FeedbackResponse.FromString,
+                _registered_method=True)
+        self.GetPerformance = channel.unary_unary(
+                '/turnout.admin.v1.Admin/GetPerformance',
+                request_serializer=protos_dot_turnout_dot_admin__pb2.PerformanceRequest.SerializeToString,
+                response_deserializer=protos_dot_turnout_dot_admin__pb2.PerformanceReport.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -127,6 +137,20 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PostFeedback(self, request, context):
+        """ground-truth labels for earlier predictions (POST /v2/models/{m}/feedback)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPerformance(self, request, context):
+        """live accuracy and its label-free estimate (GET /v2/models/{m}/versions/{v}/performance)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -169,6 +193,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetDrift,
                     request_deserializer=protos_dot_turnout_dot_admin__pb2.DriftRequest.FromString,
                     response_serializer=protos_dot_turnout_dot_admin__pb2.DriftReport.SerializeToString,
+            ),
+            'PostFeedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.PostFeedback,
+                    request_deserializer=protos_dot_turnout_dot_admin__pb2.FeedbackRequest.FromString,
+                    response_serializer=protos_dot_turnout_dot_admin__pb2.FeedbackResponse.SerializeToString,
+            ),
+            'GetPerformance': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPerformance,
+                    request_deserializer=protos_dot_turnout_dot_admin__pb2.PerformanceRequest.FromString,
+                    response_serializer=protos_dot_turnout_dot_admin__pb2.PerformanceReport.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -387,6 +421,60 @@ class Admin:
             '/turnout.admin.v1.Admin/GetDrift',
             protos_dot_turnout_dot_admin__pb2.DriftRequest.SerializeToString,
             protos_dot_turnout_dot_admin__pb2.DriftReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PostFeedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/turnout.admin.v1.Admin/PostFeedback',
+            protos_dot_turnout_dot_admin__pb2.FeedbackRequest.SerializeToString,
+            protos_dot_turnout_dot_admin__pb2.FeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPerformance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/turnout.admin.v1.Admin/GetPerformance',
+            protos_dot_turnout_dot_admin__pb2.PerformanceRequest.SerializeToString,
+            protos_dot_turnout_dot_admin__pb2.PerformanceReport.FromString,
             options,
             channel_credentials,
             insecure,

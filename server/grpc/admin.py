@@ -6,6 +6,7 @@ one fails at import); the audit log records the caller that check admitted."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,9 +17,12 @@ from protos.turnout import admin_pb2_grpc
 from router.controller import NotConfigured, TrafficController
 from router.policy import TrafficPolicy
 from server.auth import GRPC_POLICY, Authorizer, grpc_peer_host
-from server.errors import InvalidInput, public_message, wire_status
+from server.errors import InvalidInput, Unimplemented
+from server.grpc.failure import Failures
+from server.observe.feedback import Feedback
 
 DriftReport = Callable[[str, str], Awaitable[dict[str, Any]]]
+log = logging.getLogger("turnout.grpc.admin")
 SERVICE = pb.DESCRIPTOR.services_by_name["Admin"].full_name
 
 
@@ -64,16 +68,29 @@ def _guard(fn: Callable[[Any, Any, Any, str], Awaitable[Any]]) -> Callable[[Any,
             caller = self.auth.require(need, metadata_value(ctx, "authorization"), grpc_peer_host(ctx.peer()))
             return await fn(self, req, ctx, caller.name)
         except Exception as exc:
-            await ctx.abort(wire_status(exc).grpc, public_message(exc))
+            await self.failures.abort(ctx, exc)
 
     return method
 
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):
-    def __init__(self, controller: TrafficController, auth: Authorizer, drift: DriftReport | None) -> None:
+    def __init__(
+        self,
+        controller: TrafficController,
+        auth: Authorizer,
+        drift: DriftReport | None,
+        feedback: Feedback | None = None,
+    ) -> None:
         self.c = controller
         self.auth = auth
         self.drift = drift
+        self.feedback = feedback
+        self.failures = Failures(log)
+
+    def _feedback(self) -> Feedback:
+        if self.feedback is None:
+            raise Unimplemented("feedback is off (--feedback-models names no model)")
+        return self.feedback
 
     @_guard
     async def GetTraffic(self, req: pb.ModelRef, ctx: Any, who: str) -> pb.TrafficPolicy:
@@ -115,6 +132,9 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                     "max_disagreement": g.max_disagreement or None,
                     "max_drift_status": g.max_drift_status or None,
                     "min_requests": g.min_requests or None,
+                    "max_accuracy_drop": g.max_accuracy_drop or None,
+                    "accuracy_alpha": g.accuracy_alpha or None,
+                    "min_labelled": g.min_labelled or None,
                 }
                 plan["gates"] = {k: v for k, v in gates.items() if v is not None}
         self.c.start_rollout(req.model, req.canary, plan, who, req.reason)
@@ -163,4 +183,35 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         report = await self.drift(req.model, req.version)
         return pb.DriftReport(
             status=str(report.get("status", "")), report_json=json.dumps(report, default=str)
+        )
+
+    @_guard
+    async def PostFeedback(self, req: pb.FeedbackRequest, ctx: Any, who: str) -> pb.FeedbackResponse:
+        items: list[dict[str, Any]] = []
+        for item in req.feedback:
+            kind = item.WhichOneof("label")
+            if kind == "number":
+                value = item.number
+                label: Any = int(value) if value.is_integer() else value
+            elif kind == "text":
+                label = item.text
+            elif kind == "json":
+                try:
+                    label = json.loads(item.json)
+                except ValueError:
+                    raise InvalidInput(f"feedback for '{item.id}': label json is not JSON") from None
+            else:
+                items.append({"id": item.id})  # no label: counted invalid
+                continue
+            items.append({"id": item.id, "label": label})
+        return pb.FeedbackResponse(**await self._feedback().apply_async(req.model, items))
+
+    @_guard
+    async def GetPerformance(self, req: pb.PerformanceRequest, ctx: Any, who: str) -> pb.PerformanceReport:
+        report = self._feedback().report(req.model, req.version)
+        accuracy = report.get("accuracy")
+        return pb.PerformanceReport(
+            labelled=int(report.get("labelled", 0)),
+            accuracy=float("nan") if accuracy is None else float(accuracy),
+            report_json=json.dumps(report, default=str),
         )

@@ -151,6 +151,12 @@ def build_routes(core: Core, max_request_bytes: int, metrics: Metrics, drift: An
             await drift.report_async(p["model"], p.get("version", ""), q.get("view", "window"), histograms)
         )
 
+    async def drift_counts(request: Request) -> Response:
+        p = request.path_params
+        if drift is None:
+            raise Unimplemented("drift monitoring is off (--drift false)")
+        return json_response(await drift.counts_async(p["model"], p["version"]))
+
     async def prometheus(request: Request) -> Response:
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
@@ -184,6 +190,8 @@ def build_routes(core: Core, max_request_bytes: int, metrics: Metrics, drift: An
             r(prefix + "/stats", e.model_stats, ["GET"]),
             r(prefix + "/drift", drift_report, ["GET"]),
         ]
+    # a replica's mergeable drift counts (turnout drift merge); a version, as counts are per version
+    routes.append(r("/v2/models/{model}/versions/{version}/drift/counts", drift_counts, ["GET"]))
     return routes
 
 

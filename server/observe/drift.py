@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from drift import DriftConfig
+from drift.fleet import window_counts
 from drift.process import DetectorSpec, MonitorProcess
 from model_store.registry import ModelRegistry, ServingVersion
 from model_store.signature import Signature
@@ -301,6 +302,17 @@ class DriftWiring:
         rep["model_version"] = sv.version
         rep["monitor"] = stats
         return rep
+
+    def counts(self, model: str, version: str) -> dict[str, Any]:
+        """A version's reference and window counts, for a fleet-wide merge (drift/fleet.py).
+        Blocks while the monitor process answers: call it from a thread."""
+        sv = self.registry.resolve(model, version)
+        counts = self.monitor.call("counts", model, sv.version) or window_counts(None, None, self.config)
+        return {"model_name": model, "model_version": sv.version, **counts}
+
+    async def counts_async(self, model: str, version: str) -> dict[str, Any]:
+        self.flush()
+        return await asyncio.to_thread(self.counts, model, version)
 
     async def report_async(
         self, model: str, version: str, view: str = "window", histograms: bool = True

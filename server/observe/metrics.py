@@ -25,6 +25,8 @@ from prometheus_client import (
     multiprocess,
 )
 
+from server.observe.triton_metrics import Split, TritonMetrics, render
+
 LATENCY_BUCKETS = (
     0.0001,
     0.00025,
@@ -148,6 +150,8 @@ class Metrics:
         self.registry = registry
         self._tallies: dict[tuple[Any, ...], HistogramTally | CounterTally] = {}
         self.process = ProcessMetrics(registry, multiprocess_mode())
+        # Triton's nv_* names, read from the statistics (attached by the runtime)
+        self.triton = TritonMetrics(registry, multiprocess_mode())
         self.requests = Counter(
             "turnout_requests",
             "Inference requests by outcome",
@@ -253,6 +257,44 @@ class Metrics:
             "Drift monitor processes started to replace one that died",
             registry=registry,
         )
+        self.request_log_written = Counter(
+            "turnout_request_log_written",
+            "Request records written to the request log",
+            ["model", "version"],
+            registry=registry,
+        )
+        self.request_log_dropped = Counter(
+            "turnout_request_log_dropped",
+            "Request records dropped because the log writer's queue was full or writing failed",
+            ["model", "version"],
+            registry=registry,
+        )
+        self.feedback = Counter(
+            "turnout_feedback",
+            "Ground-truth feedback items by outcome (accepted, duplicate, unknown, late, invalid)",
+            ["model", "outcome"],
+            registry=registry,
+        )
+        self.feedback_evictions = Counter(
+            "turnout_feedback_evictions",
+            "Predictions evicted from the feedback store before any feedback arrived",
+            ["model"],
+            registry=registry,
+        )
+        self.accuracy = Gauge(
+            "turnout_model_accuracy",
+            "Accuracy of a classifier version on the rows that received feedback (cumulative)",
+            ["model", "version"],
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.estimated_accuracy = Gauge(
+            "turnout_model_estimated_accuracy",
+            "Label-free accuracy estimate (mean top-class probability) of recent predictions",
+            ["model", "version"],
+            registry=registry,
+            multiprocess_mode="max",
+        )
         self.edge_events = Counter(
             "turnout_edge_events",
             "Connections and requests the edge refused or closed, by protocol and defence",
@@ -295,18 +337,21 @@ class Metrics:
         for sampler in self._samplers:
             sampler()
         self.process.flush()
+        self.triton.flush()
 
     def exposition(self) -> bytes:
         self.flush()
-        return exposition(self.registry)
+        return exposition(self.registry) + self.triton.exposition()
 
 
 def exposition(registry: CollectorRegistry) -> bytes:
     """The text exposition: this process's registry, or every worker's when the server runs
-    several processes (PROMETHEUS_MULTIPROC_DIR set by the supervisor)."""
+    several processes (PROMETHEUS_MULTIPROC_DIR set by the supervisor), the nv_* counters
+    summed over the workers."""
     if multiprocess_mode():
         merged = CollectorRegistry()
         multiprocess.MultiProcessCollector(merged)
         PlatformCollector(registry=merged)  # python_info: the same in every worker
-        return generate_latest(merged)
+        split = Split(merged.collect())  # the nv_* sums are written as Triton's counters
+        return generate_latest(split) + render(split.nv)
     return generate_latest(registry)

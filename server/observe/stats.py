@@ -44,14 +44,16 @@ class VersionStats:
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
     batches: dict[int, BatchStats] = field(default_factory=dict)
+    fail_reasons: dict[str, int] = field(default_factory=dict)  # Triton's reason: failures
 
     def record_success(self, rows: int, ns: int) -> None:
         self.success.add(ns)
         self.inference_count += rows
         self.last_inference_ms = int(time.time() * 1000)
 
-    def record_failure(self, ns: int) -> None:
+    def record_failure(self, ns: int, reason: str = "OTHER") -> None:
         self.fail.add(ns)
+        self.fail_reasons[reason] = self.fail_reasons.get(reason, 0) + 1
         self.last_inference_ms = int(time.time() * 1000)
 
     def record_batch(self, rows: int, n_requests: int, queue_ns_total: int, infer_ns: int) -> None:

@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from router.gates import GateResult, Gates, evaluate_gates, wilson_lower_bound
+from router.gates import GateResult, Gates, Labelled, evaluate_gates, wilson_lower_bound
 from router.window import (
     BUCKET_EDGES,
     HIGHEST_LATENCY_S,
@@ -129,8 +129,9 @@ def test_wilson_lower_bound() -> None:
 
 
 def test_all_gates_pass_for_a_good_canary() -> None:
-    results = evaluate_gates(_window(500, 1), _window(5000, 5, seed=1), 0.01, "ok", Gates())
-    assert [r.name for r in results] == ["error_rate", "p99_latency", "disagreement", "drift"]
+    labelled = (Labelled(897, 1000), Labelled(900, 1000))
+    results = evaluate_gates(_window(500, 1), _window(5000, 5, seed=1), 0.01, "ok", Gates(), labelled)
+    assert [r.name for r in results] == ["error_rate", "p99_latency", "disagreement", "drift", "accuracy"]
     assert all(r.passed is True for r in results), [r.detail for r in results]
 
 

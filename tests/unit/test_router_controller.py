@@ -322,7 +322,13 @@ def test_rollout_status_view() -> None:
     assert status is not None
     assert status["rollout"]["weight"] == 0.1
     assert status["canary_window"]["requests"] + status["stable_window"]["requests"] == 500
-    assert [g["name"] for g in status["gates"]] == ["error_rate", "p99_latency", "disagreement", "drift"]
+    assert [g["name"] for g in status["gates"]] == [
+        "error_rate",
+        "p99_latency",
+        "disagreement",
+        "drift",
+        "accuracy",
+    ]
     assert len(status["shadow"]) == 1
 
 
@@ -384,3 +390,19 @@ def test_restart_resumes_a_rollout_from_disk(tmp_path: Path) -> None:
     clock.now += 11
     (stepped,) = second.tick()
     assert stepped.step_index == 1
+
+
+def test_accuracy_source_feeds_the_accuracy_gate_from_the_rollout_start() -> None:
+    clock = Clock()
+    # before the rollout, version 2 looked perfect; only rows labelled since its start count
+    counts = {"1": (100, 100), "2": (100, 100)}
+    controller = _controller(clock=clock, accuracy=lambda model, version: counts.get(version))
+    controller.set_policy("iris", {"stable": "1"}, "alice")
+    controller.start_rollout("iris", "2", PLAN, "alice")
+    _serve(controller, "iris", 2000, {}, {})
+    counts["1"] = (100 + 930, 100 + 1000)
+    counts["2"] = (100 + 400, 100 + 500)  # 80% since the start vs 93%
+    clock.now += 1
+    (changed,) = controller.tick()
+    assert "gate accuracy failed" in changed.reason
+    assert changed.status == "rolled_back"

@@ -1,0 +1,238 @@
+"""The request log: sampled requests and accepted feedback, written off the request path.
+
+The request path only puts a tuple of references on a bounded queue (``put_nowait``); a full
+queue drops the record and counts it (``turnout_request_log_dropped_total``), so logging
+never blocks or fails a request. One writer thread encodes the records as JSON lines and
+appends them to per-version files under ``<dir>/<model>/<version>/``: ``requests-*.jsonl`` and
+``feedback-*.jsonl``. A file is closed and a new one started past ``max_file_bytes`` or
+``max_file_secs``; beyond ``max_files`` per kind and version the oldest files are deleted, and so
+are files started more than ``max_age_secs`` ago (checked whenever a file is started).
+A failure to write is logged (rate-limited) and counted as drops; the writer carries on.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from server.observe.logs import RateLimitedLog
+from server.observe.metrics import Metrics
+
+log = logging.getLogger("turnout.request_log")
+
+# a record as the request path leaves it: (kind, model, version, document builder arguments)
+Record = tuple[str, str, str, dict[str, Any]]
+_STOP: Record = ("", "", "", {})
+RECORD_FIELDS = ("ts", "model", "version", "id", "routing_key", "parameters", "inputs", "outputs")
+
+
+def _default(obj: Any) -> Any:
+    """What orjson cannot encode by itself: BYTES tensors, numpy scalars, odd arrays."""
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, bytes):
+        try:
+            return obj.decode("utf-8")
+        except UnicodeDecodeError:
+            return {"b64": base64.b64encode(obj).decode("ascii")}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(type(obj).__name__)
+
+
+def encode(doc: dict[str, Any]) -> bytes:
+    return orjson.dumps(doc, default=_default, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE)
+
+
+def tensors_json(tensors: dict[str, np.ndarray], exclude: Collection[str]) -> dict[str, Any]:
+    return {name: arr for name, arr in tensors.items() if name not in exclude}
+
+
+@dataclass(frozen=True)
+class Rotation:
+    max_file_bytes: int
+    max_file_secs: float
+    max_files: int
+    max_age_secs: float | None = None  # files started longer ago are deleted
+
+
+class RotatingFiles:
+    """One kind of record of one version: appends lines, rotates by size and age, keeps the
+    newest ``max_files`` files. Writer thread only."""
+
+    def __init__(self, directory: Path, prefix: str, rotation: Rotation, clock: Callable[[], float]) -> None:
+        self.dir = directory
+        self.prefix = prefix
+        self.rotation = rotation
+        self.clock = clock
+        self._file: Any = None
+        self._size = 0
+        self._opened = 0.0
+        self._seq = 0
+
+    def write(self, lines: list[bytes]) -> None:
+        for line in lines:
+            if self._file is not None and (
+                (self._size and self._size + len(line) > self.rotation.max_file_bytes)
+                or self.clock() - self._opened >= self.rotation.max_file_secs
+            ):
+                self.close()
+            if self._file is None:
+                self._open()
+            self._file.write(line)
+            self._size += len(line)
+        if self._file is not None:
+            self._file.flush()
+
+    def _open(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        now = self.clock()
+        self._seq += 1
+        path = self.dir / f"{self.prefix}-{int(now * 1000):014d}-{os.getpid()}-{self._seq:06d}.jsonl"
+        self._file = path.open("ab")
+        self._size = 0
+        self._opened = now
+        self._prune()
+
+    def _prune(self) -> None:
+        files = sorted(self.dir.glob(f"{self.prefix}-*.jsonl"))  # oldest first: named by start time
+        doomed = files[: max(0, len(files) - self.rotation.max_files)]
+        if self.rotation.max_age_secs is not None:
+            cutoff_ms = int((self.clock() - self.rotation.max_age_secs) * 1000)
+            doomed += [f for f in files[len(doomed) :] if _started_ms(f) < cutoff_ms]
+        for old in doomed:
+            old.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class RequestLog:
+    """The bounded queue and its writer thread."""
+
+    def __init__(
+        self,
+        root: Path,
+        metrics: Metrics,
+        rotation: Rotation,
+        *,
+        queue_size: int,
+        exclude: Collection[str] = (),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.root = root
+        self.metrics = metrics
+        self.rotation = rotation
+        self.exclude = frozenset(exclude)
+        self.clock = clock
+        self._queue: queue.Queue[Record] = queue.Queue(maxsize=queue_size)
+        self._files: dict[tuple[str, str, str], RotatingFiles] = {}
+        self._errors = RateLimitedLog(log)
+        self._thread = threading.Thread(target=self._run, name="turnout-request-log", daemon=True)
+        self._thread.start()
+
+    # ---- request path -----------------------------------------------------------------
+
+    def submit(self, record: Record, dropped: Any) -> None:
+        """Queue ``record``; when the queue is full count one drop on ``dropped`` instead."""
+        try:
+            self._queue.put_nowait(record)
+        except queue.Full:
+            dropped.inc()
+
+    # ---- writer thread ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        q = self._queue
+        while True:
+            batch = [q.get()]
+            while len(batch) < 1024:
+                try:
+                    batch.append(q.get_nowait())
+                except queue.Empty:
+                    break
+            stop = False
+            groups: dict[tuple[str, str, str], list[bytes]] = {}
+            for rec in batch:
+                if rec is _STOP:
+                    stop = True
+                    continue
+                kind, model, version, doc = rec
+                try:
+                    line = encode(self._shape(doc))
+                except Exception as exc:  # an unencodable record is dropped, not the writer
+                    self._errors.warning("request log: record not encoded: %s", exc)
+                    self.metrics.request_log_dropped.labels(model, version).inc()
+                    continue
+                groups.setdefault((kind, model, version), []).append(line)
+            for key, lines in groups.items():
+                self._write(key, lines)
+            if stop:
+                for files in self._files.values():
+                    files.close()
+                return
+
+    def _shape(self, doc: dict[str, Any]) -> dict[str, Any]:
+        ex = self.exclude
+        if not ex:
+            return doc
+        out = {k: v for k, v in doc.items() if k not in ex}
+        for part in ("inputs", "outputs"):
+            if part in out:
+                out[part] = tensors_json(out[part], ex)
+        return out
+
+    def _write(self, key: tuple[str, str, str], lines: list[bytes]) -> None:
+        kind, model, version = key
+        files = self._files.get(key)
+        if files is None:
+            files = self._files[key] = RotatingFiles(
+                self.root / path_component(model) / path_component(version), kind, self.rotation, self.clock
+            )
+        try:
+            files.write(lines)
+        except OSError as exc:
+            self._errors.warning("request log: cannot write %s: %s", files.dir, exc)
+            files.close()
+            self.metrics.request_log_dropped.labels(model, version).inc(len(lines))
+            return
+        if kind == "requests":
+            self.metrics.request_log_written.labels(model, version).inc(len(lines))
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is queued, close the files and end the thread."""
+        if not self._thread.is_alive():
+            return
+        try:
+            self._queue.put(_STOP, timeout=timeout)
+        except queue.Full:
+            log.warning("request log: queue still full at shutdown; queued records lost")
+            return
+        self._thread.join(timeout)
+
+
+def _started_ms(path: Path) -> int:
+    """When a log file was started, from its name (``<kind>-<ms>-<pid>-<n>.jsonl``)."""
+    try:
+        return int(path.name.split("-")[1])
+    except (IndexError, ValueError):
+        return 1 << 62  # not one of ours: never deleted for its age
+
+
+def path_component(name: str) -> str:
+    """A model or version name as one path component."""
+    cleaned = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+    return cleaned if cleaned not in ("", ".", "..") else "_"

@@ -1,0 +1,149 @@
+"""The request log's writer: JSON lines, rotation by size and age, retention, exclusion, drops."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+from server.observe.metrics import Metrics
+from server.observe.request_log import RequestLog, RotatingFiles, Rotation
+
+
+def doc(i: int) -> dict[str, Any]:
+    return {
+        "ts": float(i),
+        "model": "m",
+        "version": "1",
+        "id": f"r{i}",
+        "routing_key": None,
+        "parameters": {},
+        "inputs": {
+            "x": np.arange(4, dtype=np.float32).reshape(1, 4),
+            "s": np.array([b"a", b"\xff"], dtype=object),
+        },
+        "outputs": {"y": np.array([i])},
+    }
+
+
+def lines(directory: Path, prefix: str = "requests") -> list[dict[str, Any]]:
+    return [
+        json.loads(line)
+        for f in sorted(directory.glob(f"{prefix}-*.jsonl"))
+        for line in f.read_text().splitlines()
+    ]
+
+
+def test_rotation_by_size_keeps_files_under_the_limit_and_prunes_old_ones(tmp_path: Path) -> None:
+    now = [0.0]
+    files = RotatingFiles(tmp_path, "requests", Rotation(100, 1e9, 3), lambda: now[0])
+    for i in range(20):
+        now[0] += 0.01
+        files.write([b'{"i": %d, "pad": "0123456789"}\n' % i])
+    files.close()
+    kept = sorted(tmp_path.glob("requests-*.jsonl"))
+    assert len(kept) == 3
+    assert all(f.stat().st_size <= 100 for f in kept)
+    assert [json.loads(x)["i"] for f in kept for x in f.read_text().splitlines()][-1] == 19
+
+
+def test_rotation_by_age(tmp_path: Path) -> None:
+    now = [0.0]
+    files = RotatingFiles(tmp_path, "requests", Rotation(1 << 20, 10.0, 100), lambda: now[0])
+    for _ in range(5):
+        files.write([b"{}\n"])
+        now[0] += 6.0  # every other line crosses 10 s
+    files.close()
+    assert len(list(tmp_path.glob("requests-*.jsonl"))) == 3
+
+
+def test_records_are_json_lines_with_exclusions(tmp_path: Path) -> None:
+    metrics = Metrics(CollectorRegistry())
+    rl = RequestLog(
+        tmp_path, metrics, Rotation(1 << 20, 1e9, 10), queue_size=100, exclude=("routing_key", "s")
+    )
+    dropped = metrics.request_log_dropped.labels("m", "1")
+    for i in range(3):
+        rl.submit(("requests", "m", "1", doc(i)), dropped)
+    rl.submit(("feedback", "m", "1", {"id": "r1", "label": 2}), dropped)
+    rl.close()
+    got = lines(tmp_path / "m" / "1")
+    assert [g["id"] for g in got] == ["r0", "r1", "r2"]
+    assert "routing_key" not in got[0]
+    assert got[0]["inputs"] == {"x": [[0.0, 1.0, 2.0, 3.0]]}
+    assert got[2]["outputs"] == {"y": [2]}
+    assert lines(tmp_path / "m" / "1", "feedback") == [{"id": "r1", "label": 2}]
+    assert (
+        metrics.registry.get_sample_value("turnout_request_log_written_total", {"model": "m", "version": "1"})
+        == 3
+    )
+
+
+def test_bytes_tensors_are_text_or_base64(tmp_path: Path) -> None:
+    metrics = Metrics(CollectorRegistry())
+    rl = RequestLog(tmp_path, metrics, Rotation(1 << 20, 1e9, 10), queue_size=10)
+    rl.submit(("requests", "m", "1", doc(0)), metrics.request_log_dropped.labels("m", "1"))
+    rl.close()
+    assert lines(tmp_path / "m" / "1")[0]["inputs"]["s"] == ["a", {"b64": "/w=="}]
+
+
+def test_a_full_queue_drops_and_counts_without_blocking(tmp_path: Path) -> None:
+    metrics = Metrics(CollectorRegistry())
+    rl = RequestLog(tmp_path, metrics, Rotation(1 << 20, 1e9, 10), queue_size=4)
+    gate = threading.Event()
+    original = rl._write
+
+    def slow_write(key: tuple[str, str, str], batch: list[bytes]) -> None:
+        gate.wait(10)
+        original(key, batch)
+
+    rl._write = slow_write  # type: ignore[method-assign]
+    dropped = metrics.request_log_dropped.labels("m", "1")
+    for i in range(50):
+        rl.submit(("requests", "m", "1", doc(i)), dropped)
+    gate.set()
+    rl.close()
+    written = metrics.registry.get_sample_value(
+        "turnout_request_log_written_total", {"model": "m", "version": "1"}
+    )
+    lost = metrics.registry.get_sample_value(
+        "turnout_request_log_dropped_total", {"model": "m", "version": "1"}
+    )
+    assert (
+        lost is not None and lost >= 30
+    )  # only the queue (4) and what the writer took before it blocked got through
+    assert written == 50 - lost == len(lines(tmp_path / "m" / "1"))
+
+
+def test_an_unwritable_directory_counts_drops_and_the_writer_survives(tmp_path: Path) -> None:
+    blocker = tmp_path / "m"
+    blocker.write_text("not a directory")
+    metrics = Metrics(CollectorRegistry())
+    rl = RequestLog(tmp_path, metrics, Rotation(1 << 20, 1e9, 10), queue_size=10)
+    rl.submit(("requests", "m", "1", doc(0)), metrics.request_log_dropped.labels("m", "1"))
+    rl.submit(("requests", "n", "1", doc(1)), metrics.request_log_dropped.labels("n", "1"))
+    rl.close()
+    assert (
+        metrics.registry.get_sample_value("turnout_request_log_dropped_total", {"model": "m", "version": "1"})
+        == 1
+    )
+    assert len(lines(tmp_path / "n" / "1")) == 1
+
+
+def test_files_older_than_the_age_limit_are_deleted_when_a_file_starts(tmp_path: Path) -> None:
+    now = [1000.0]
+    files = RotatingFiles(
+        tmp_path, "requests", Rotation(1 << 20, 10.0, 100, max_age_secs=25.0), lambda: now[0]
+    )
+    (tmp_path / "requests-notours.jsonl").write_text("{}\n")  # a name without a start time: kept
+    for _ in range(6):
+        files.write([b"{}\n"])
+        now[0] += 10.0  # a new file every write (age rotation)
+    files.close()
+    kept = sorted(p.name for p in tmp_path.glob("requests-*.jsonl"))
+    # files started at 1000..1050; the last start (1050) deleted those before 1025
+    assert len(kept) == 4 and "requests-notours.jsonl" in kept

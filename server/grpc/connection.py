@@ -337,7 +337,9 @@ class GrpcConnection(Answering, asyncio.Protocol):
             else:  # nothing is sent on a stream that was reset
                 self._finish(call, grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
         except Exception as exc:
-            self.server.handler_errors.error("unexpected error in gRPC handler for %s", call.path, exc_info=exc)
+            self.server.handler_errors.error(
+                "unexpected error in gRPC handler for %s", call.path, exc_info=exc
+            )
             self._finish(call, grpc.StatusCode.UNKNOWN, f"Unexpected {type(exc).__name__}: {exc}")
 
     def _task_done(self, call: Call, _task: asyncio.Task[None]) -> None:

@@ -15,6 +15,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from drift.config import DriftConfig
+
 DEMO_REPOSITORY = Path(__file__).resolve().parent.parent / "model_store" / "demo" / "repository"
 
 # the help's sections: the first field of each, with its title
@@ -235,7 +237,11 @@ class Settings(BaseSettings):
     # drift
     drift: bool = Field(True, description="drift monitoring")
     drift_sample: float = Field(1.0, ge=0, le=1, description="share of requests fed to drift monitoring")
-    drift_window_rows: int = Field(10_000, ge=1, description="rows per drift test window")
+    drift_window_rows: int = Field(
+        10_000,
+        ge=DriftConfig.min_window_rows,
+        description="rows per drift test window (a test needs 30 at least)",
+    )
     drift_window_seconds: float | None = Field(
         60.0, gt=0, description="also close a drift window after this many seconds"
     )

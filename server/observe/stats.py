@@ -59,7 +59,8 @@ class VersionStats:
     def record_batch(self, rows: int, n_requests: int, queue_ns_total: int, infer_ns: int) -> None:
         self.execution_count += 1
         self.queue.add(queue_ns_total, n_requests)
-        self.compute_infer.add(infer_ns, n_requests)
+        # each request of the batch waited the whole execution: Triton adds it to every one
+        self.compute_infer.add(infer_ns * n_requests, n_requests)
         self.compute_input.add(0, n_requests)
         self.compute_output.add(0, n_requests)
         b = self.batches.get(rows)

@@ -36,8 +36,8 @@ def test_samples_and_text_come_from_the_statistics() -> None:
     assert got[("nv_inference_exec_count", labels)] == 1
     assert got[("nv_inference_request_duration_us", labels)] == 4  # 4,100 ns
     assert got[("nv_inference_queue_duration_us", labels)] == 7
-    # the statistics add a batch's compute time once (12,345 ns), counted for its 2 requests
-    assert got[("nv_inference_compute_infer_duration_us", labels)] == 12
+    # as in Triton, each of the batch's 2 requests waited its whole execution (2 x 12,345 ns)
+    assert got[("nv_inference_compute_infer_duration_us", labels)] == 24
     assert (
         got[("nv_inference_request_failure", (("model", "m"), ("reason", "BACKEND"), ("version", "2")))] == 1
     )

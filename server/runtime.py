@@ -135,7 +135,9 @@ class Runtime:
         self.mirror = ShadowMirror(self.controller.shadow_stats, max_in_flight=settings.shadow_max_in_flight)
         self.traffic = TrafficRouting(self.controller, self.mirror, self.models, self.metrics)
         self.core.router = self.traffic
-        self.dashboard = dashboard(settings, self.core, self.metrics, self.controller, self.feedback, self.drift)
+        self.dashboard = dashboard(
+            settings, self.core, self.metrics, self.controller, self.feedback, self.drift
+        )
         if settings.worker_id is not None and settings.state_dir is not None:
             self.core.model_ops = ModelOpsLog(settings.state_dir / "model-ops.jsonl", settings.worker_id)
         self.auth = Authorizer(

@@ -134,3 +134,27 @@ def test_readings_and_data() -> None:
     assert m["rollout"]["rollout"]["status"] == "running"
     assert [d["status"] for d in doc["drift"]] == ["ok", "drift", "ok"]
     assert doc["audit"][0]["action"] == "set_policy"
+
+
+def test_the_sampling_loop_survives_a_failing_read() -> None:
+    calls = [0]
+    enough = asyncio.Event()
+
+    def read() -> dict[Any, Any]:
+        calls[0] += 1
+        if calls[0] == 2:
+            raise RuntimeError("a source failed")
+        if calls[0] >= 4:
+            enough.set()
+        return {}
+
+    ts = TimeSeries(read, BOUNDS, clock=lambda: float(calls[0]), interval=0.001, capacity=5)
+    dash = Dashboard(ts, FakeController(), list, clock=lambda: 0.0)
+
+    async def run() -> None:
+        task = asyncio.create_task(dash.sample_forever())
+        await asyncio.wait_for(enough.wait(), 5)
+        task.cancel()
+
+    asyncio.run(run())
+    assert calls[0] >= 4

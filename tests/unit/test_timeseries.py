@@ -190,3 +190,24 @@ def test_error_counts_leave_out_ok_and_unresolved_requests() -> None:
         _sample("t_total", 4, model="m", version="", protocol="http", code="not_found"),
     ]
     assert error_counts(samples) == {("m", "1"): {"invalid_argument": 3}}
+
+
+def test_quantiles_from_the_servers_buckets_land_in_the_bucket_of_the_exact_quantile() -> None:
+    import bisect
+
+    import numpy as np
+
+    from server.observe.dashboard import BOUNDS as B
+
+    rng = np.random.default_rng(7)
+    for scale in (0.0002, 0.003, 0.05):
+        latencies = rng.lognormal(np.log(scale), 0.8, 5000)
+        cum = np.cumsum(np.bincount([bisect.bisect_left(B, v) for v in latencies], minlength=len(B)))
+        for q in (0.5, 0.99):
+            exact = float(np.quantile(latencies, q))
+            got = quantile(B, [int(c) for c in cum], q)
+            assert got is not None
+            i = bisect.bisect_left(B, exact)
+            lo = B[i - 1] if i else 0.0
+            hi = B[i] if not math.isinf(B[i]) else B[i - 1]
+            assert lo <= got <= hi, (scale, q, exact, got)

@@ -7,10 +7,12 @@ export LD_LIBRARY_PATH := $(shell $(PY) -c 'import nvidia.cuda_runtime, os; prin
 
 .PHONY: venv kserve-sdk serve test lint typecheck protos protos-check bench demo-models clean
 
-$(VENV)/.installed: pyproject.toml
+# constraints.txt pins every runtime and dev dependency to the versions the tests last passed with
+# (tests/unit/test_packaging.py checks them against pyproject.toml's bounds)
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
 venv: $(VENV)/.installed

@@ -9,11 +9,14 @@ memory and file descriptors came back.
 2. Warm-up (both protocols, 5 s), then the baseline RSS (``/proc/<pid>/status`` VmRSS) and open
    descriptors (``/proc/<pid>/fd``) of the idle, warmed server.
 3. The abusers of ``benchmarks.abuse`` start in their own process (unless ``--no-abuse``) and run
-   until the soak ends. Capacity is measured in the soak's own conditions: closed loop at
-   concurrency 32 on ``mlp``, both protocols at once, for ``--capacity-seconds``, beside the
-   abusers and with the traffic policy in place (the shadow copies are part of the cost).
+   until the soak ends. Capacity is measured in the soak's own conditions, beside the abusers and
+   with the traffic policy in place (the shadow copies are part of the cost): closed loop at
+   concurrency 32 on ``mlp``, both protocols at once, for ``--capacity-seconds``; then open-loop
+   probes with the soak's own generators find the highest fraction of that rate that is served
+   with no failure and a p99 under ``--probe-p99-ms`` (the open-loop generators take more of
+   the shared cores than the closed-loop ones): the sustained capacity.
 4. For ``--duration`` seconds: open-loop Poisson load on each protocol at ``--rate-fraction`` of
-   its capacity from step 3, one ``benchmarks.loadgen`` process per protocol; every
+   its sustained capacity from step 3, one ``benchmarks.loadgen`` process per protocol; every
    ``--reload-every`` seconds ``mlp``'s config.pbtxt gets a new comment line and the model is
    loaded again through ``POST /v2/repository/models/mlp/load`` (both versions are swapped for
    new sessions); RSS and descriptors are sampled every ``--sample-every`` seconds.
@@ -27,7 +30,7 @@ memory and file descriptors came back.
 Everything is bounded in time, targets loopback only, and the server and every child process are
 stopped at the end, also on Ctrl-C, SIGTERM or an error.
 
-    python -m benchmarks.soak                       # the 10-minute soak (about 11.5 min in all)
+    python -m benchmarks.soak                       # the 10-minute soak (about 13 min in all)
     python -m benchmarks.soak --duration 60 --reload-every 20 --short-timeouts   # a quick check
 """
 
@@ -91,6 +94,9 @@ class Options:
     abuse: bool = True
     short_timeouts: bool = False
     capacity_seconds: float = 10.0
+    probe_seconds: float = 15.0
+    probes: int = 4
+    probe_p99_ms: float = 250.0
     canary: float = 0.1
     shadow: float = 0.1
     settle: float = 10.0
@@ -223,6 +229,8 @@ class Soak:
     policy: dict[str, Any] = field(default_factory=dict)
     capacity: dict[str, dict[str, Any]] = field(default_factory=dict)
     rates: dict[str, float] = field(default_factory=dict)
+    probes: list[dict[str, Any]] = field(default_factory=list)  # the open-loop capacity search
+    sustained: float = 0.0  # the highest probe fraction of the closed-loop capacity that held
     load: dict[str, dict[str, Any]] = field(default_factory=dict)
     abuse: dict[str, Any] = field(default_factory=dict)
     reloads: list[Reload] = field(default_factory=list)
@@ -316,27 +324,97 @@ def closed_loop(srv: Turnout, seconds: float) -> dict[str, dict[str, Any]]:
 
 def measure_capacity(srv: Turnout, soak: Soak) -> None:
     """What the server sustains in the soak's own conditions: both protocols at once, beside the
-    abusers (already running), on the same machine as the generators."""
+    abusers (already running), on the same machine as the generators.
+
+    First closed loop at concurrency 32. Then, because the open-loop generators of the soak cost
+    the shared cores more than the closed-loop ones, a search for the highest fraction of that
+    rate the open-loop generators are served at with no failure and a p99 under
+    ``--probe-p99-ms`` (``--probes`` probes of ``--probe-seconds``, bisecting between 0.2 and
+    1.0). The soak offers ``--rate-fraction`` of that sustained rate."""
+    closed: dict[str, float] = {}
     for proto, r in closed_loop(srv, soak.opts.capacity_seconds).items():
         if "error" in r or not r.get("req_per_s"):
             raise RuntimeError(f"capacity run ({proto}) failed: {r.get('error', r)}")
         keep = ("req_per_s", "p50_ms", "p99_ms", "errors", "server_cores", "client_cores", "other_cores")
         soak.capacity[proto] = {k: r.get(k) for k in keep}
-        soak.rates[proto] = round(soak.opts.rate_fraction * float(r["req_per_s"]), 1)
+        closed[proto] = float(r["req_per_s"])
+        print(f"capacity {proto}: {r['req_per_s']} req/s closed loop at c=32 beside the rest", flush=True)
+    low, high, best = 0.2, 1.0, 0.0
+    fraction = 0.6
+    for _ in range(soak.opts.probes):
+        rates = {p: round(fraction * closed[p], 1) for p in PROTOS}
+        results = open_loop(srv, rates, soak.opts.probe_seconds, soak.opts)
+        held = all(
+            "error" not in r
+            and not sum(r.get("errors", {}).values())
+            and float(r.get("p99_ms") or 1e9) < soak.opts.probe_p99_ms
+            for r in results.values()
+        )
+        soak.probes.append(
+            {
+                "fraction": fraction,
+                "held": held,
+                **{
+                    p: {k: r.get(k) for k in ("requests", "ok", "errors", "p50_ms", "p99_ms", "error")}
+                    for p, r in results.items()
+                },
+            }
+        )
         print(
-            f"capacity {proto}: {r['req_per_s']} req/s at c=32 beside the other protocol and the abusers"
-            f" -> {soak.rates[proto]} req/s offered",
+            f"probe at {fraction:.2f} of closed-loop capacity: {'held' if held else 'did not hold'}",
+            flush=True,
+        )
+        if held:
+            best, low = max(best, fraction), fraction
+        else:
+            high = fraction
+        fraction = round((low + high) / 2, 3)
+        time.sleep(2)  # the probe's answers drain
+    if best == 0.0:
+        best = low  # nothing held: offer the lowest fraction searched, and let the soak show it
+    soak.sustained = best
+    for proto in PROTOS:
+        soak.rates[proto] = round(soak.opts.rate_fraction * best * closed[proto], 1)
+        print(
+            f"sustained open loop {proto}: {best * closed[proto]:.1f} req/s -> {soak.rates[proto]} req/s offered",
             flush=True,
         )
 
 
-def start_loadgen(srv: Turnout, proto: str, rate: float, opts: Options) -> subprocess.Popen[str]:
+def open_loop(
+    srv: Turnout, rates: dict[str, float], seconds: float, opts: Options
+) -> dict[str, dict[str, Any]]:
+    """Both protocols at once, open loop (the soak's generators) at ``rates``, for ``seconds``."""
+    gens = {
+        p: _spawn(loadgen_cmd(srv, p, rates[p], seconds, opts, None), opts.workdir / f"probe-{p}.err")
+        for p in PROTOS
+    }
+    out: dict[str, dict[str, Any]] = {}
+    for p, g in gens.items():
+        try:
+            stdout, _ = g.communicate(timeout=seconds + opts.request_timeout + 30)
+            out[p] = (
+                last_json(stdout) if g.returncode == 0 else {"error": tail(opts.workdir / f"probe-{p}.err")}
+            )
+        except subprocess.TimeoutExpired:
+            stop_child(g, grace=1)
+            out[p] = {"error": "the probe generator did not finish"}
+    return out
+
+
+def loadgen_cmd(
+    srv: Turnout, proto: str, rate: float, seconds: float, opts: Options, spans: Path | None
+) -> list[str]:
     cmd = [
         PYTHON, "-m", "benchmarks.loadgen", "--proto", proto, "--target", srv.grpc if proto == "grpc" else srv.http,
         "--model", MODEL, "--mode", "open", "--arrival", "poisson", "--rate", str(rate), "--warmup", "0",
-        "--duration", str(opts.duration), "--timeout", str(opts.request_timeout),
-        "--spans-file", str(opts.workdir / f"spans-{proto}.npy"),
+        "--duration", str(seconds), "--timeout", str(opts.request_timeout),
     ]  # fmt: skip
+    return cmd + (["--spans-file", str(spans)] if spans is not None else [])
+
+
+def start_loadgen(srv: Turnout, proto: str, rate: float, opts: Options) -> subprocess.Popen[str]:
+    cmd = loadgen_cmd(srv, proto, rate, opts.duration, opts, opts.workdir / f"spans-{proto}.npy")
     return _spawn(cmd, opts.workdir / f"loadgen-{proto}.err")
 
 
@@ -397,7 +475,7 @@ def run(opts: Options, soak: Soak, children: list[subprocess.Popen[str]], srv: T
     log = opts.workdir / "turnout.log"
     loaded_before = len(LOADED.findall(log.read_bytes()))
     print(f"baseline: RSS {soak.baseline.rss_kb / 1024:.1f} MiB, {soak.baseline.fds} descriptors", flush=True)
-    abuse_for = opts.capacity_seconds + 10 + opts.duration
+    abuse_for = opts.capacity_seconds + opts.probes * (opts.probe_seconds + 5) + 20 + opts.duration
     abuse = start_abuse(srv, opts, abuse_for) if opts.abuse else None
     if abuse is not None:
         children.append(abuse)
@@ -546,13 +624,17 @@ def report(soak: Soak) -> str:
         "",
         "## Legitimate requests",
         "",
-        f"Capacity: closed loop, concurrency 32, both protocols at once for {o.capacity_seconds:g} s, beside the "
-        f"abusers. Soak: open loop, Poisson arrivals, {o.rate_fraction:.0%} of each protocol's capacity, "
-        f"{o.duration:g} s, client deadline {o.request_timeout:g} s. Latency from the scheduled send time.",
+        f"Capacity, in the soak's own conditions (beside the abusers, with the traffic policy, on the machine "
+        f"the generators share): closed loop at concurrency 32, both protocols at once for {o.capacity_seconds:g} s; "
+        f"then the highest fraction of that rate the soak's open-loop generators are served at with no failure "
+        f"and p99 under {o.probe_p99_ms:g} ms ({len(soak.probes)} probes of {o.probe_seconds:g} s, bisecting): "
+        f"**{soak.sustained:.2f}**, the sustained capacity. Soak: open loop, Poisson arrivals, "
+        f"{o.rate_fraction:.0%} of each protocol's sustained capacity, {o.duration:g} s, client deadline "
+        f"{o.request_timeout:g} s. Latency from the scheduled send time.",
         "",
-        "| protocol | capacity req/s | offered req/s | sent | ok | failed | failures by code | near a reload | "
-        "p50 ms | p99 ms | max ms | send lag p99 ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| protocol | closed-loop capacity req/s | sustained req/s | offered req/s | sent | ok | failed | "
+        "failures by code | near a reload | p50 ms | p99 ms | max ms | send lag p99 ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for proto in PROTOS:
         r = soak.load.get(proto, {})
@@ -560,12 +642,27 @@ def report(soak: Soak) -> str:
         by_second = r.get("errors_by_second", {}).items()
         near = sum(n for sec, n in by_second if near_reload(int(sec), soak.reloads))
         lines.append(
-            f"| {proto} | {soak.capacity.get(proto, {}).get('req_per_s', '-')} | {soak.rates.get(proto, '-')} | "
+            f"| {proto} | {soak.capacity.get(proto, {}).get('req_per_s', '-')} | "
+            f"{round(soak.sustained * float(soak.capacity.get(proto, {}).get('req_per_s') or 0), 1)} | "
+            f"{soak.rates.get(proto, '-')} | "
             f"{r.get('requests', '-')} | {r.get('ok', '-')} | {sum(errs.values()) if 'error' not in r else 'run failed'} | "
             f"{json.dumps(errs) if errs else '-'} | {near if errs else '-'} | {_ms(r.get('p50_ms'))} | "
             f"{_ms(r.get('p99_ms'))} | {_ms(r.get('max_ms'))} | {_ms(r.get('send_lag_p99_ms'))} |"
         )
     cap = {p: soak.capacity.get(p, {}) for p in PROTOS}
+    if soak.probes:
+        lines += ["", "Capacity probes (open loop, both protocols at once):", ""]
+        lines += [
+            "| fraction | held | gRPC ok | gRPC failed | gRPC p99 ms | HTTP ok | HTTP failed | HTTP p99 ms |"
+        ]
+        lines += ["|---|---|---|---|---|---|---|---|"]
+        for pr in soak.probes:
+            g, h = pr.get("grpc", {}), pr.get("http", {})
+            lines.append(
+                f"| {pr['fraction']:.3f} | {'yes' if pr['held'] else 'no'} | {g.get('ok', '-')} | "
+                f"{sum((g.get('errors') or {}).values())} | {_ms(g.get('p99_ms'))} | {h.get('ok', '-')} | "
+                f"{sum((h.get('errors') or {}).values())} | {_ms(h.get('p99_ms'))} |"
+            )
     lines += [
         "",
         "CPU in cores (server process / our generators and abusers / everybody else on the machine): "
@@ -685,6 +782,9 @@ def parse_args(argv: list[str] | None) -> Options:
     ap.add_argument("--no-abuse", dest="abuse", action="store_false", help="no abusive clients")
     ap.add_argument("--short-timeouts", action="store_true", help=f"server edge timeouts {SHORT_TIMEOUTS}")
     ap.add_argument("--capacity-seconds", type=float, default=d.capacity_seconds)
+    ap.add_argument("--probe-seconds", type=float, default=d.probe_seconds, help="each open-loop probe")
+    ap.add_argument("--probes", type=int, default=d.probes, help="open-loop probes of the capacity search")
+    ap.add_argument("--probe-p99-ms", type=float, default=d.probe_p99_ms, help="a probe holds under this p99")
     ap.add_argument("--canary", type=float, default=d.canary, help="weight of the canary (mlp version 2)")
     ap.add_argument("--shadow", type=float, default=d.shadow, help="fraction mirrored to the other version")
     ap.add_argument("--settle", type=float, default=d.settle, help="seconds before the end sample")
@@ -700,6 +800,8 @@ def parse_args(argv: list[str] | None) -> Options:
         "rate_fraction",
         "reload_every",
         "capacity_seconds",
+        "probe_seconds",
+        "probes",
         "sample_every",
         "request_timeout",
     )

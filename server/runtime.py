@@ -27,6 +27,8 @@ from prometheus_client import CollectorRegistry
 
 from drift import DriftConfig
 from model_store.config import instance_count
+from model_store.errors import ModelStoreError
+from model_store.layout import stage_single_model
 from model_store.registry import ModelRegistry
 from model_store.repository import LocalRepository
 from model_store.session import Session, SessionOptions
@@ -105,6 +107,7 @@ class Runtime:
             on_load_failure=self._load_failed,
         )
         self.core = Core(self.models, self.metrics)
+        self.metrics.sample(lambda: self.metrics.inflight.set(self.core.in_flight))
         self.metrics.triton.attach(self.core.statistics)
         store = ControlPlaneStore(settings.state_dir / "control") if settings.state_dir else None
         self.drift: DriftWiring | None = None
@@ -551,6 +554,17 @@ def open_repository(settings: Settings) -> LocalRepository:
 
         cache = settings.repository_cache_dir or Path(tempfile.mkdtemp(prefix="turnout-repo-"))
         return S3Repository(settings.model_repository, cache, endpoint_url=settings.s3_endpoint_url)
+    if settings.single_model is not None:
+        # one model's files (KServe's /mnt/models) staged as a repository of links
+        dest = Path(tempfile.mkdtemp(prefix="turnout-single-", dir=settings.repository_cache_dir))
+        try:
+            stage_single_model(Path(settings.model_repository), settings.single_model, dest)
+        except ModelStoreError as exc:
+            raise StartError(str(exc)) from exc
+        log.info(
+            "serving %s as model %s (staged in %s)", settings.model_repository, settings.single_model, dest
+        )
+        return LocalRepository(dest)
     return LocalRepository(Path(settings.model_repository))
 
 

@@ -15,6 +15,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from drift.config import DriftConfig
+
 DEMO_REPOSITORY = Path(__file__).resolve().parent.parent / "model_store" / "demo" / "repository"
 
 # the help's sections: the first field of each, with its title
@@ -64,6 +66,12 @@ class Settings(BaseSettings):
         description="explicit mode: models to load at start, comma-separated or repeated; '*' for all",
     )
     strict_model_config: bool = Field(False, description="require inputs and outputs in config.pbtxt")
+    single_model: str | None = Field(
+        None,
+        description="the repository directory holds one model's files (KServe's /mnt/models: a .onnx"
+        " file or numbered version directories, config.pbtxt optional): serve them as this model"
+        " (docs/kubernetes.md)",
+    )
 
     # processes
     workers: int = Field(1, ge=1, description="server processes sharing the ports (SO_REUSEPORT)")
@@ -230,7 +238,11 @@ class Settings(BaseSettings):
     # drift
     drift: bool = Field(True, description="drift monitoring")
     drift_sample: float = Field(1.0, ge=0, le=1, description="share of requests fed to drift monitoring")
-    drift_window_rows: int = Field(10_000, ge=1, description="rows per drift test window")
+    drift_window_rows: int = Field(
+        10_000,
+        ge=DriftConfig.min_window_rows,
+        description="rows per drift test window (a test needs 30 at least)",
+    )
     drift_window_seconds: float | None = Field(
         60.0, gt=0, description="also close a drift window after this many seconds"
     )
@@ -349,6 +361,8 @@ class Settings(BaseSettings):
         tokens = self.admin_token or self.auth_tokens_file or self.auth_tokens
         if (self.auth_infer or self.auth_metrics) and not tokens:
             raise ValueError("auth_infer and auth_metrics need tokens (admin_token or auth_tokens_file)")
+        if self.single_model is not None and self.is_remote:
+            raise ValueError("single_model needs a local directory, not an s3:// repository")
         if self.tls_client_ca is not None and not (self.tls_cert and self.tls_key):
             raise ValueError("tls_client_ca needs tls_cert and tls_key")
         for entry in self.request_log_rates:

@@ -6,6 +6,7 @@ one fails at import); the audit log records the caller that check admitted."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,10 +17,12 @@ from protos.turnout import admin_pb2_grpc
 from router.controller import NotConfigured, TrafficController
 from router.policy import TrafficPolicy
 from server.auth import GRPC_POLICY, Authorizer, grpc_peer_host
-from server.errors import InvalidInput, Unimplemented, public_message, wire_status
+from server.errors import InvalidInput, Unimplemented
+from server.grpc.failure import Failures
 from server.observe.feedback import Feedback
 
 DriftReport = Callable[[str, str], Awaitable[dict[str, Any]]]
+log = logging.getLogger("turnout.grpc.admin")
 SERVICE = pb.DESCRIPTOR.services_by_name["Admin"].full_name
 
 
@@ -65,7 +68,7 @@ def _guard(fn: Callable[[Any, Any, Any, str], Awaitable[Any]]) -> Callable[[Any,
             caller = self.auth.require(need, metadata_value(ctx, "authorization"), grpc_peer_host(ctx.peer()))
             return await fn(self, req, ctx, caller.name)
         except Exception as exc:
-            await ctx.abort(wire_status(exc).grpc, public_message(exc))
+            await self.failures.abort(ctx, exc)
 
     return method
 
@@ -82,6 +85,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self.auth = auth
         self.drift = drift
         self.feedback = feedback
+        self.failures = Failures(log)
 
     def _feedback(self) -> Feedback:
         if self.feedback is None:

@@ -13,7 +13,8 @@ import grpc
 from server.grpc import wire
 from server.grpc.call import Call
 from server.grpc.context import Context, Metadata
-from server.grpc.http2 import H2Connection, H2Stream
+from server.grpc.h2stream import H2Stream
+from server.grpc.http2 import H2Connection
 from server.grpc.streams import answering
 from server.grpc.wire import H2Error
 

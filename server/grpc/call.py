@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 
 from server.grpc.context import Context, Metadata
-from server.grpc.http2 import H2Stream
+from server.grpc.h2stream import H2Stream
 from server.grpc.messages import MessageReader
 
 

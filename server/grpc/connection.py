@@ -22,11 +22,12 @@ from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 
-from server.grpc import wire
+from server.grpc import timeouts, wire
 from server.grpc.answers import Answering
 from server.grpc.call import Call
 from server.grpc.context import Aborted, Context
-from server.grpc.http2 import MAX_HEADER_LIST, H2Connection, H2Stream
+from server.grpc.h2stream import MAX_HEADER_LIST, H2Stream
+from server.grpc.http2 import H2Connection
 from server.grpc.messages import MessageReader
 from server.grpc.streams import RequestHead, answering, receiving
 from server.grpc.wire import H2Error
@@ -337,7 +338,9 @@ class GrpcConnection(Answering, asyncio.Protocol):
             else:  # nothing is sent on a stream that was reset
                 self._finish(call, grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
         except Exception as exc:
-            log.exception("unexpected error in gRPC handler for %s", call.path)
+            self.server.handler_errors.error(
+                "unexpected error in gRPC handler for %s", call.path, exc_info=exc
+            )
             self._finish(call, grpc.StatusCode.UNKNOWN, f"Unexpected {type(exc).__name__}: {exc}")
 
     def _task_done(self, call: Call, _task: asyncio.Task[None]) -> None:
@@ -398,52 +401,8 @@ class GrpcConnection(Answering, asyncio.Protocol):
             log.warning("gRPC peer %s resets streams faster than allowed; asking it to go away", self.peer)
             self.go_away(H2Error.ENHANCE_YOUR_CALM)  # calls in flight still finish
 
-    # ------------------------------------------------------------------ timeouts
-
     def sweep(self, now: float) -> None:
-        """Enforce the timeouts (``TransportLimits``); the server calls this about once a second."""
-        lim = self.server.limits
-        if self.closed or self.transport is None:
-            return
-        age = now - self.opened_at
-        if not self.h2.preface_seen:
-            if age > lim.handshake_timeout_s:
-                self._drop("handshake_timeout", f"no connection preface within {lim.handshake_timeout_s:g} s")
-            return
-        if self.blocked_since is not None and now - self.blocked_since > lim.write_timeout_s:
-            self._drop("write_timeout", f"the peer read nothing for {lim.write_timeout_s:g} s")
-            return
-        if lim.max_age_s is not None and age > lim.max_age_s:
-            if not self.h2.going_away:
-                self.server.count("max_age")
-                self.go_away()
-            elif age > lim.max_age_s + lim.max_age_grace_s:
-                self.abort_calls()
-                self.loop.call_soon(self._close_now)  # after the cancelled calls have answered
-                return
-        idle = lim.idle_timeout_s
-        streams = self.h2.streams
-        if idle is not None and not streams and now - self.last_rx > idle and not self.h2.going_away:
-            self.server.count("idle_timeout")
-            self.go_away()
-            return
-        for st in list(streams.values()):
-            call = st.call
-            if call is None or call.handler is None or not receiving(st.state):
-                continue
-            if (call.queue is None and now - call.opened > lim.request_timeout_s) or (
-                idle is not None and now - call.last_rx > idle
-            ):
-                self.server.count("request_timeout")
-                self._expire(call)
-
-    def _drop(self, event: str, why: str) -> None:
-        self.server.count(event)
-        log.info("closing gRPC connection from %s: %s", self.peer, why)
-        self.closed = True
-        self._wake()
-        if self.transport is not None:
-            self.transport.abort()
+        timeouts.sweep(self, now)
 
     def abort_calls(self) -> list[asyncio.Task[None]]:
         """Cancel every call (its status says the server is shutting down); returns the tasks."""

@@ -17,7 +17,7 @@ import h2.settings
 import hpack
 
 from server.grpc import wire
-from server.grpc.http2 import CONNECTION_WINDOW, MAX_HEADER_LIST, STREAM_WINDOW, H2Stream, Handler
+from server.grpc.h2stream import CONNECTION_WINDOW, MAX_HEADER_LIST, STREAM_WINDOW, H2Stream, Handler
 from server.grpc.streams import (
     Event,
     State,

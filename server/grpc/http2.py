@@ -10,21 +10,23 @@ that stream and tells the handler. The server never opens streams (no push)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
 
 import hpack
 
 from server.grpc import wire
+from server.grpc.h2output import H2Output
+from server.grpc.h2stream import CONNECTION_WINDOW, MAX_HEADER_LIST, STREAM_WINDOW, H2Stream, Handler
 from server.grpc.header_cache import HeaderDecoder
 from server.grpc.limits import FloodBudget
 from server.grpc.streams import (
+    CLOSED,
+    HALF_CLOSED_LOCAL,
+    HALF_CLOSED_REMOTE,
+    OPEN,
     Event,
     RequestHead,
-    State,
     StreamError,
-    answering,
     check_trailers,
-    receiving,
     request_head,
     transition,
 )
@@ -34,73 +36,20 @@ from server.grpc.wire import (
     END_STREAM,
     PRIORITY_FLAG,
     ConnectionError_,
-    Frame,
     H2Error,
     Setting,
 )
 
-MAX_HEADER_LIST = 16 * 1024  # decoded request headers (RFC 9113 §6.5.2 sizes); beyond: on_oversized
 # past this the decoder gives up and the connection closes (its HPACK state is lost): a bound on
 # what one header block can make us allocate, whatever the dynamic table holds
 HPACK_HARD_LIMIT = 64 * 1024
 MAX_HEADER_BLOCK = 64 * 1024  # HEADERS + CONTINUATION bytes before decoding
-STREAM_WINDOW = 1 << 20  # what we let a peer send per stream before it must wait for us
-CONNECTION_WINDOW = 16 << 20
-SENT_PER_CREDIT = 16_384  # answer bytes sent that earn the peer one control frame (WINDOW_UPDATE, PING)
 # frames that carry requests cost no flood budget unless empty; every other frame does, and the
 # budget is earned back by requests opened and answer bytes sent (which a client acknowledges)
-_REQUEST_FRAMES = frozenset((Frame.DATA, Frame.HEADERS, Frame.CONTINUATION))
+_REQUEST_FRAMES = frozenset((wire.DATA, wire.HEADERS, wire.CONTINUATION))
 
 
-class H2Stream:
-    """One stream's protocol state. ``call`` is the handler's own object for it."""
-
-    __slots__ = ("call", "recv_credit", "recv_window", "send_window", "sid", "state")
-
-    def __init__(self, sid: int, send_window: int) -> None:
-        self.sid = sid
-        self.state = State.IDLE
-        self.send_window = send_window
-        self.recv_window = STREAM_WINDOW  # what the peer may still send before our next WINDOW_UPDATE
-        self.recv_credit = 0  # bytes received, not yet returned with WINDOW_UPDATE
-        self.call: Any = None
-
-
-class Handler(Protocol):
-    def accept(self) -> bool:
-        """May a new stream open now? (False: REFUSED_STREAM.)"""
-        ...
-
-    def on_request(self, st: H2Stream, head: RequestHead) -> None:
-        """A valid request header block opened ``st``; its state says whether the request ended."""
-        ...
-
-    def on_oversized(self, st: H2Stream, size: int) -> None:
-        """``st`` opened with request headers over ``MAX_HEADER_LIST`` decoded bytes."""
-        ...
-
-    def on_data(self, st: H2Stream, data: bytes, flow: int, end: bool) -> None:
-        """Request bytes (padding stripped; ``flow`` counts it) for the handler to credit back."""
-        ...
-
-    def on_end(self, st: H2Stream) -> None:
-        """Trailers ended the request on ``st``."""
-        ...
-
-    def on_reset(self, st: H2Stream, by_peer: bool) -> None:
-        """``st`` is closed by RST_STREAM: the peer's, or ours for a stream error."""
-        ...
-
-    def on_window(self) -> None:
-        """Send windows may have grown."""
-        ...
-
-    def on_output(self) -> None:
-        """Bytes wait in ``data_to_send`` (called when the first of them is written)."""
-        ...
-
-
-class H2Connection:
+class H2Connection(H2Output):
     def __init__(
         self,
         handler: Handler,
@@ -183,34 +132,34 @@ class H2Connection:
             sid = int.from_bytes(buf[pos + 5 : pos + 9], "big") & 0x7FFFFFFF
             payload = buf[pos + 9 : end]
             pos = end
-            if self.continuation is not None and kind != Frame.CONTINUATION:
+            if self.continuation is not None and kind != wire.CONTINUATION:
                 raise ConnectionError_(H2Error.PROTOCOL_ERROR, "header block interrupted")
             if (kind not in _REQUEST_FRAMES or (length == 0 and not flags & END_STREAM)) and not (
                 self.flood.spend(self.now)
             ):
                 self.count("control_flood")
                 raise ConnectionError_(H2Error.ENHANCE_YOUR_CALM, "too many frames that carry no request")
-            if kind == Frame.DATA:
+            if kind == wire.DATA:
                 self._on_data(sid, flags, payload)
-            elif kind == Frame.HEADERS:
+            elif kind == wire.HEADERS:
                 self._on_headers(sid, flags, payload)
-            elif kind == Frame.WINDOW_UPDATE:
+            elif kind == wire.WINDOW_UPDATE:
                 self._on_window_update(sid, payload)
-            elif kind == Frame.SETTINGS:
+            elif kind == wire.SETTINGS:
                 self._on_settings(sid, flags, payload)
-            elif kind == Frame.PING:
+            elif kind == wire.PING:
                 if len(payload) != 8 or sid:
                     raise ConnectionError_(H2Error.FRAME_SIZE_ERROR, "bad PING")
                 if not flags & ACK:
-                    self._write(wire.frame(Frame.PING, ACK, 0, payload))
-            elif kind == Frame.RST_STREAM:
+                    self._write(wire.frame(wire.PING, ACK, 0, payload))
+            elif kind == wire.RST_STREAM:
                 self._on_rst_stream(sid, payload)
-            elif kind == Frame.CONTINUATION:
+            elif kind == wire.CONTINUATION:
                 self._on_continuation(sid, flags, payload)
-            elif kind == Frame.PRIORITY:
+            elif kind == wire.PRIORITY:
                 if len(payload) != 5 or not sid:
                     raise ConnectionError_(H2Error.PROTOCOL_ERROR, "bad PRIORITY")
-            elif kind == Frame.PUSH_PROMISE:
+            elif kind == wire.PUSH_PROMISE:
                 raise ConnectionError_(H2Error.PROTOCOL_ERROR, "a client sent PUSH_PROMISE")
             # GOAWAY (the peer opens no new streams; ours finish) and unknown types are ignored
         return pos
@@ -233,7 +182,7 @@ class H2Connection:
                 raise ConnectionError_(H2Error.PROTOCOL_ERROR, "DATA on an idle stream")
             return  # a stream we already closed: frames in flight are dropped (RFC 9113 §5.1)
         state = st.state
-        if state is not State.OPEN and state is not State.HALF_CLOSED_LOCAL:  # not receiving()
+        if state is not OPEN and state is not HALF_CLOSED_LOCAL:  # not receiving()
             self.stream_error(st, H2Error.STREAM_CLOSED)
             return
         st.recv_window -= n
@@ -242,9 +191,9 @@ class H2Connection:
             return
         end = bool(flags & END_STREAM)
         if end:  # RECV_END, as TRANSITIONS has it (spelt out: this runs for every request)
-            st.state = State.HALF_CLOSED_REMOTE if state is State.OPEN else State.CLOSED
+            st.state = HALF_CLOSED_REMOTE if state is OPEN else CLOSED
         self.handler.on_data(st, wire.strip_padding(flags, payload), n, end)
-        if st.state is State.CLOSED:
+        if st.state is CLOSED:
             self.streams.pop(sid, None)
 
     def _on_headers(self, sid: int, flags: int, payload: bytes) -> None:
@@ -286,7 +235,7 @@ class H2Connection:
                 self.stream_error(st, exc.code)
                 return
             self.handler.on_end(st)
-            if st.state is State.CLOSED:
+            if st.state is CLOSED:
                 self.streams.pop(sid, None)
             return
         if sid <= self.last_sid:
@@ -302,7 +251,7 @@ class H2Connection:
         flood.level = min(flood.capacity, flood.level + flood.earn_per_stream)  # earn(), inline
         st = self.streams[sid] = H2Stream(sid, self.peer_initial_window)
         # RECV_HEADERS, then RECV_END with END_STREAM, as TRANSITIONS has it
-        st.state = State.HALF_CLOSED_REMOTE if flags & END_STREAM else State.OPEN
+        st.state = HALF_CLOSED_REMOTE if flags & END_STREAM else OPEN
         if headers is self._last_headers and self._last_head is not None:
             head = self._last_head  # the HPACK memo's block again: sized and validated already
         else:
@@ -349,7 +298,7 @@ class H2Connection:
                 self.peer_max_frame = value
             elif key == Setting.ENABLE_PUSH and value > 1:
                 raise ConnectionError_(H2Error.PROTOCOL_ERROR, "bad SETTINGS_ENABLE_PUSH")
-        self._write(wire.frame(Frame.SETTINGS, ACK, 0))
+        self._write(wire.frame(wire.SETTINGS, ACK, 0))
         self.handler.on_window()
 
     def _on_window_update(self, sid: int, payload: bytes) -> None:
@@ -374,110 +323,3 @@ class H2Connection:
                 return
             st.send_window += inc
         self.handler.on_window()
-
-    # ------------------------------------------------------------------ output
-
-    def room(self, st: H2Stream) -> int:
-        """How many DATA bytes may go out on ``st`` now (windows and the peer's frame size)."""
-        return min(self.send_window, st.send_window, self.peer_max_frame)
-
-    def send_headers(self, st: H2Stream, block: bytes, end: bool) -> None:
-        """A header block (response headers, or trailers when ``end``); nothing on a stream we
-        may no longer answer."""
-        if not answering(st.state):
-            return
-        st.state = transition(st.state, Event.SEND_END if end else Event.SEND_HEADERS)
-        self._write(wire.header_frames(st.sid, block, end, self.peer_max_frame))
-        if end:
-            self._ended(st)
-
-    def send_data(self, st: H2Stream, data: bytes) -> None:
-        """One DATA frame (the caller keeps it within ``room``)."""
-        if not answering(st.state):
-            return
-        n = len(data)
-        self.send_window -= n
-        st.send_window -= n
-        self.flood.earn(n / SENT_PER_CREDIT)
-        self._write(wire.frame(Frame.DATA, 0, st.sid, data))
-
-    def send_answer(self, st: H2Stream, head: bytes, body: bytes, tail: bytes) -> bool:
-        """Headers, one DATA frame and trailers in one write, if the windows allow all of
-        ``body`` now (the common case for a unary answer); False otherwise, and nothing is sent."""
-        n, max_frame, state = len(body), self.peer_max_frame, st.state
-        if n > min(self.send_window, st.send_window, max_frame) or (
-            state is not State.OPEN and state is not State.HALF_CLOSED_REMOTE  # not answering()
-        ):
-            return False
-        self.send_window -= n
-        st.send_window -= n
-        flood = self.flood
-        flood.level = min(flood.capacity, flood.level + n / SENT_PER_CREDIT)  # earn(), inline
-        st.state = State.HALF_CLOSED_LOCAL if state is State.OPEN else State.CLOSED  # SEND_END
-        sid = st.sid
-        self._write(
-            (
-                wire.frame(Frame.HEADERS, END_HEADERS, sid, head)
-                if len(head) <= max_frame
-                else wire.header_frames(sid, head, False, max_frame)
-            )
-            + wire.frame(Frame.DATA, 0, sid, body)
-            + wire.header_frames(sid, tail, True, max_frame)
-        )
-        self._ended(st)
-        return True
-
-    def _ended(self, st: H2Stream) -> None:
-        """Our answer on ``st`` is complete. A client still sending is asked to stop without an
-        error (RFC 9113 §8.1: RST_STREAM NO_ERROR)."""
-        if st.state is State.HALF_CLOSED_LOCAL:
-            self._write(wire.rst_stream(st.sid, H2Error.NO_ERROR))
-            st.state = State.CLOSED
-        self.streams.pop(st.sid, None)
-
-    def reset(self, st: H2Stream, code: H2Error) -> None:
-        """Close ``st`` with RST_STREAM ``code`` (the handler asked, or a stream error)."""
-        if st.state is State.CLOSED:
-            return
-        st.state = transition(st.state, Event.SEND_RST)
-        self.streams.pop(st.sid, None)
-        self._write(wire.rst_stream(st.sid, code))
-
-    def stream_error(self, st: H2Stream, code: H2Error) -> None:
-        self.reset(st, code)
-        self.handler.on_reset(st, False)
-
-    def credit(self, st: H2Stream, n: int) -> None:
-        """The handler has taken ``n`` of ``st``'s received bytes: the peer may send them again."""
-        st.recv_credit += n
-        if st.recv_credit >= STREAM_WINDOW // 2 and receiving(st.state):
-            self._write(wire.window_update(st.sid, st.recv_credit))
-            st.recv_window += st.recv_credit
-            st.recv_credit = 0
-
-    def goaway(self, code: H2Error = H2Error.NO_ERROR, debug: bytes = b"") -> None:
-        """No new streams: GOAWAY naming the last one we took. Streams open may finish."""
-        if not self.going_away and not self.closed:
-            self.going_away = True
-            self._write(wire.goaway(self.last_sid, code, debug))
-
-    def terminate(self, code: H2Error, message: str) -> None:
-        """A connection error: GOAWAY with ``code``; nothing more is read or written after it."""
-        if self.closed:
-            return
-        self._write(wire.goaway(self.last_sid, code, message.encode()[:256]))
-        self.closed = True
-        self.error = (code, message)
-
-    def _write(self, data: bytes) -> None:
-        if self.closed:
-            return
-        if not self.out:
-            self.out.append(data)
-            self.handler.on_output()
-        else:
-            self.out.append(data)
-
-    def data_to_send(self) -> bytes:
-        out, self.out = self.out, []
-        return out[0] if len(out) == 1 else b"".join(out)

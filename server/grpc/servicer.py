@@ -17,9 +17,9 @@ from google.protobuf.message import DecodeError
 from protos import inference_pb2 as pb
 from server.auth import GRPC_POLICY, Authorizer, grpc_peer_host
 from server.core import Core
-from server.errors import InvalidInput, TurnoutError, Unimplemented, public_message, wire_status
+from server.errors import InvalidInput, Unimplemented
 from server.grpc.convert import decode_request, dict_to_message, encode_response
-from server.observe.logs import RateLimitedLog
+from server.grpc.failure import Failures
 
 log = logging.getLogger("turnout.grpc")
 SERVICE = "inference.GRPCInferenceService"
@@ -44,18 +44,10 @@ def _deserializer(cls: Any) -> Callable[[bytes], Any]:
     return parse
 
 
-async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, internal: RateLimitedLog) -> None:
-    """Answer ``exc``'s code and message. A client's error is not logged; an internal one (a bug)
-    is, with its traceback, through ``internal`` (so a client repeating it cannot flood the log)."""
-    status = wire_status(exc)
-    if status.grpc == grpc.StatusCode.INTERNAL and not isinstance(exc, TurnoutError):
-        internal.error("internal error: %s", type(exc).__name__, exc_info=exc)
-    await context.abort(status.grpc, public_message(exc))
-
-
 class InferenceServicer:
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: Core, failures: Failures) -> None:
         self.core = core
+        self.failures = failures
 
     async def ServerLive(self, req: pb.ServerLiveRequest, ctx: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self.core.live)
@@ -94,7 +86,7 @@ class InferenceServicer:
             try:
                 resp = await self.ModelInfer(req, ctx)
             except Exception as exc:
-                yield pb.ModelStreamInferResponse(error_message=public_message(exc))
+                yield pb.ModelStreamInferResponse(error_message=self.failures.answer(exc)[1])
                 continue
             yield pb.ModelStreamInferResponse(infer_response=resp)
 
@@ -150,7 +142,7 @@ _UNIMPLEMENTED: dict[str, Any] = {
 Handler = Callable[[Any, Any], Any]
 
 
-def _authorized(fn: Handler, name: str, auth: Authorizer, internal: RateLimitedLog) -> Handler:
+def _authorized(fn: Handler, name: str, auth: Authorizer, failures: Failures) -> Handler:
     """``fn`` behind the check GRPC_POLICY names for method ``name`` (``fn`` itself where
     the check cannot refuse: inference without --auth-infer costs nothing)."""
     need = GRPC_POLICY[f"/{SERVICE}/{name}"]
@@ -170,7 +162,7 @@ def _authorized(fn: Handler, name: str, auth: Authorizer, internal: RateLimitedL
             try:
                 check(ctx)
             except Exception as exc:
-                await _abort(ctx, exc, internal)
+                await failures.abort(ctx, exc)
             async for resp in fn(requests, ctx):
                 yield resp
 
@@ -184,7 +176,7 @@ def _authorized(fn: Handler, name: str, auth: Authorizer, internal: RateLimitedL
 
 
 def _unary(
-    fn: Callable[[Any, Any], Awaitable[Any]], internal: RateLimitedLog
+    fn: Callable[[Any, Any], Awaitable[Any]], failures: Failures
 ) -> Callable[[Any, Any], Awaitable[Any]]:
     async def handler(req: Any, ctx: grpc.aio.ServicerContext) -> Any:
         if isinstance(req, _BadMessage):
@@ -192,7 +184,7 @@ def _unary(
         try:
             return await fn(req, ctx)
         except Exception as exc:
-            await _abort(ctx, exc, internal)
+            await failures.abort(ctx, exc)
 
     return handler
 
@@ -208,8 +200,8 @@ def _unimplemented(method: str) -> Callable[[Any, Any], Awaitable[Any]]:
 
 def make_handlers(core: Core, auth: Authorizer) -> dict[str, grpc.RpcMethodHandler]:
     """Every method of the inference service, each behind its GRPC_POLICY entry."""
-    s = InferenceServicer(core)
-    internal = RateLimitedLog(log)
+    failures = Failures(log)
+    s = InferenceServicer(core, failures)
     unary = {
         "ServerLive": (s.ServerLive, pb.ServerLiveRequest),
         "ServerReady": (s.ServerReady, pb.ServerReadyRequest),
@@ -226,18 +218,18 @@ def make_handlers(core: Core, auth: Authorizer) -> dict[str, grpc.RpcMethodHandl
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for name, (fn, req_cls) in unary.items():
         handlers[name] = grpc.unary_unary_rpc_method_handler(
-            _unary(_authorized(fn, name, auth, internal), internal),
+            _unary(_authorized(fn, name, auth, failures), failures),
             request_deserializer=_deserializer(req_cls),
             response_serializer=_serialize,
         )
     for name, unimplemented_cls in _UNIMPLEMENTED.items():
         handlers[name] = grpc.unary_unary_rpc_method_handler(
-            _unary(_authorized(_unimplemented(name), name, auth, internal), internal),
+            _unary(_authorized(_unimplemented(name), name, auth, failures), failures),
             request_deserializer=_deserializer(unimplemented_cls),
             response_serializer=_serialize,
         )
     handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
-        _authorized(s.ModelStreamInfer, "ModelStreamInfer", auth, internal),
+        _authorized(s.ModelStreamInfer, "ModelStreamInfer", auth, failures),
         request_deserializer=_deserializer(pb.ModelInferRequest),
         response_serializer=_serialize,
     )

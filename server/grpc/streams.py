@@ -18,6 +18,11 @@ class State(IntEnum):
     CLOSED = 4
 
 
+# The states again as module names, for the per-frame paths (an Enum class attribute is looked
+# up through its metaclass, several times the cost of a global)
+IDLE, OPEN, HALF_CLOSED_REMOTE, HALF_CLOSED_LOCAL, CLOSED = State
+
+
 class Event(IntEnum):
     RECV_HEADERS = 0
     RECV_END = 1  # DATA or HEADERS (trailers) with END_STREAM
@@ -63,12 +68,12 @@ def transition(state: State, event: Event) -> State:
 
 def receiving(state: State) -> bool:
     """May the client still send on a stream in this state?"""
-    return state is State.OPEN or state is State.HALF_CLOSED_LOCAL
+    return state is OPEN or state is HALF_CLOSED_LOCAL
 
 
 def answering(state: State) -> bool:
     """May we still send on a stream in this state?"""
-    return state is State.OPEN or state is State.HALF_CLOSED_REMOTE
+    return state is OPEN or state is HALF_CLOSED_REMOTE
 
 
 class RequestHead(NamedTuple):

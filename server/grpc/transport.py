@@ -26,6 +26,7 @@ from server.busy_poll import BusyPoll
 from server.grpc.connection import GrpcConnection
 from server.grpc.http2 import H2Connection
 from server.grpc.limits import ResetBudget, TransportLimits
+from server.observe.logs import RateLimitedLog
 
 log = logging.getLogger("turnout.grpc")
 
@@ -65,6 +66,7 @@ class AsyncioGrpcServer:
         self.active_calls = 0  # calls holding a slot
         self.calls = 0  # every call with a handler, slot or not
         self.resets = ResetBudget()
+        self.handler_errors = RateLimitedLog(log)  # a handler that raised past its own error answer
         self.events: Counter[str] = Counter()  # defences that fired, by name
         self._on_event = on_event
         self.h2_engine = h2_engine  # the HTTP/2 core each connection drives

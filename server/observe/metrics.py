@@ -186,6 +186,14 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.inflight = Gauge(
+            "turnout_inflight_requests",
+            "Inference requests in progress (being validated, queued or run), sampled before each"
+            " scrape and once a second",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self._samplers: list[Callable[[], None]] = []
         self.queue_depth = Gauge(
             "turnout_queue_depth",
             "Requests waiting in the batch queue",
@@ -294,6 +302,10 @@ class Metrics:
             registry=registry,
         )
 
+    def sample(self, sampler: Callable[[], None]) -> None:
+        """Call ``sampler`` at every :meth:`flush` (it sets gauges read from live state)."""
+        self._samplers.append(sampler)
+
     def edge_event(self, protocol: str) -> Callable[[str], None]:
         """A function that counts one event of the edge's defences for ``protocol``."""
 
@@ -322,6 +334,8 @@ class Metrics:
         process metrics when several workers share the metrics."""
         for tally in self._tallies.values():
             tally.flush()
+        for sampler in self._samplers:
+            sampler()
         self.process.flush()
         self.triton.flush()
 

@@ -42,7 +42,9 @@ SKIP_MARK = re.compile(r"^<!--\s*doctest:\s*skip\s*\((?P<reason>[^)]+)\)\s*-->$"
 # blocks that change the server's state run against a server of their own
 STATEFUL = re.compile(r"/admin/|/repository/models/|\bturnout (traffic|rollout|rollback)\b")
 # what only a skipped block may do: start something that does not end by itself
-LONG_RUNNING = re.compile(r"\bmake (serve|test)\b|\bdocker\b|\bturnout serve\b(?! --help)|\bbenchmarks\.")
+LONG_RUNNING = re.compile(
+    r"\bmake (serve|test)\b|\bdocker\b|\bturnout serve\b(?! --help)|\bbenchmarks\.|\bkubectl (apply|port-forward)\b"
+)
 EXPECT = re.compile(r"(?:^|\s)#\s*=>\s?(?P<text>.*)$")
 
 
@@ -254,7 +256,7 @@ def test_the_commands_are_split_and_their_expectations_read() -> None:
 
 
 def test_the_readme_stays_short_and_its_links_resolve() -> None:
-    assert len(README.splitlines()) < 300
+    assert len(README.splitlines()) < 320
     for doc in [README_PATH, *sorted((ROOT / "docs").glob("*.md")), ROOT / "benchmarks/results/NOTES.md"]:
         for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", doc.read_text()):
             if "://" in target:

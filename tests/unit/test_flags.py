@@ -7,8 +7,10 @@ import argparse
 import re
 from pathlib import Path
 
+import pydantic
 import pytest
 
+from drift.config import DriftConfig
 from server.cli import serve_parser, settings_from_args
 from server.flags import BoolFlag, flag_name, has_flag
 from server.settings import SECTIONS, Settings
@@ -169,3 +171,11 @@ def test_help_renders_through_main(capsys: pytest.CaptureFixture[str]) -> None:
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert re.search(r"--http-port INT\s+HTTP port", out)
+
+
+def test_a_drift_window_too_small_for_a_test_is_a_settings_error() -> None:
+    """A window below the detector's minimum is refused when settings are read (exit 2 with the
+    reason), not when the drift monitor starts."""
+    with pytest.raises(pydantic.ValidationError, match="drift_window_rows"):
+        Settings(drift_window_rows=DriftConfig.min_window_rows - 1)
+    assert Settings(drift_window_rows=DriftConfig.min_window_rows).drift_window_rows == 30

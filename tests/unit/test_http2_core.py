@@ -9,7 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.grpc.http2 import MAX_HEADER_LIST, H2Connection, H2Stream
+from server.grpc.h2stream import MAX_HEADER_LIST, H2Stream
+from server.grpc.http2 import H2Connection
 from server.grpc.streams import (
     TRANSITIONS,
     Event,

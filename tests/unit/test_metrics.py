@@ -104,3 +104,12 @@ def test_process_metrics_of_several_workers_are_labelled_by_pid(tmp_path: Path) 
     for pid in pids:  # what the supervisor does for a worker that died
         multiprocess.mark_process_dead(int(pid), str(tmp_path))
     assert not any(p.name.startswith("gauge_liveall") for p in tmp_path.iterdir())
+
+
+def test_samplers_set_gauges_from_live_state_at_every_flush() -> None:
+    metrics = Metrics(CollectorRegistry())
+    live = {"in_flight": 3}
+    metrics.sample(lambda: metrics.inflight.set(live["in_flight"]))
+    assert b"turnout_inflight_requests 3.0" in metrics.exposition()
+    live["in_flight"] = 0
+    assert b"turnout_inflight_requests 0.0" in metrics.exposition()

@@ -112,7 +112,12 @@ def error_counts(samples: Iterable[Any]) -> dict[Key, dict[str, int]]:
 
 
 class Readings:
-    """Reads every loaded version's counters and gauges (a :class:`TimeSeries` ``read``)."""
+    """Reads every loaded version's counters and gauges (a :class:`TimeSeries` ``read``).
+
+    The label-free estimate walks a model's recent predictions (about 10 ms for a store of
+    100,000), so one call refreshes one version's, the one refreshed longest ago, and the others
+    keep their last value: a sample costs the event loop that much at most, and each version's
+    estimate is at most as many intervals old as there are versions that keep predictions."""
 
     def __init__(
         self,
@@ -127,8 +132,11 @@ class Readings:
         self.controller = controller
         self.feedback = feedback
         self.drift = drift
+        self._calls = 0
+        self._estimates: dict[Key, tuple[int, float | None, float | None]] = {}  # (call, raw, calibrated)
 
     def __call__(self) -> dict[Key, Reading]:
+        self._calls += 1
         self.metrics.flush()  # the request path's tallies reach their Prometheus children
         latency: dict[Key, list[int]] = {}
         for family in self.metrics.latency.collect():
@@ -145,11 +153,14 @@ class Readings:
         for model, policy in self.controller.policies().items():
             for version, w in policy_weights(policy.to_json()).items():
                 weights[(model, version)] = w
+        stats = self.statistics()
+        self._refresh_estimate([(st.name, st.version) for st in stats])
         out: dict[Key, Reading] = {}
-        for st in self.statistics():
+        for st in stats:
             key = (st.name, st.version)
             rows, agreed = shadow.get(key, (0, 0))
-            accuracy, labelled, estimate, calibrated = self._accuracy(st.name, st.version)
+            accuracy, labelled = self._accuracy(st.name, st.version)
+            _, estimate, calibrated = self._estimates.get(key, (0, None, None))
             out[key] = Reading(
                 requests=st.success.count + st.fail.count,
                 rows=st.inference_count,
@@ -169,14 +180,30 @@ class Readings:
             )
         return out
 
-    def _accuracy(self, model: str, version: str) -> tuple[float | None, int, float | None, float | None]:
+    def _accuracy(self, model: str, version: str) -> tuple[float | None, int]:
         fb = self.feedback
         if fb is None or not fb.tracks(model):
-            return None, 0, None, None
+            return None, 0
         counts = fb.counts(model, version)
-        accuracy, labelled = (None, 0) if counts is None else (_div(*counts), counts[1])
+        return (None, 0) if counts is None else (_div(*counts), counts[1])
+
+    def _refresh_estimate(self, keys: list[Key]) -> None:
+        """Refresh the estimate of the one version of ``keys`` refreshed longest ago (never
+        refreshed first); forget the versions no longer loaded."""
+        fb = self.feedback
+        loaded = set(keys)
+        for key in [k for k in self._estimates if k not in loaded]:
+            del self._estimates[key]
+        tracked = [k for k in keys if fb is not None and fb.tracks(k[0])]
+        if fb is None or not tracked:
+            return
+        model, version = min(tracked, key=lambda k: self._estimates.get(k, (-1, None, None))[0])
         estimate = fb.report(model, version).get("estimate") or {}
-        return accuracy, labelled, estimate.get("expected_accuracy"), estimate.get("calibrated_accuracy")
+        self._estimates[(model, version)] = (
+            self._calls,
+            estimate.get("expected_accuracy"),
+            estimate.get("calibrated_accuracy"),
+        )
 
 
 def _div(num: int, den: int) -> float | None:

@@ -118,6 +118,11 @@ def test_readings_and_data() -> None:
     assert p3["shadow_agreement"] == pytest.approx(0.9)
     assert p1["accuracy"] == 0.9 and p2["accuracy"] is None
     assert p1["estimated_accuracy"] == 0.8 and p1["calibrated_accuracy"] == 0.88
+    # one estimate is refreshed per reading (each walks the prediction store): version 1's at
+    # start, version 2's now, version 3's next
+    assert p2["estimated_accuracy"] == 0.8 and p3["estimated_accuracy"] is None
+    clock[0] += 10.0
+    assert ts.sample()[("m", "3")]["estimated_accuracy"] == 0.8
     assert (p1["drift"], p2["drift"]) == ("ok", "drift")
 
     doc = asyncio.run(
@@ -128,7 +133,7 @@ def test_readings_and_data() -> None:
     assert (v1["model"], v1["version"]) == ("m", "1")
     assert v1["totals"] == {"requests": 8, "success": 7, "failed": 1, "rows": 7, "batches": 0}
     assert v1["labelled"] == 10
-    assert v1["series"]["requests"] == [8]
+    assert v1["series"]["requests"] == [8, 0]
     (m,) = doc["models"]
     assert m["weights"] == pytest.approx({"1": 0.8, "2": 0.2})
     assert m["rollout"]["rollout"]["status"] == "running"

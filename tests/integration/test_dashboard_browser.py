@@ -252,6 +252,9 @@ def test_dashboard_in_a_browser(repo: Path, tmp_path: Path) -> None:
         for chart in ("throughput", "latency", "batch", "errors", "split", "accuracy"):
             svg = page.locator(f".version[data-model='iris'][data-version='1'] svg[data-chart='{chart}']")
             assert points - 2 / INTERVAL - 1 <= int(svg.get_attribute("data-points") or 0) <= points, chart
+        card = page.locator(".version[data-model='iris'][data-version='1']")
+        assert card.locator(".legend span[data-line='invalid_argument']").count() == 1  # errors by code
+        assert sum(e.get("invalid_argument", 0) for e in series["1"]["errors"]) == 5
         shadow_chart = page.locator(".version[data-model='iris'][data-version='3'] svg[data-chart='shadow']")
         assert int(shadow_chart.get_attribute("data-points") or 0) > 0
         assert page.locator("#audit tbody tr[data-action]").count() >= 2

@@ -59,6 +59,8 @@ HTTP_POLICY: dict[tuple[str, str], Need] = {
     ("GET", "/metrics"): Need.OBSERVE,
     ("GET", "/dashboard"): Need.OBSERVE,
     ("GET", "/"): Need.OBSERVE,
+    # the dashboard's series and state carry what the read routes do (traffic, rollouts, drift)
+    ("GET", "/dashboard/data"): Need.READ,
     **{
         entry: need
         for prefix in _MODEL_PREFIXES

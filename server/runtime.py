@@ -48,10 +48,12 @@ from server.grpc.transport import AsyncioGrpcServer
 from server.http.access import secure_routes
 from server.http.admin import admin_routes
 from server.http.app import build_app, build_routes
+from server.http.dashboard import dashboard_routes
 from server.http.feedback import feedback_routes
 from server.http.infer_route import InferRoute
 from server.http.protocol import HeadHoldingHttpToolsProtocol, HttpLimits
 from server.model_ops import ModelOpsLog
+from server.observe.dashboard import dashboard
 from server.observe.drift import DriftWiring
 from server.observe.metrics import Metrics
 from server.observe.recording import operators_loop
@@ -136,6 +138,9 @@ class Runtime:
         self.mirror = ShadowMirror(self.controller.shadow_stats, max_in_flight=settings.shadow_max_in_flight)
         self.traffic = TrafficRouting(self.controller, self.mirror, self.models, self.metrics)
         self.core.router = self.traffic
+        self.dashboard = dashboard(
+            settings, self.core, self.metrics, self.controller, self.feedback, self.drift
+        )
         if settings.worker_id is not None and settings.state_dir is not None:
             self.core.model_ops = ModelOpsLog(settings.state_dir / "model-ops.jsonl", settings.worker_id)
         self.auth = Authorizer(
@@ -257,6 +262,7 @@ class Runtime:
         self._background.append(asyncio.get_running_loop().create_task(self.traffic.tick_forever()))
         self._background.append(asyncio.get_running_loop().create_task(self.traffic.shadow_forever()))
         self._background.append(asyncio.get_running_loop().create_task(self._flush_metrics_forever()))
+        self._background.append(asyncio.get_running_loop().create_task(self.dashboard.sample_forever()))
         if self.http_server is not None:
             self._background.append(asyncio.get_running_loop().create_task(self._sweep_http_forever()))
         if self.drift is not None:
@@ -418,6 +424,7 @@ class Runtime:
             build_routes(self.core, s.max_request_bytes, self.metrics, self.drift)
             + feedback_routes(self.feedback)
             + admin_routes(self.controller)
+            + dashboard_routes(self.dashboard)
         )
 
     def http_app(self) -> InferRoute:

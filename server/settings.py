@@ -31,6 +31,7 @@ SECTIONS = {
     "state_dir": "control plane",
     "drift": "drift monitoring",
     "request_log_dir": "request logging and ground-truth feedback",
+    "dashboard_interval_secs": "dashboard",
     "auth_tokens_file": "access control and mTLS",
     "log_verbose": "logging",
 }
@@ -305,6 +306,14 @@ class Settings(BaseSettings):
     )
     feedback_window: int = Field(
         1000, ge=1, description="labelled rows in the sliding window of live accuracy"
+    )
+
+    # the dashboard's time series (server/observe/timeseries.py; docs/operations.md)
+    dashboard_interval_secs: float = Field(
+        10.0, gt=0, description="seconds between two points of the dashboard's time series"
+    )
+    dashboard_points: int = Field(
+        360, ge=1, description="points kept per model version for the dashboard (360 x 10 s: an hour)"
     )
 
     # access control and mTLS (server/auth.py, server/tls.py; docs/security.md)

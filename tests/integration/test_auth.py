@@ -216,7 +216,7 @@ def test_optional_inference_and_metrics_tokens(secured: ServerProc) -> None:
     finally:
         g.close()
 
-    for path in ("/metrics", "/dashboard", "/v2/models/stats"):
+    for path in ("/metrics", "/dashboard", "/dashboard/data", "/v2/models/stats"):
         assert httpx.get(secured.base + path, timeout=T).status_code == 401, path
         assert httpx.get(secured.base + path, headers=bearer(INFER), timeout=T).status_code == 403, path
         assert httpx.get(secured.base + path, headers=bearer(READ), timeout=T).status_code == 200, path

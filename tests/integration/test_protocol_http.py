@@ -125,5 +125,11 @@ def test_metrics_endpoint(demo_server: ServerProc) -> None:
 def test_dashboard_page(demo_server: ServerProc) -> None:
     r = httpx.get(f"{demo_server.base}/dashboard")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
-    for part in ('id="models"', 'id="traffic"', 'id="shadow"', 'id="audit"', "/v2/models/stats"):
-        assert part in r.text
+    for section in ("models", "traffic", "shadow", "audit", "drift"):
+        assert f'id="{section}"' in r.text
+    assert "/v2/models/stats" in r.text
+    # self-contained: nothing loaded from elsewhere
+    assert "http://" not in r.text and "https://" not in r.text and "<link" not in r.text
+    data = httpx.get(f"{demo_server.base}/dashboard/data").json()
+    assert {"interval_s", "capacity", "versions", "models", "drift", "audit", "now"} <= set(data)
+    assert {(v["model"], v["version"]) for v in data["versions"]} >= {("iris", "1"), ("mlp", "1")}

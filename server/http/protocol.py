@@ -34,7 +34,7 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from server.busy_poll import BusyPoll
-from server.http.codec import dumps
+from server.http.errors import error_body
 from server.http.infer_route import InferRoute, infer_headers, parse_infer_path
 
 
@@ -261,7 +261,7 @@ class HeadHoldingHttpToolsProtocol(HttpToolsProtocol):
         self._event(f"refused_{status}")
         if self.transport.is_closing():
             return
-        body = dumps({"error": message})
+        body = error_body(message)
         self._holding.send(
             _status_line(status)
             + b"content-type: application/json\r\nconnection: close\r\ncontent-length: %d\r\n\r\n" % len(body)

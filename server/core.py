@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import numpy as np
@@ -78,16 +78,28 @@ class RecordHook(Protocol):
 
 
 class Core:
+    """Built whole: ``router`` chooses versions (None: requests name theirs or get the
+    default), ``observers`` see every success (drift), ``recorder`` is set when request
+    logging or feedback is on, ``model_ops`` when several workers share the server."""
+
     def __init__(
-        self, registry: ModelRegistry, metrics: Metrics, *, clock: Callable[[], float] = time.perf_counter
+        self,
+        registry: ModelRegistry,
+        metrics: Metrics,
+        *,
+        router: RouteHook | None = None,
+        observers: Iterable[ObserveHook] = (),
+        recorder: RecordHook | None = None,
+        model_ops: ModelOpsLog | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.registry = registry
         self.metrics = metrics
         self.clock = clock
-        self.router: RouteHook | None = None
-        self.observers: list[ObserveHook] = []
-        self.recorder: RecordHook | None = None  # set when request logging or feedback is on
-        self.model_ops: ModelOpsLog | None = None  # set when several workers share the server
+        self.router = router
+        self.observers = tuple(observers)
+        self.recorder = recorder
+        self.model_ops = model_ops
         self.live = True
         self.started = False
         self.in_flight = 0  # requests inside infer (not shadows): what a stopping server waits for

@@ -102,8 +102,6 @@ class Runtime:
             settle_secs=settings.repository_settle_secs,
             on_load_failure=self._load_failed,
         )
-        self.core = Core(self.models, self.metrics)
-        self.metrics.triton.attach(self.core.statistics)
         store = ControlPlaneStore(settings.state_dir / "control") if settings.state_dir else None
         self.drift: DriftWiring | None = None
         if settings.drift:
@@ -120,7 +118,6 @@ class Runtime:
                 sample=settings.drift_sample,
                 webhook=settings.drift_webhook,
             )
-            self.core.observers.append(self.drift)
         self._operators_loop(settings)
         self.controller = TrafficController(
             store,
@@ -132,9 +129,18 @@ class Runtime:
         )
         self.mirror = ShadowMirror(self.controller.shadow_stats, max_in_flight=settings.shadow_max_in_flight)
         self.traffic = TrafficRouting(self.controller, self.mirror, self.models, self.metrics)
-        self.core.router = self.traffic
+        model_ops = None
         if settings.worker_id is not None and settings.state_dir is not None:
-            self.core.model_ops = ModelOpsLog(settings.state_dir / "model-ops.jsonl", settings.worker_id)
+            model_ops = ModelOpsLog(settings.state_dir / "model-ops.jsonl", settings.worker_id)
+        self.core = Core(
+            self.models,
+            self.metrics,
+            router=self.traffic,
+            observers=() if self.drift is None else (self.drift,),
+            recorder=self.recorder,
+            model_ops=model_ops,
+        )
+        self.metrics.triton.attach(self.core.statistics)
         self.auth = Authorizer(
             load_tokens(settings.admin_token, settings.auth_tokens_file, settings.auth_tokens),
             infer=settings.auth_infer,
@@ -166,7 +172,6 @@ class Runtime:
     def _operators_loop(self, s: Settings) -> None:
         """Request logging and ground-truth feedback (both off unless configured)."""
         self.request_log, self.feedback, self.recorder = operators_loop(s, self.metrics)
-        self.core.recorder = self.recorder
 
     # ---- model versions -> runners --------------------------------------------------
 

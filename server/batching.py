@@ -57,6 +57,7 @@ from server.errors import (
     TurnoutError,
     Unavailable,
 )
+from server.validation import batch_rows
 
 __all__ = ["BatchObserver", "BatchingConfig", "DynamicBatcher", "ExecuteFn"]
 
@@ -184,50 +185,22 @@ class DynamicBatcher:
         self,
         inputs: Mapping[str, np.ndarray],
         *,
+        rows: int | None = None,
         priority: int | None = None,
         timeout_s: float | None = None,
     ) -> dict[str, np.ndarray]:
         """Queue one request and return its rows of every output.
 
+        ``rows`` is the batch dimension :func:`server.validation.validate_inputs` returned for
+        ``inputs``; without it the arrays are checked here (server.validation.batch_rows).
         Raises InvalidInput (bad shapes, priority or timeout), QueueFull, Unavailable (closed),
         RequestTimeout (deadline passed while queued), or the batch's execution error.
         """
         if self._closed:
             raise Unavailable(f"{self._label} is not accepting requests (shutting down)")
 
-        # Validate and compute the shape key in one pass.
-        rows = -1
-        if len(inputs) == 1:
-            for name, arr in inputs.items():
-                if not isinstance(arr, np.ndarray):
-                    raise InvalidInput(f"{self._label}: input '{name}' is not an array")
-                shape = arr.shape
-                if not shape:
-                    raise InvalidInput(f"{self._label}: input '{name}' has no batch dimension")
-                rows = shape[0]
-                key: object = (name, arr.dtype, shape[1:])
-        else:
-            parts = []
-            for name, arr in inputs.items():
-                if not isinstance(arr, np.ndarray):
-                    raise InvalidInput(f"{self._label}: input '{name}' is not an array")
-                shape = arr.shape
-                if not shape:
-                    raise InvalidInput(f"{self._label}: input '{name}' has no batch dimension")
-                if shape[0] != rows:
-                    if rows != -1:
-                        raise InvalidInput(
-                            f"{self._label}: inputs disagree on the batch dimension"
-                            f" ({rows} vs {shape[0]} for '{name}')"
-                        )
-                    rows = shape[0]
-                parts.append((name, arr.dtype, shape[1:]))
-            if not parts:
-                raise InvalidInput(f"{self._label}: request has no inputs")
-            parts.sort(key=_by_name)
-            key = tuple(parts)
-        if not 1 <= rows <= self._max_rows:
-            raise InvalidInput(f"{self._label}: batch dimension must be in 1..{self._max_rows}, got {rows}")
+        if rows is None or not 1 <= rows <= self._max_rows:  # not validated by server.validation
+            rows = batch_rows(self._label, inputs, self._max_rows)
 
         if priority is None or priority == 0:
             level = self._default_level
@@ -257,6 +230,16 @@ class DynamicBatcher:
             # Idle: nothing queued ahead of us and nothing executing. Run at once, in the caller's
             # task -- no hand-off to a worker, no added latency.
             return await self._run_alone(inputs, rows)
+
+        # The shape key: requests batch together only with the same input names, dtypes and
+        # non-batch dimensions.
+        if len(inputs) == 1:
+            for name, arr in inputs.items():
+                key: object = (name, arr.dtype, arr.shape[1:])
+        else:
+            parts = [(name, arr.dtype, arr.shape[1:]) for name, arr in inputs.items()]
+            parts.sort(key=_by_name)
+            key = tuple(parts)
 
         now = self._clock()
         fut: asyncio.Future[dict[str, np.ndarray]] = loop.create_future()

@@ -19,10 +19,10 @@ The rules (docs/batching.md):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Final, Protocol, TypeVar
 
-__all__ = ["FOREVER", "Queued", "form", "plan"]
+__all__ = ["FOREVER", "Queued", "plan"]
 
 FOREVER: Final = math.inf  # "wait until woken": nothing to take now, and no timer to set
 
@@ -49,14 +49,25 @@ class Queued(Protocol):
 R = TypeVar("R", bound=Queued)
 
 
-def form(
-    levels: Iterable[Iterable[R]], now: float, max_rows: int, preferred: frozenset[int]
-) -> tuple[list[R], list[R] | None, bool]:
-    """Choose the next batch without changing the queue.
+def plan(
+    levels: Sequence[Sequence[R]],
+    now: float,
+    max_rows: int,
+    preferred: frozenset[int],
+    delay: float,
+    running: int,
+    closed: bool,
+    waiting: bool,
+) -> tuple[list[R], list[R] | None, float]:
+    """The next step of a free execution slot: (batch, dead, wait). The queue is not changed.
 
-    ``levels`` are the queues of each priority, highest first, FIFO within each. Returns
-    (batch, dead, ready): ``dead`` are cancelled or expired requests met on the way (``None``
-    when there are none), ``ready`` is true when the batch reached ``max_rows`` or a preferred size.
+    ``levels`` are the queues of each priority, highest first, FIFO within each. ``batch`` is
+    the next batch by the rules above; ``dead`` the cancelled or expired requests met on the way
+    (``None`` when there are none). ``running`` is how many batches execute, ``closed`` whether the batcher is closing,
+    ``waiting`` whether another slot already waits for a fuller batch. ``wait == 0``: take
+    ``batch`` now. Otherwise ``batch`` stays queued and the slot waits ``wait`` seconds (then
+    plans again), or until woken when ``wait`` is :data:`FOREVER`. ``dead`` requests leave the
+    queue whatever the answer.
     """
     batch: list[R] = []
     dead: list[R] | None = None
@@ -95,28 +106,6 @@ def form(
             if cut:
                 del batch[cut:]
                 ready = True
-    return batch, dead, ready
-
-
-def plan(
-    levels: Sequence[Sequence[R]],
-    now: float,
-    max_rows: int,
-    preferred: frozenset[int],
-    delay: float,
-    running: int,
-    closed: bool,
-    waiting: bool,
-) -> tuple[list[R], list[R] | None, float]:
-    """The next step of a free execution slot: (batch, dead, wait).
-
-    ``running`` is how many batches execute, ``closed`` whether the batcher is closing,
-    ``waiting`` whether another slot already waits for a fuller batch. ``wait == 0``: take
-    ``batch`` now. Otherwise ``batch`` stays queued and the slot waits ``wait`` seconds (then
-    plans again), or until woken when ``wait`` is :data:`FOREVER`. ``dead`` requests leave the
-    queue whatever the answer.
-    """
-    batch, dead, ready = form(levels, now, max_rows, preferred)
     if batch and (ready or not running or closed or not delay):
         return batch, dead, 0.0
     if not batch or waiting:

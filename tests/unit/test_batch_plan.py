@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from server.batch_plan import FOREVER, form, plan
+from server.batch_plan import FOREVER, plan
 
 
 @dataclass
@@ -26,6 +26,15 @@ class Q:
 
 
 NONE: frozenset[int] = frozenset()
+
+
+def form(
+    levels: list[list[Q]], now: float, max_rows: int, preferred: frozenset[int]
+) -> tuple[list[Q], list[Q] | None, bool]:
+    """Batch formation alone: (batch, dead, ready). While a batch executes and a delay is set,
+    a slot takes the batch at once only when it is ready (full or at a preferred size)."""
+    batch, dead, wait = plan(levels, now, max_rows, preferred, 1e9, 1, False, False)
+    return batch, dead, wait == 0.0
 
 
 def test_empty_queue_forms_nothing_and_sleeps() -> None:

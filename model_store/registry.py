@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -22,7 +23,8 @@ from model_store.config import instance_count
 from model_store.errors import LoadError, ModelNotFoundError, ModelUnavailableError, VersionNotFoundError
 from model_store.pacing import idle_is_reversible
 from model_store.process_session import ProcessSession
-from model_store.repository import LocalRepository, ModelSource, digest, fingerprint, is_settled
+from model_store.reconcile import Step, version_step
+from model_store.repository import LocalRepository, ModelSource, digest, fingerprint
 from model_store.serving import (
     LOADING,
     READY,
@@ -204,19 +206,20 @@ class ModelRegistry:
         for version in source.selected:
             old = state.versions.get(version)
             fp = await loop.run_in_executor(self._pool, fingerprint, source, version)
-            if old is not None and old.fingerprint == fp and old.session.healthy:
-                new_versions[version] = old
-                continue
-            if state.failed_fingerprints.get(version) == fp and (old is None or old.session.healthy):
-                # (a dead process-served version is always retried: its files may be fine)
+            step = version_step(
+                fp,
+                None if old is None else (old.fingerprint, old.session.healthy),
+                state.failed_fingerprints.get(version),
+                self.settle_secs if settle else None,
+                time.time(),
+            )
+            if step is Step.KNOWN_FAILURE:
                 failures[version] = state.failures.get(version, "failed to load")
-                if old is not None:
-                    new_versions[version] = old
-                continue
-            if settle and not is_settled(fp, self.settle_secs):
+            elif step is Step.PENDING:
                 pending[version] = (
                     "files changed less than the settle time ago; waiting for them to stay unchanged"
                 )
+            if step is not Step.HASH:
                 if old is not None:
                     new_versions[version] = old
                 continue

@@ -28,10 +28,8 @@ closes. At interpreter exit any child still running is killed.
 from __future__ import annotations
 
 import contextlib
-import logging
 import multiprocessing as mp
 import os
-import pickle
 import queue
 import signal
 import subprocess
@@ -50,52 +48,18 @@ import numpy as np
 
 from model_store.config import signature_of
 from model_store.errors import LoadError
-from model_store.session import ModelSession, SessionOptions
+from model_store.pacing import PACER, Pacing, continue_pids
+from model_store.process_child import child_main, log_setup
+from model_store.session import SessionOptions
 from model_store.signature import Signature
 from protos.model_config_pb2 import ModelConfig
-
-# The pacer: let the processes ``argv[3:]`` run ``argv[1]`` seconds, stop them ``argv[2]``, repeat
-# until they are gone. Told to stop (SIGTERM, SIGINT: a Ctrl-C to the server's process group
-# reaches it too) or orphaned, it lets them run again before it exits. It runs at nice 10 among
-# the server's processes, and that is deliberate: when the server is busy the pacer wakes late,
-# so the children are let to continue later and load more slowly, just when that matters. With
-# the pacer in a session of its own at nice 0 (strict timing), the children got more CPU and
-# the p99 of other models during a load was 2.0x the quiet p99 instead of 1.4x.
-_PACER = """
-import os, signal, sys, time
-on, off, pids = float(sys.argv[1]), float(sys.argv[2]), [int(p) for p in sys.argv[3:]]
-parent = os.getppid()
-os.nice(10)
-def send(sig):
-    for pid in list(pids):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pids.remove(pid)
-def leave(*_):
-    send(signal.SIGCONT)
-    sys.exit(0)
-signal.signal(signal.SIGTERM, leave)
-signal.signal(signal.SIGINT, leave)
-while pids and os.getppid() == parent:
-    time.sleep(on)
-    send(signal.SIGSTOP)
-    time.sleep(off)
-    send(signal.SIGCONT)
-send(signal.SIGCONT)
-"""
 
 
 def _call(fn: Callable[[], None]) -> None:
     fn()
 
 
-@dataclass(frozen=True, slots=True)
-class Pacing:
-    """How the parent paces a loading child: run ``on_s``, stopped ``off_s``, repeat."""
-
-    on_s: float = 0.001
-    off_s: float = 0.003
+_GENTLE = Pacing()
 
 
 @dataclass(slots=True)
@@ -141,7 +105,7 @@ class ProcessSession:
         *,
         sha256: str,
         instances: int = 1,
-        pacing: Pacing = Pacing(),
+        pacing: Pacing = _GENTLE,
         start: Callable[[Callable[[], None]], None] = _call,
         idle: bool = False,
     ) -> None:
@@ -198,13 +162,13 @@ class ProcessSession:
             config.SerializeToString(),
             options,
             self.sha256,
-            _log_setup(),
+            log_setup(),
         )
         ends = []
         for i in range(instances):
             conn, child_end = ctx.Pipe()
             proc = ctx.Process(
-                target=_child,
+                target=child_main,
                 args=(child_end, *args),
                 name=f"turnout-model-{self.name}-{self.version}-{i}",
                 daemon=True,
@@ -228,7 +192,7 @@ class ProcessSession:
                     sys.executable,
                     "-S",
                     "-c",
-                    _PACER,
+                    PACER,
                     repr(pacing.on_s),
                     repr(pacing.off_s),
                     *map(str, self.pids),
@@ -270,7 +234,7 @@ class ProcessSession:
             for w in self._workers:
                 while not w.conn.poll(0.25):
                     if pacer is not None and pacer.poll() is not None:  # the pacer died: let them run
-                        _continue(pids)
+                        continue_pids(pids)
                         pacer = None
                     if time.monotonic() > deadline:
                         raise LoadError(
@@ -290,7 +254,7 @@ class ProcessSession:
             if pacer is not None:
                 pacer.kill()
                 pacer.wait()
-            _continue(pids)  # the pacer may have died between stopping and continuing them
+            continue_pids(pids)  # the pacer may have died between stopping and continuing them
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._closed:
@@ -351,113 +315,3 @@ def _watch(workers: list[_Worker], timeout_s: float, stop: threading.Event) -> N
                 w.timed_out = True
                 with contextlib.suppress(OSError):
                     os.kill(w.proc.pid, signal.SIGKILL)
-
-
-def _continue(pids: list[int]) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
-
-
-def idle_is_reversible() -> bool:
-    """Whether a process of ours put at SCHED_IDLE may come back to SCHED_OTHER (root,
-    CAP_SYS_NICE or RLIMIT_NICE); tried on the calling thread, which is left as it was."""
-    try:
-        before = os.sched_getscheduler(0)
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):
-        return False
-    try:
-        os.sched_setscheduler(0, before, os.sched_param(0))
-        return True
-    except OSError:
-        return False
-
-
-def _all_threads_normal() -> None:
-    """Put every thread of this process (onnxruntime's pool threads too) back to SCHED_OTHER."""
-    for tid in os.listdir("/proc/self/task"):
-        with contextlib.suppress(OSError):
-            if os.sched_getscheduler(int(tid)) == os.SCHED_IDLE:
-                os.sched_setscheduler(int(tid), os.SCHED_OTHER, os.sched_param(0))
-
-
-def _log_setup() -> tuple[int, logging.Formatter | None]:
-    """The parent's log level and line format, for a child to log as the server does. A
-    formatter that cannot travel to the child (one holding a stream, say) gives way to
-    logging's plain default."""
-    root = logging.getLogger()
-    formatter = next((h.formatter for h in root.handlers if h.formatter is not None), None)
-    try:
-        pickle.dumps(formatter)
-    except Exception:
-        formatter = None
-    return root.getEffectiveLevel(), formatter
-
-
-class _ChildName(logging.Filter):
-    """Marks a child's records with the version and process they come from."""
-
-    def __init__(self, suffix: str) -> None:
-        super().__init__()
-        self.suffix = suffix
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.name = f"{record.name}{self.suffix}"
-        return True
-
-
-def _child(
-    conn: Connection,
-    name: str,
-    version: str,
-    version_dir: str,
-    config_bytes: bytes,
-    options: SessionOptions,
-    sha256: str,
-    log_setup: tuple[int, logging.Formatter | None],
-) -> None:
-    # Ctrl-C or SIGTERM to the process group are the parent's to handle; the child ends on
-    # "close" or when the parent's end of the pipe closes (also when the parent is killed).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    # the same stderr, level and line format as the server, each record marked with its origin
-    level, formatter = log_setup
-    handler = logging.StreamHandler(sys.stderr)
-    if formatter is not None:
-        handler.setFormatter(formatter)
-    handler.addFilter(_ChildName(f"[{name}/{version} pid {os.getpid()}]"))
-    logging.getLogger().handlers[:] = [handler]
-    logging.getLogger().setLevel(level)
-    log = logging.getLogger("turnout.model_store")
-    t0, cpu0 = time.monotonic(), time.process_time()
-    try:
-        session = ModelSession(
-            name, version, Path(version_dir), ModelConfig.FromString(config_bytes), options, sha256=sha256
-        )
-        session.warmup()
-        reply: tuple[Any, ...] = ("ready", session.config.SerializeToString(), session.row_ns)
-        log.info(
-            "model %s version %s: session built and warmed up in %.2f s (%.2f s of CPU)",
-            name,
-            version,
-            time.monotonic() - t0,
-            time.process_time() - cpu0,
-        )
-    except Exception as exc:  # LoadError or anything onnxruntime raises: report, then exit
-        reply = ("failed", str(exc))
-    _all_threads_normal()  # loaded at idle priority (where allowed): serve at normal priority
-    try:
-        conn.send(reply)
-        while reply[0] == "ready":
-            msg = conn.recv()
-            if msg[0] != "run":
-                return
-            try:
-                out = session.run(msg[1])
-            except Exception as exc:
-                conn.send(("error", str(exc)))
-            else:
-                conn.send(("ok", out))
-    except (EOFError, OSError):  # the parent went away
-        return

@@ -17,99 +17,42 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 from model_store.config import instance_count
 from model_store.errors import LoadError, ModelNotFoundError, ModelUnavailableError, VersionNotFoundError
-from model_store.process_session import ProcessSession, idle_is_reversible
-from model_store.repository import Fingerprint, LocalRepository, ModelSource, digest, fingerprint, is_settled
+from model_store.pacing import idle_is_reversible
+from model_store.process_session import ProcessSession
+from model_store.reconcile import Step, version_step
+from model_store.repository import LocalRepository, ModelSource, digest, fingerprint
+from model_store.serving import (
+    LOADING,
+    READY,
+    UNAVAILABLE,
+    UNLOADING,
+    IndexEntry,
+    ModelState,
+    ServingVersion,
+)
 from model_store.session import ModelSession, Session, SessionOptions
 from protos.model_config_pb2 import ModelConfig
 
-log = logging.getLogger("turnout.model_store")
+__all__ = [
+    "LOADING",
+    "READY",
+    "UNAVAILABLE",
+    "UNLOADING",
+    "IndexEntry",
+    "ModelRegistry",
+    "ModelState",
+    "ServingVersion",
+    "isolation_of",
+]
 
-READY = "READY"
-UNAVAILABLE = "UNAVAILABLE"
-LOADING = "LOADING"
-UNLOADING = "UNLOADING"
+log = logging.getLogger("turnout.model_store")
 
 Attach = Callable[[Session], Awaitable[Any]]
 Detach = Callable[[Any], Awaitable[None]]
-
-
-class ServingVersion:
-    """A loaded version and whatever the server attached to it (its batcher)."""
-
-    __slots__ = (
-        "_drained",
-        "fingerprint",
-        "in_flight",
-        "incompatible",
-        "loaded_at",
-        "retiring",
-        "runner",
-        "session",
-    )
-
-    def __init__(self, session: Session, runner: Any, fp: Fingerprint = ()) -> None:
-        self.session = session
-        self.runner = runner
-        self.fingerprint = fp
-        self.in_flight = 0
-        self.retiring = False
-        self.incompatible = ""  # why its signature differs from the model's latest version
-        self.loaded_at = time.time()
-        self._drained: asyncio.Event | None = None
-
-    @property
-    def name(self) -> str:
-        return self.session.name
-
-    @property
-    def version(self) -> str:
-        return self.session.version
-
-    def acquire(self) -> None:
-        self.in_flight += 1
-
-    def release(self) -> None:
-        self.in_flight -= 1
-        if self.in_flight == 0 and self._drained is not None:
-            self._drained.set()
-
-    async def drained(self) -> None:
-        if self.in_flight == 0:
-            return
-        self._drained = asyncio.Event()
-        await self._drained.wait()
-
-
-@dataclass(slots=True)
-class ModelState:
-    name: str
-    versions: dict[str, ServingVersion] = field(default_factory=dict)  # replaced, never mutated
-    order: tuple[str, ...] = ()  # serving versions ascending
-    failures: dict[str, str] = field(default_factory=dict)
-    failed_fingerprints: dict[str, Fingerprint] = field(default_factory=dict)
-    pending: dict[str, str] = field(default_factory=dict)  # versions waiting for their files to settle
-    reason: str = ""
-    loading: bool = False
-    unloaded: bool = False
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    @property
-    def latest(self) -> ServingVersion | None:
-        return self.versions[self.order[-1]] if self.order else None
-
-
-@dataclass(frozen=True, slots=True)
-class IndexEntry:
-    name: str
-    version: str
-    state: str
-    reason: str
-    sha256: str = ""
 
 
 LoadFailed = Callable[[str, str, str], None]
@@ -263,19 +206,20 @@ class ModelRegistry:
         for version in source.selected:
             old = state.versions.get(version)
             fp = await loop.run_in_executor(self._pool, fingerprint, source, version)
-            if old is not None and old.fingerprint == fp and old.session.healthy:
-                new_versions[version] = old
-                continue
-            if state.failed_fingerprints.get(version) == fp and (old is None or old.session.healthy):
-                # (a dead process-served version is always retried: its files may be fine)
+            step = version_step(
+                fp,
+                None if old is None else (old.fingerprint, old.session.healthy),
+                state.failed_fingerprints.get(version),
+                self.settle_secs if settle else None,
+                time.time(),
+            )
+            if step is Step.KNOWN_FAILURE:
                 failures[version] = state.failures.get(version, "failed to load")
-                if old is not None:
-                    new_versions[version] = old
-                continue
-            if settle and not is_settled(fp, self.settle_secs):
+            elif step is Step.PENDING:
                 pending[version] = (
                     "files changed less than the settle time ago; waiting for them to stay unchanged"
                 )
+            if step is not Step.HASH:
                 if old is not None:
                     new_versions[version] = old
                 continue

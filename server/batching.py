@@ -7,17 +7,9 @@ the batcher queues the request, merges it with other queued requests that have t
 
 Scheduling rules
 ----------------
-* **No added latency when idle.** A free execution slot takes whatever is queued at once when
-  nothing is executing. ``max_queue_delay_s`` only applies while at least one batch is already
-  running: a free slot then waits (measured from the enqueue time of the oldest queued request)
-  for more requests to join, and stops waiting as soon as the batch reaches a preferred size or
-  ``max_batch_size``. With ``instance_count == 1`` there is therefore never a deliberate wait:
-  requests simply accumulate while the single slot is busy and the next batch takes them.
-* **Batch formation.** The head request is the oldest request of the highest priority
-  (1 is highest). Compatible requests (same shape key) are then added in priority order and
-  FIFO within a priority, skipping any that would push the batch past ``max_batch_size``; a
-  request is never split. If preferred sizes are configured, the batch is cut at the largest
-  preferred size reachable by that greedy sequence.
+* **Batch formation and waiting** are decided by the pure :func:`server.batch_plan.plan` (its
+  docstring states the rules): no added latency when idle, oldest request of the highest
+  priority first, compatible requests greedily up to ``max_batch_size``, cut at a preferred size.
 * **Bounded queue.** At most ``max_queue_size`` requests wait; the next one gets
   :class:`~server.errors.QueueFull` at once.
 * **Timeouts and cancellation.** A request still queued past its deadline fails with
@@ -49,12 +41,13 @@ import math
 import operator
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Final, Protocol
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Final
 
 import numpy as np
 
+from server.batch_config import BatchingConfig, BatchObserver, is_int, is_number
+from server.batch_plan import FOREVER, plan
 from server.errors import (
     Cancelled,
     InferenceFailed,
@@ -64,6 +57,7 @@ from server.errors import (
     TurnoutError,
     Unavailable,
 )
+from server.validation import batch_rows
 
 __all__ = ["BatchObserver", "BatchingConfig", "DynamicBatcher", "ExecuteFn"]
 
@@ -78,103 +72,6 @@ _DONE: Final = 2
 
 _INF: Final = math.inf
 _by_name = operator.itemgetter(0)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BatchingConfig:
-    """Dynamic batching settings of one model version.
-
-    ``priority_levels``: requests carry a priority in ``1..priority_levels`` (1 is highest);
-    ``None`` or ``0`` means ``default_priority``. ``instance_count`` is how many batches may
-    execute at the same time. ``preferred_batch_sizes`` is normalised to ascending order.
-    """
-
-    max_batch_size: int
-    max_queue_delay_s: float = 0.0
-    preferred_batch_sizes: tuple[int, ...] = ()
-    max_queue_size: int = 1024
-    default_timeout_s: float | None = None
-    allow_timeout_override: bool = True
-    priority_levels: int = 1
-    default_priority: int = 1
-    instance_count: int = 1
-
-    def __post_init__(self) -> None:
-        if not _is_int(self.max_batch_size) or self.max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be an integer >= 1, got {self.max_batch_size!r}")
-        if (
-            not _is_number(self.max_queue_delay_s)
-            or not math.isfinite(self.max_queue_delay_s)
-            or self.max_queue_delay_s < 0
-        ):
-            raise ValueError(
-                f"max_queue_delay_s must be a finite number >= 0, got {self.max_queue_delay_s!r}"
-            )
-        try:
-            preferred = tuple(self.preferred_batch_sizes)
-        except TypeError:
-            raise ValueError(
-                f"preferred_batch_sizes must be a sequence of integers, got {self.preferred_batch_sizes!r}"
-            ) from None
-        for size in preferred:
-            if not _is_int(size) or not 1 <= size <= self.max_batch_size:
-                raise ValueError(
-                    f"preferred_batch_sizes must be integers in 1..max_batch_size ({self.max_batch_size}),"
-                    f" got {size!r}"
-                )
-        if len(set(preferred)) != len(preferred):
-            raise ValueError(f"preferred_batch_sizes has duplicates: {preferred!r}")
-        object.__setattr__(self, "preferred_batch_sizes", tuple(sorted(preferred)))
-        if not _is_int(self.max_queue_size) or self.max_queue_size < 1:
-            raise ValueError(
-                f"max_queue_size must be an integer >= 1 (the queue is always bounded),"
-                f" got {self.max_queue_size!r}"
-            )
-        if self.default_timeout_s is not None and (
-            not _is_number(self.default_timeout_s)
-            or math.isnan(self.default_timeout_s)
-            or self.default_timeout_s <= 0
-        ):
-            raise ValueError(
-                f"default_timeout_s must be None or a number > 0, got {self.default_timeout_s!r}"
-            )
-        if not isinstance(self.allow_timeout_override, bool):
-            raise ValueError(f"allow_timeout_override must be a bool, got {self.allow_timeout_override!r}")
-        if not _is_int(self.priority_levels) or self.priority_levels < 1:
-            raise ValueError(f"priority_levels must be an integer >= 1, got {self.priority_levels!r}")
-        if not _is_int(self.default_priority) or not 1 <= self.default_priority <= self.priority_levels:
-            raise ValueError(
-                f"default_priority must be an integer in 1..priority_levels ({self.priority_levels}),"
-                f" got {self.default_priority!r}"
-            )
-        if not _is_int(self.instance_count) or self.instance_count < 1:
-            raise ValueError(f"instance_count must be an integer >= 1, got {self.instance_count!r}")
-
-
-class BatchObserver(Protocol):
-    """Receives batching metrics. Calls happen on the event loop: keep them cheap.
-
-    Exceptions raised by an observer are swallowed (and logged once per batcher).
-    """
-
-    def on_batch(
-        self, size_rows: int, n_requests: int, queue_seconds: Sequence[float], compute_seconds: float
-    ) -> None:
-        """One batch was executed (successfully or not)."""
-
-    def on_reject(self, reason: str) -> None:
-        """A request was rejected: ``"queue_full"``, ``"timeout"`` or ``"cancelled"``."""
-
-    def on_queue_depth(self, depth: int) -> None:
-        """The number of queued (not yet executing) requests changed."""
 
 
 class _Request:
@@ -288,54 +185,26 @@ class DynamicBatcher:
         self,
         inputs: Mapping[str, np.ndarray],
         *,
+        rows: int | None = None,
         priority: int | None = None,
         timeout_s: float | None = None,
     ) -> dict[str, np.ndarray]:
         """Queue one request and return its rows of every output.
 
+        ``rows`` is the batch dimension :func:`server.validation.validate_inputs` returned for
+        ``inputs``; without it the arrays are checked here (server.validation.batch_rows).
         Raises InvalidInput (bad shapes, priority or timeout), QueueFull, Unavailable (closed),
         RequestTimeout (deadline passed while queued), or the batch's execution error.
         """
         if self._closed:
             raise Unavailable(f"{self._label} is not accepting requests (shutting down)")
 
-        # Validate and compute the shape key in one pass.
-        rows = -1
-        if len(inputs) == 1:
-            for name, arr in inputs.items():
-                if not isinstance(arr, np.ndarray):
-                    raise InvalidInput(f"{self._label}: input '{name}' is not an array")
-                shape = arr.shape
-                if not shape:
-                    raise InvalidInput(f"{self._label}: input '{name}' has no batch dimension")
-                rows = shape[0]
-                key: object = (name, arr.dtype, shape[1:])
-        else:
-            parts = []
-            for name, arr in inputs.items():
-                if not isinstance(arr, np.ndarray):
-                    raise InvalidInput(f"{self._label}: input '{name}' is not an array")
-                shape = arr.shape
-                if not shape:
-                    raise InvalidInput(f"{self._label}: input '{name}' has no batch dimension")
-                if shape[0] != rows:
-                    if rows != -1:
-                        raise InvalidInput(
-                            f"{self._label}: inputs disagree on the batch dimension"
-                            f" ({rows} vs {shape[0]} for '{name}')"
-                        )
-                    rows = shape[0]
-                parts.append((name, arr.dtype, shape[1:]))
-            if not parts:
-                raise InvalidInput(f"{self._label}: request has no inputs")
-            parts.sort(key=_by_name)
-            key = tuple(parts)
-        if not 1 <= rows <= self._max_rows:
-            raise InvalidInput(f"{self._label}: batch dimension must be in 1..{self._max_rows}, got {rows}")
+        if rows is None or not 1 <= rows <= self._max_rows:  # not validated by server.validation
+            rows = batch_rows(self._label, inputs, self._max_rows)
 
         if priority is None or priority == 0:
             level = self._default_level
-        elif _is_int(priority) and 1 <= priority <= self._n_levels:
+        elif is_int(priority) and 1 <= priority <= self._n_levels:
             level = priority - 1
         else:
             raise InvalidInput(
@@ -345,7 +214,7 @@ class DynamicBatcher:
 
         timeout = self._default_timeout
         if timeout_s is not None and self._allow_override:
-            if not _is_number(timeout_s) or math.isnan(timeout_s) or timeout_s <= 0:
+            if not is_number(timeout_s) or math.isnan(timeout_s) or timeout_s <= 0:
                 raise InvalidInput(f"{self._label}: timeout must be > 0 seconds, got {timeout_s!r}")
             timeout = timeout_s
 
@@ -361,6 +230,16 @@ class DynamicBatcher:
             # Idle: nothing queued ahead of us and nothing executing. Run at once, in the caller's
             # task -- no hand-off to a worker, no added latency.
             return await self._run_alone(inputs, rows)
+
+        # The shape key: requests batch together only with the same input names, dtypes and
+        # non-batch dimensions.
+        if len(inputs) == 1:
+            for name, arr in inputs.items():
+                key: object = (name, arr.dtype, arr.shape[1:])
+        else:
+            parts = [(name, arr.dtype, arr.shape[1:]) for name, arr in inputs.items()]
+            parts.sort(key=_by_name)
+            key = tuple(parts)
 
         now = self._clock()
         fut: asyncio.Future[dict[str, np.ndarray]] = loop.create_future()
@@ -485,53 +364,6 @@ class DynamicBatcher:
             )
         self._reject("timeout")
 
-    def _plan(self, now: float) -> tuple[list[_Request], list[_Request] | None, bool]:
-        """Choose the next batch without changing the queue.
-
-        Returns (batch, dead, ready): ``dead`` are cancelled or expired requests met on the way,
-        ``ready`` is true when the batch reached max_batch_size or a preferred size.
-        """
-        max_rows = self._max_rows
-        batch: list[_Request] = []
-        dead: list[_Request] | None = None
-        key: object = None
-        total = 0
-        for queue in self._levels:
-            if not queue:
-                continue
-            for req in queue:
-                if req.deadline <= now or req.future.done():
-                    if dead is None:
-                        dead = []
-                    dead.append(req)
-                    continue
-                if key is None:
-                    key = req.key
-                elif req.key is not key and req.key != key:
-                    continue
-                if total + req.rows <= max_rows:
-                    batch.append(req)
-                    total += req.rows
-                    if total == max_rows:
-                        break
-            if total == max_rows:
-                break
-        ready = total == max_rows
-        preferred = self._preferred
-        if preferred and batch:
-            if total in preferred:
-                ready = True
-            else:
-                acc = cut = 0
-                for i, req in enumerate(batch):
-                    acc += req.rows
-                    if acc in preferred:
-                        cut = i + 1
-                if cut:
-                    del batch[cut:]
-                    ready = True
-        return batch, dead, ready
-
     def _commit(self, batch: list[_Request], dead: list[_Request] | None) -> None:
         """Take ``batch`` out of the queue and resolve the ``dead`` requests."""
         removed = len(batch)
@@ -580,9 +412,6 @@ class DynamicBatcher:
         if self._closed:
             self._check_drained()
 
-    def _oldest_enqueue(self) -> float:
-        return min(queue[0].enqueued for queue in self._levels if queue)
-
     def _fail_queued(self, exc: TurnoutError) -> None:
         for queue in self._levels:
             while queue:
@@ -629,9 +458,17 @@ class DynamicBatcher:
     async def _next_batch(self, loop: asyncio.AbstractEventLoop) -> list[_Request]:
         while True:
             if self._depth and self._running < self._slots:
-                now = self._clock()
-                batch, dead, ready = self._plan(now)
-                if batch and (ready or not self._running or self._closed or not self._delay):
+                batch, dead, wait = plan(
+                    self._levels,
+                    self._clock(),
+                    self._max_rows,
+                    self._preferred,
+                    self._delay,
+                    self._running,
+                    self._closed,
+                    self._delayer is not None,
+                )
+                if not wait:
                     self._commit(batch, dead)
                     if (
                         self._depth
@@ -643,14 +480,8 @@ class DynamicBatcher:
                     return batch
                 if dead:
                     self._commit([], dead)
-                if batch and self._delayer is None:
-                    remaining = self._oldest_enqueue() + self._delay - now
-                    if remaining <= 0:
-                        self._commit(batch, None)
-                        if self._depth and self._idle and self._running + 1 < self._slots:
-                            self._wake_idle()
-                        return batch
-                    await self._wait_for_more(loop, remaining)
+                if wait != FOREVER:
+                    await self._wait_for_more(loop, wait)
                     continue
             fut: asyncio.Future[None] = loop.create_future()
             self._idle.append(fut)

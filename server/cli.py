@@ -167,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         args = list(argv if argv is not None else sys.argv[1:])
         return Supervisor(settings, args[args.index("serve") + 1 :]).run()
-    from server.runtime import StartError
+    from server.listeners import StartError
 
     try:
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import numpy as np
@@ -19,7 +19,7 @@ from server.observe.metrics import Metrics
 from server.observe.stats import VersionStats
 from server.observe.triton_metrics import failure_reason
 from server.types import InferRequest, InferResponse, Tensor
-from server.validation import validate_inputs, validate_outputs
+from server.validation import schedule_params, validate_inputs, validate_outputs
 
 log = logging.getLogger("turnout.core")
 
@@ -78,16 +78,28 @@ class RecordHook(Protocol):
 
 
 class Core:
+    """Built whole: ``router`` chooses versions (None: requests name theirs or get the
+    default), ``observers`` see every success (drift), ``recorder`` is set when request
+    logging or feedback is on, ``model_ops`` when several workers share the server."""
+
     def __init__(
-        self, registry: ModelRegistry, metrics: Metrics, *, clock: Callable[[], float] = time.perf_counter
+        self,
+        registry: ModelRegistry,
+        metrics: Metrics,
+        *,
+        router: RouteHook | None = None,
+        observers: Iterable[ObserveHook] = (),
+        recorder: RecordHook | None = None,
+        model_ops: ModelOpsLog | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.registry = registry
         self.metrics = metrics
         self.clock = clock
-        self.router: RouteHook | None = None
-        self.observers: list[ObserveHook] = []
-        self.recorder: RecordHook | None = None  # set when request logging or feedback is on
-        self.model_ops: ModelOpsLog | None = None  # set when several workers share the server
+        self.router = router
+        self.observers = tuple(observers)
+        self.recorder = recorder
+        self.model_ops = model_ops
         self.live = True
         self.started = False
         self.in_flight = 0  # requests inside infer (not shadows): what a stopping server waits for
@@ -117,10 +129,10 @@ class Core:
         try:
             feeds, rows = validate_inputs(req.model_name, sig, req.inputs)
             validate_outputs(req.model_name, sig, req.outputs)
-            priority, timeout_s = _schedule_params(req)
+            priority, timeout_s = schedule_params(req)
             sv.acquire()
             try:
-                outputs = await sv.runner.run(feeds, priority=priority, timeout_s=timeout_s)
+                outputs = await sv.runner.run(feeds, rows=rows, priority=priority, timeout_s=timeout_s)
             finally:
                 sv.release()
         except BaseException as exc:
@@ -261,27 +273,6 @@ class Core:
         await self.registry.unload(name)
         if self.model_ops is not None:
             self.model_ops.append("unload", name)
-
-
-def _schedule_params(req: InferRequest) -> tuple[int | None, float | None]:
-    p = req.parameters
-    if not p:
-        return None, None
-    priority = p.get("priority")
-    timeout = p.get("timeout")
-    pr: int | None = None
-    to: float | None = None
-    if priority is not None:
-        if isinstance(priority, bool) or not isinstance(priority, int) or priority < 0:
-            raise InvalidInput(f"parameter 'priority' must be a non-negative integer, got {priority!r}")
-        pr = priority or None
-    if timeout is not None:
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
-            raise InvalidInput(
-                f"parameter 'timeout' must be a non-negative number of microseconds, got {timeout!r}"
-            )
-        to = timeout / 1e6 if timeout else None
-    return pr, to
 
 
 def _select_outputs(sig: Signature, outputs: dict[str, np.ndarray], req: InferRequest) -> list[Tensor]:

@@ -3,11 +3,13 @@
 Every failure a client can see is a :class:`TurnoutError`. Transports never invent status
 codes: they look the exception class up in :data:`ERROR_TABLE` (HTTP status, gRPC code).
 Anything that is not a ``TurnoutError`` is an internal error and is reported as such,
-without leaking a traceback to the client.
+without leaking a traceback to the client; :func:`log_internal` is the one rule for which
+failures the server logs (every transport's error path calls it).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import grpc
@@ -17,6 +19,7 @@ from router.controller import NotConfigured, PolicyRefused
 from router.policy import PolicyError
 from router.rollout import RolloutError
 from router.store import StoreConflict, StoreError
+from server.observe.logs import RateLimitedLog
 
 
 class TurnoutError(Exception):
@@ -141,3 +144,16 @@ def public_message(exc: BaseException) -> str:
     if wire_status(exc) is not INTERNAL:  # a model store error: its message is for clients
         return str(exc)
     return f"internal error: {type(exc).__name__}"
+
+
+# One limiter for every transport: a client repeating a request that trips a bug cannot flood
+# the log, whichever protocol it uses.
+INTERNAL_LOG = RateLimitedLog(logging.getLogger("turnout.errors"))
+
+
+def log_internal(exc: BaseException) -> None:
+    """Log ``exc`` with its traceback (rate-limited) when it is the server's failure rather than
+    the client's: a 5xx that is not one of our own errors (a bug, a model-store or state-store
+    failure). Our own errors are answers, not incidents, and are not logged."""
+    if not isinstance(exc, TurnoutError) and wire_status(exc).http >= 500:
+        INTERNAL_LOG.error("internal error: %s", type(exc).__name__, exc_info=exc)

@@ -30,8 +30,15 @@ class Runner(Protocol):
     stats: VersionStats
 
     async def run(
-        self, feeds: dict[str, np.ndarray], *, priority: int | None, timeout_s: float | None
-    ) -> dict[str, np.ndarray]: ...
+        self,
+        feeds: dict[str, np.ndarray],
+        *,
+        rows: int | None = None,
+        priority: int | None,
+        timeout_s: float | None,
+    ) -> dict[str, np.ndarray]:
+        """``rows``: the batch dimension server.validation found (None: not validated there)."""
+        ...
 
     def run_inline(
         self, feeds: dict[str, np.ndarray], rows: int, requests: int, budget_ns: float
@@ -140,7 +147,12 @@ class DirectRunner:
         self._sem = asyncio.Semaphore(max(instance_count, 1))
 
     async def run(
-        self, feeds: dict[str, np.ndarray], *, priority: int | None, timeout_s: float | None
+        self,
+        feeds: dict[str, np.ndarray],
+        *,
+        rows: int | None = None,
+        priority: int | None,
+        timeout_s: float | None,
     ) -> dict[str, np.ndarray]:
         rows = _rows(self.session, feeds)
         t_queue = time.perf_counter_ns()
@@ -218,9 +230,14 @@ class BatchingRunner:
         return out
 
     async def run(
-        self, feeds: dict[str, np.ndarray], *, priority: int | None, timeout_s: float | None
+        self,
+        feeds: dict[str, np.ndarray],
+        *,
+        rows: int | None = None,
+        priority: int | None,
+        timeout_s: float | None,
     ) -> dict[str, np.ndarray]:
-        return await self.batcher.submit(feeds, priority=priority, timeout_s=timeout_s)
+        return await self.batcher.submit(feeds, rows=rows, priority=priority, timeout_s=timeout_s)
 
     def run_inline(
         self, feeds: dict[str, np.ndarray], rows: int, requests: int, budget_ns: float

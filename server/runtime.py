@@ -11,10 +11,10 @@ import random
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import grpc
 import orjson
@@ -41,8 +41,6 @@ from server.auth import Authorizer, load_tokens
 from server.busy_poll import BusyPoll
 from server.core import Core
 from server.grpc.admin import AdminServicer
-from server.grpc.http2 import H2Connection
-from server.grpc.limits import TransportLimits
 from server.grpc.servicer import SERVICE, make_handlers
 from server.grpc.transport import AsyncioGrpcServer
 from server.http.access import secure_routes
@@ -51,7 +49,16 @@ from server.http.app import build_app, build_routes
 from server.http.dashboard import dashboard_routes
 from server.http.feedback import feedback_routes
 from server.http.infer_route import InferRoute
-from server.http.protocol import HeadHoldingHttpToolsProtocol, HttpLimits
+from server.http.protocol import HeadHoldingHttpToolsProtocol
+from server.listeners import (
+    StartError,
+    bracket,
+    grpcio_options,
+    h2_engine,
+    http_limits,
+    listening,
+    transport_limits,
+)
 from server.model_ops import ModelOpsLog
 from server.observe.dashboard import dashboard
 from server.observe.drift import DriftWiring
@@ -106,9 +113,6 @@ class Runtime:
             settle_secs=settings.repository_settle_secs,
             on_load_failure=self._load_failed,
         )
-        self.core = Core(self.models, self.metrics)
-        self.metrics.sample(lambda: self.metrics.inflight.set(self.core.in_flight))
-        self.metrics.triton.attach(self.core.statistics)
         store = ControlPlaneStore(settings.state_dir / "control") if settings.state_dir else None
         self.drift: DriftWiring | None = None
         if settings.drift:
@@ -125,7 +129,6 @@ class Runtime:
                 sample=settings.drift_sample,
                 webhook=settings.drift_webhook,
             )
-            self.core.observers.append(self.drift)
         self._operators_loop(settings)
         self.controller = TrafficController(
             store,
@@ -137,12 +140,22 @@ class Runtime:
         )
         self.mirror = ShadowMirror(self.controller.shadow_stats, max_in_flight=settings.shadow_max_in_flight)
         self.traffic = TrafficRouting(self.controller, self.mirror, self.models, self.metrics)
-        self.core.router = self.traffic
+        model_ops = None
+        if settings.worker_id is not None and settings.state_dir is not None:
+            model_ops = ModelOpsLog(settings.state_dir / "model-ops.jsonl", settings.worker_id)
+        self.core = Core(
+            self.models,
+            self.metrics,
+            router=self.traffic,
+            observers=() if self.drift is None else (self.drift,),
+            recorder=self.recorder,
+            model_ops=model_ops,
+        )
+        self.metrics.sample(lambda: self.metrics.inflight.set(self.core.in_flight))
+        self.metrics.triton.attach(self.core.statistics)
         self.dashboard = dashboard(
             settings, self.core, self.metrics, self.controller, self.feedback, self.drift
         )
-        if settings.worker_id is not None and settings.state_dir is not None:
-            self.core.model_ops = ModelOpsLog(settings.state_dir / "model-ops.jsonl", settings.worker_id)
         self.auth = Authorizer(
             load_tokens(settings.admin_token, settings.auth_tokens_file, settings.auth_tokens),
             infer=settings.auth_infer,
@@ -174,7 +187,6 @@ class Runtime:
     def _operators_loop(self, s: Settings) -> None:
         """Request logging and ground-truth feedback (both off unless configured)."""
         self.request_log, self.feedback, self.recorder = operators_loop(s, self.metrics)
-        self.core.recorder = self.recorder
 
     # ---- model versions -> runners --------------------------------------------------
 
@@ -312,7 +324,7 @@ class Runtime:
             server = AsyncioGrpcServer(
                 max_message_bytes=s.max_request_bytes,
                 max_calls=s.max_inflight,  # excess answered RESOURCE_EXHAUSTED at once
-                limits=self.transport_limits(),
+                limits=transport_limits(s, self.max_connections),
                 limited=(f"/{SERVICE}/ModelInfer",),  # health, metadata, control: never refused
                 reuse_port=s.worker_id is not None,
                 busy_poll=self.busy_poll,
@@ -321,7 +333,8 @@ class Runtime:
                 h2_engine=h2_engine(s.grpc_h2_engine),
             )
         else:
-            server = self._grpcio_server()
+            # excess answered RESOURCE_EXHAUSTED by the C core, cheaply
+            server = grpc.aio.server(maximum_concurrent_rpcs=s.max_inflight, options=grpcio_options(s))
         handlers = make_handlers(self.core, self.auth)
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
         server.add_registered_method_handlers(SERVICE, handlers)  # faster dispatch than the generic lookup
@@ -345,7 +358,7 @@ class Runtime:
             reflection_aio.ReflectionServicer(service_names),
             server,
         )
-        with _listening("gRPC", s.host, s.grpc_port):
+        with listening("gRPC", s.host, s.grpc_port):
             if isinstance(server, AsyncioGrpcServer):
                 tls = self.tls.context(["h2"]) if self.tls is not None else None
                 self.grpc_port = server.add_port(s.host, s.grpc_port, tls)
@@ -354,68 +367,12 @@ class Runtime:
                 creds = grpc.ssl_server_credentials(
                     [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
                 )
-                self.grpc_port = server.add_secure_port(f"{_bracket(s.host)}:{s.grpc_port}", creds)
+                self.grpc_port = server.add_secure_port(f"{bracket(s.host)}:{s.grpc_port}", creds)
             else:
-                self.grpc_port = server.add_insecure_port(f"{_bracket(s.host)}:{s.grpc_port}")
+                self.grpc_port = server.add_insecure_port(f"{bracket(s.host)}:{s.grpc_port}")
         await server.start()
         self.grpc_server = server
         self._health = health
-
-    def transport_limits(self) -> TransportLimits:
-        s = self.settings
-        return TransportLimits(
-            max_streams=s.max_streams_per_connection,
-            max_connections=self.max_connections,
-            handshake_timeout_s=s.handshake_timeout_secs,
-            request_timeout_s=s.request_timeout_secs,
-            idle_timeout_s=s.idle_timeout_secs or None,
-            max_age_s=s.max_connection_age_secs,
-            max_age_grace_s=s.max_connection_age_grace_secs,
-            write_timeout_s=s.write_timeout_secs,
-            max_queued_bytes=s.max_queued_bytes,
-        )
-
-    def http_limits(self) -> HttpLimits:
-        s = self.settings
-        return HttpLimits(
-            max_connections=self.max_connections,
-            handshake_timeout_s=s.handshake_timeout_secs,
-            header_timeout_s=s.header_timeout_secs,
-            request_timeout_s=s.request_timeout_secs,
-            write_timeout_s=s.write_timeout_secs,
-            max_header_bytes=s.http_max_header_bytes,
-            max_headers=s.http_max_headers,
-        )
-
-    def _grpcio_server(self) -> grpc.aio.Server:
-        s = self.settings
-        limit = s.max_request_bytes
-        return grpc.aio.server(
-            maximum_concurrent_rpcs=s.max_inflight,  # excess answered RESOURCE_EXHAUSTED by the C core, cheaply
-            options=[
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", limit),
-                ("grpc.so_reuseport", 1 if s.worker_id is not None else 0),
-                # calls the core holds before Python takes them: beyond this they are refused at
-                # once instead of queueing (the default, 1000, hides seconds of queueing)
-                ("grpc.server.max_pending_requests", s.max_inflight),
-                ("grpc.server.max_pending_requests_hard_limit", 2 * s.max_inflight),
-                ("grpc.max_concurrent_streams", s.max_streams_per_connection),
-                *(
-                    [("grpc.max_connection_idle_ms", int(s.idle_timeout_secs * 1000))]
-                    if s.idle_timeout_secs
-                    else []
-                ),
-                *(
-                    [
-                        ("grpc.max_connection_age_ms", int(s.max_connection_age_secs * 1000)),
-                        ("grpc.max_connection_age_grace_ms", int(s.max_connection_age_grace_secs * 1000)),
-                    ]
-                    if s.max_connection_age_secs
-                    else []
-                ),
-            ],
-        )
 
     def http_routes(self) -> list[Any]:
         """Every Starlette route, before the access checks are put in front of them."""
@@ -442,7 +399,7 @@ class Runtime:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if s.worker_id is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        with _listening("HTTP", s.host, s.http_port):
+        with listening("HTTP", s.host, s.http_port):
             try:
                 sock.bind((s.host, s.http_port))
                 sock.listen(2048)
@@ -460,7 +417,7 @@ class Runtime:
             http=functools.partial(  # type: ignore[arg-type]
                 HeadHoldingHttpToolsProtocol,
                 busy_poll=self.busy_poll,
-                limits=self.http_limits(),
+                limits=http_limits(s, self.max_connections),
                 events=self.metrics.edge_event("http"),
             ),
             lifespan="off",
@@ -566,30 +523,3 @@ def open_repository(settings: Settings) -> LocalRepository:
         )
         return LocalRepository(dest)
     return LocalRepository(Path(settings.model_repository))
-
-
-def h2_engine(name: str) -> Callable[..., H2Connection]:
-    if name == "h2":  # the h2 library: installed with the dev extras, imported only when asked for
-        from server.grpc.h2lib import H2LibConnection
-
-        return cast(Callable[..., H2Connection], H2LibConnection)
-    return H2Connection
-
-
-class StartError(Exception):
-    """The server cannot start for a reason the operator can fix; the message is one line."""
-
-
-@contextlib.contextmanager
-def _listening(protocol: str, host: str, port: int) -> Generator[None, None, None]:
-    """Turns a failure to bind ``host:port`` into a :class:`StartError` that names them.
-    grpcio's server reports its bind failures as RuntimeError."""
-    try:
-        yield
-    except (OSError, RuntimeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise StartError(f"cannot listen for {protocol} on {_bracket(host)}:{port}: {reason}") from exc
-
-
-def _bracket(host: str) -> str:
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host

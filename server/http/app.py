@@ -3,7 +3,6 @@ statistics extensions) on Starlette: decode, call the core, encode."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -15,21 +14,12 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from server.core import Core
-from server.errors import (
-    InvalidInput,
-    TurnoutError,
-    Unimplemented,
-    public_message,
-    wire_status,
-)
+from server.errors import InvalidInput, Unimplemented
 from server.http.body import receive_body
 from server.http.codec import dumps, loads
+from server.http.errors import JSON, error_answer, error_body
 from server.http.protojson import to_json
-from server.observe.logs import RateLimitedLog
 from server.observe.metrics import Metrics
-
-log = logging.getLogger("turnout.http")
-JSON = "application/json"
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -38,16 +28,10 @@ def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = 
     return Response(dumps(obj), status_code=status, media_type=JSON, headers=headers)
 
 
-def error_response(exc: BaseException, internal: RateLimitedLog | None = None) -> Response:
-    """The ``{"error": ...}`` answer for ``exc``. A client's error is not logged; an internal one
-    (a bug) is, with its traceback, through ``internal`` when given (rate-limited)."""
-    status = wire_status(exc)
-    if status.http >= 500 and not isinstance(exc, TurnoutError):
-        if internal is not None:
-            internal.error("internal error: %s", type(exc).__name__, exc_info=exc)
-        else:
-            log.exception("internal error", exc_info=exc)
-    return json_response({"error": public_message(exc)}, status.http)
+def error_response(exc: BaseException) -> Response:
+    """The answer for ``exc`` (server/http/errors.py: status, JSON body, internal errors logged)."""
+    status, body = error_answer(exc)
+    return Response(body, status_code=status, media_type=JSON)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -55,12 +39,12 @@ async def read_body(request: Request, limit: int) -> bytes:
     return await receive_body(request.receive, request.headers.get("content-length"), limit)
 
 
-def guarded(fn: Endpoint, internal: RateLimitedLog | None = None) -> Endpoint:
+def guarded(fn: Endpoint) -> Endpoint:
     async def endpoint(request: Request) -> Response:
         try:
             return await fn(request)
         except Exception as exc:
-            return error_response(exc, internal)
+            return error_response(exc)
 
     return endpoint
 
@@ -165,10 +149,8 @@ def build_routes(core: Core, max_request_bytes: int, metrics: Metrics, drift: An
     async def dashboard(request: Request) -> Response:
         return Response(dashboard_html, media_type="text/html; charset=utf-8")
 
-    internal = RateLimitedLog(log)
-
     def r(path: str, fn: Endpoint, methods: list[str]) -> Route:
-        return Route(path, guarded(fn, internal), methods=methods)
+        return Route(path, guarded(fn), methods=methods)
 
     routes: list[BaseRoute] = [
         r("/v2/health/live", e.live, ["GET"]),
@@ -197,9 +179,10 @@ def build_routes(core: Core, max_request_bytes: int, metrics: Metrics, drift: An
 
 def build_app(routes: list[BaseRoute]) -> Starlette:
     async def not_found(request: Request, exc: Exception) -> Response:
-        return json_response({"error": f"no route for {request.method} {request.url.path}"}, 404)
+        return Response(error_body(f"no route for {request.method} {request.url.path}"), 404, media_type=JSON)
 
     async def bad_method(request: Request, exc: Exception) -> Response:
-        return json_response({"error": f"method {request.method} not allowed on {request.url.path}"}, 405)
+        message = f"method {request.method} not allowed on {request.url.path}"
+        return Response(error_body(message), 405, media_type=JSON)
 
     return Starlette(routes=routes, exception_handlers={404: not_found, 405: bad_method})

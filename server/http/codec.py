@@ -209,16 +209,13 @@ def _decode_outputs(raw: Any) -> list[RequestedOutput] | None:
     if not isinstance(raw, list):
         raise InvalidInput("'outputs' must be a list")
     out: list[RequestedOutput] = []
-    seen: set[str] = set()
     for item in raw:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise InvalidInput("each entry of 'outputs' must be an object with a 'name'")
-        name = item["name"]
-        if name in seen:
-            raise InvalidInput(f"output '{name}' is requested more than once")
-        seen.add(name)
         out.append(
-            RequestedOutput(name, params_from_mapping(_dict(item.get("parameters"), "outputs.parameters")))
+            RequestedOutput(
+                item["name"], params_from_mapping(_dict(item.get("parameters"), "outputs.parameters"))
+            )
         )
     return out or None
 

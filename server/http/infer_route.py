@@ -14,19 +14,16 @@ checks it too, and leaves a request it refuses to this route, which answers the 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.auth import Authorizer, Need
 from server.core import Core
-from server.errors import INTERNAL, QueueFull, TurnoutError, public_message, wire_status
+from server.errors import QueueFull, TurnoutError
 from server.http.body import receive_body
-from server.http.codec import decode_infer_request, dumps, encode_infer_response
-from server.observe.logs import RateLimitedLog
-
-log = logging.getLogger("turnout.http")
+from server.http.codec import decode_infer_request, encode_infer_response
+from server.http.errors import error_answer
 
 _PREFIX = "/v2/models/"
 _SUFFIX = "/infer"
@@ -65,7 +62,6 @@ class InferRoute:
         # may the HTTP protocol answer requests itself (protocol.py; it checks tokens with ``authorized``)
         self.fast_path = fast_path
         self.inflight = 0
-        self.internal = RateLimitedLog(log)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -76,7 +72,7 @@ class InferRoute:
                         client = scope.get("client")
                         self.authorize(scope["headers"], client[0] if client else None)
                     except Exception as exc:
-                        await _reply(send, *error_answer(exc))
+                        await _reply(send, *error_answer(exc), _JSON, ())
                         return
                 await self.infer(scope, receive, send, target[0], target[1])
                 return
@@ -103,7 +99,7 @@ class InferRoute:
         try:
             body = await receive_body(receive, content_length, self.limit)
         except Exception as exc:
-            await _reply(send, *error_answer(exc))
+            await _reply(send, *error_answer(exc), _JSON, ())
             return
         if self.inflight >= self.max_inflight:  # shed before decoding anything
             await _reply(send, *self.busy())
@@ -118,7 +114,7 @@ class InferRoute:
     def busy(self) -> Answer:
         """The answer to a whole request that finds every slot taken."""
         exc = QueueFull(f"server busy: {self.inflight} inference requests in progress (--max-inflight)")
-        return error_answer(exc)
+        return (*error_answer(exc), _JSON, ())
 
     async def answer(
         self, model: str, version: str, body: bytes, header_length: str | None, routing_key: str | None
@@ -131,9 +127,7 @@ class InferRoute:
             resp = await self.core.infer(req)
             payload, json_length = encode_infer_response(resp, req)
         except Exception as exc:
-            if wire_status(exc) is INTERNAL:  # a bug, not the client's error: logged (rate-limited)
-                self.internal.error("internal error: %s", type(exc).__name__, exc_info=exc)
-            return error_answer(exc)
+            return (*error_answer(exc), _JSON, ())
         extra: tuple[tuple[bytes, bytes], ...] = ((b"x-model-version", resp.model_version.encode()),)
         if json_length is None:
             return 200, payload, _JSON, extra
@@ -142,11 +136,6 @@ class InferRoute:
 
 
 Answer = tuple[int, bytes, bytes, tuple[tuple[bytes, bytes], ...]]
-
-
-def error_answer(exc: BaseException) -> Answer:
-    """The status and ``{"error": ...}`` body the error table gives ``exc``."""
-    return wire_status(exc).http, dumps({"error": public_message(exc)}), _JSON, ()
 
 
 def infer_headers(headers: Iterable[tuple[bytes, bytes]]) -> tuple[bytes | None, str | None, str | None]:

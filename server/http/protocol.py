@@ -34,7 +34,8 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from server.busy_poll import BusyPoll
-from server.http.codec import dumps
+from server.http.errors import error_body
+from server.http.head_holding import JOIN_LIMIT, HeadHoldingTransport
 from server.http.infer_route import InferRoute, infer_headers, parse_infer_path
 
 
@@ -58,85 +59,6 @@ class _Refused(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
-
-
-_HEAD = b"HTTP/1.1 "
-_INTERIM = b"HTTP/1.1 1"
-# a body larger than this is written after the head rather than copied into one buffer
-_JOIN_LIMIT = 256 * 1024
-
-
-class HeadHoldingTransport:
-    """A transport proxy that sends a response head together with the first body write."""
-
-    __slots__ = ("_busy", "_held", "_loop", "_pending", "_transport")
-
-    def __init__(
-        self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop, busy: Callable[[], bool]
-    ) -> None:
-        self._transport = transport
-        self._loop = loop
-        self._busy = busy
-        self._held: bytes | None = None
-        self._pending: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        held = self._held
-        if held is not None:
-            if not data:
-                return
-            self._held = None
-            if len(data) <= _JOIN_LIMIT:
-                self.send(held + data)
-            else:
-                self.send(held)
-                self.send(data)
-        elif data.startswith(_HEAD) and not data.startswith(_INTERIM):
-            self._held = bytes(data)
-        else:
-            self.send(data)
-
-    def send(self, data: bytes) -> None:
-        """Write now, or at the end of this loop step while other requests are in flight."""
-        if not self._pending and not self._busy():
-            self._transport.write(data)
-            return
-        if not self._pending:
-            self._loop.call_soon(self.flush)
-        self._pending.append(data)
-
-    def flush(self) -> None:
-        pending, self._pending = self._pending, []
-        if self._transport.is_closing():
-            return
-        for data in pending:
-            self._transport.write(data)
-
-    def writelines(self, chunks: Any) -> None:
-        for chunk in chunks:
-            self.write(chunk)
-
-    def release(self) -> None:
-        """Send a head still held (a response whose body was empty)."""
-        held, self._held = self._held, None
-        if held is not None and not self._transport.is_closing():
-            self.send(held)
-
-    def get_write_buffer_size(self) -> int:
-        pending = len(self._held or b"") + sum(len(d) for d in self._pending)
-        return self._transport.get_write_buffer_size() + pending
-
-    def close(self) -> None:
-        self.release()
-        self.flush()
-        self._transport.close()
-
-    def abort(self) -> None:
-        self._held, self._pending = None, []
-        self._transport.abort()
-
-    def __getattr__(self, name: str) -> Any:  # everything else is the real transport's
-        return getattr(self._transport, name)
 
 
 class _NoEvent:
@@ -261,7 +183,7 @@ class HeadHoldingHttpToolsProtocol(HttpToolsProtocol):
         self._event(f"refused_{status}")
         if self.transport.is_closing():
             return
-        body = dumps({"error": message})
+        body = error_body(message)
         self._holding.send(
             _status_line(status)
             + b"content-type: application/json\r\nconnection: close\r\ncontent-length: %d\r\n\r\n" % len(body)
@@ -430,8 +352,8 @@ class HeadHoldingHttpToolsProtocol(HttpToolsProtocol):
         if not cycle.keep_alive:
             head.append(b"connection: close\r\n")
         head.append(b"\r\n")
-        self._holding.send(b"".join(head) + payload if len(payload) <= _JOIN_LIMIT else b"".join(head))
-        if len(payload) > _JOIN_LIMIT:
+        self._holding.send(b"".join(head) + payload if len(payload) <= JOIN_LIMIT else b"".join(head))
+        if len(payload) > JOIN_LIMIT:
             self._holding.send(payload)
         if not cycle.keep_alive:
             self.transport.close()

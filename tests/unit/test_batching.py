@@ -238,6 +238,24 @@ async def test_invalid_inputs_are_rejected() -> None:
     await b.close()
 
 
+async def test_rows_validated_upstream_are_trusted_and_out_of_range_ones_rechecked() -> None:
+    model = FakeModel()
+    b = make(model, max_batch_size=4)
+    gate, busy, busy_in = await start_busy(b, model)
+    first, second = req(2), req(1)
+    tasks = [spawn(b, first, rows=2), spawn(b, second, rows=1)]  # queued: their shape key is built
+    await wait_until(lambda: b.queue_depth == 2)
+    gate.set()
+    expect(busy_in, await busy)
+    for inputs, task in zip((first, second), tasks, strict=True):
+        expect(inputs, await task)
+    assert model.sizes == [1, 3]
+    for rows in (0, 5):  # not a validated batch dimension: the arrays are checked
+        with pytest.raises(InvalidInput, match=r"batch dimension must be in 1..4, got 5"):
+            await b.submit(req(5), rows=rows)
+    await b.close()
+
+
 # --------------------------------------------------------------------------- idle dispatch
 
 

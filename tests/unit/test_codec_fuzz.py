@@ -2,8 +2,9 @@
 
 Property, for the HTTP JSON codec, the binary tensor extension and the gRPC conversion: decoding
 either raises a :class:`TurnoutError` (answered 4xx / INVALID_ARGUMENT) or returns a request
-that respects the limits (dimensions, element count, data matching its shape, each output named
-once). Never RecursionError, ValueError, MemoryError, KeyError... (an answer of 500).
+that respects the limits (dimensions, element count, data matching its shape) and whose outputs
+server.validation either accepts, each named once, or refuses. Never RecursionError, ValueError,
+MemoryError, KeyError... (an answer of 500).
 
 Bounded and deterministic: ``derandomize=True`` makes every run draw the same examples.
 """
@@ -21,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from model_store.datatypes import BY_V2
+from model_store.signature import Signature, TensorSpec
 from protos import inference_pb2 as pb
 from server.errors import InvalidInput, TurnoutError
 from server.grpc.convert import decode_request
@@ -28,6 +30,7 @@ from server.grpc.servicer import _BadMessage, _deserializer
 from server.http.codec import decode_infer_request
 from server.tensor_codec import MAX_DIMS, MAX_ELEMENTS, check_shape, decode_raw
 from server.types import InferRequest
+from server.validation import validate_outputs
 
 FUZZ = settings(
     max_examples=200,
@@ -48,8 +51,19 @@ def check_limits(req: InferRequest) -> None:
         assert t.data.shape == t.shape
         assert t.datatype in BY_V2
     if req.outputs is not None:
+        # duplicates are refused in one place, server.validation, whatever the codec
         names = [o.name for o in req.outputs]
-        assert len(names) == len(set(names))
+        sig = Signature(
+            inputs=(),
+            outputs=tuple(TensorSpec(n, "FP32", (1,)) for n in dict.fromkeys(names)),
+            max_batch_size=0,
+        )
+        try:
+            validate_outputs("m", sig, req.outputs)
+        except InvalidInput as exc:
+            assert "requested more than once" in str(exc) and len(names) != len(set(names))
+        else:
+            assert len(names) == len(set(names))
 
 
 def decodes_or_refuses(decode: Callable[[], InferRequest]) -> None:
@@ -324,17 +338,20 @@ def test_huge_shapes_are_refused_before_allocation() -> None:
         decode_raw("x", "BYTES", (2**39,), b"\x00" * 8)
 
 
-def test_duplicate_outputs_are_refused_on_both_codecs() -> None:
+def test_duplicate_outputs_are_refused_on_both_protocols() -> None:
+    """Decoded by either codec, then validated (server.validation, the one place that checks):
+    the same refusal, before the count of outputs is compared with the model's."""
+    sig = Signature(inputs=(), outputs=(TensorSpec("y", "FP32", (1,)),), max_batch_size=0)
     doc = {
         "inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1.0]}],
         "outputs": [{"name": "y"}] * 1000,
     }
     with pytest.raises(InvalidInput, match="output 'y' is requested more than once"):
-        decode_infer_request("m", "", orjson.dumps(doc), None)
+        validate_outputs("m", sig, decode_infer_request("m", "", orjson.dumps(doc), None).outputs)
     msg = pb.ModelInferRequest(model_name="m")
     msg.inputs.add(name="x", datatype="FP32", shape=[1])
     msg.raw_input_contents.append(np.ones(1, np.float32).tobytes())
     for _ in range(1000):
         msg.outputs.add(name="y")
     with pytest.raises(InvalidInput, match="output 'y' is requested more than once"):
-        decode_request(msg)
+        validate_outputs("m", sig, decode_request(msg).outputs)

@@ -215,8 +215,11 @@ def test_requested_output_validation() -> None:
     validate_outputs("m", SIG, [RequestedOutput("y")])
     with pytest.raises(InvalidInput, match="no output 'q'"):
         validate_outputs("m", SIG, [RequestedOutput("q")])
-    # a response never holds more tensors than the model has outputs
-    with pytest.raises(InvalidInput, match="names 1000 outputs, model 'm' has 1"):
+    # a response never holds more tensors than the model has outputs; a name repeated is
+    # refused first, as the codecs used to before validation was in one place
+    with pytest.raises(InvalidInput, match="names 3 outputs, model 'm' has 1"):
+        validate_outputs("m", SIG, [RequestedOutput("y"), RequestedOutput("q"), RequestedOutput("r")])
+    with pytest.raises(InvalidInput, match="output 'y' is requested more than once"):
         validate_outputs("m", SIG, [RequestedOutput("y")] * 1000)
     two = Signature(
         inputs=SIG.inputs,

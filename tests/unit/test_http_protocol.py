@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from server.http.protocol import HeadHoldingTransport
+from server.http.head_holding import HeadHoldingTransport
 
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from model_store.process_session import _ChildName, _log_setup
+from model_store.process_child import ChildName, log_setup
 
 
 class _StreamFormatter(logging.Formatter):
@@ -34,17 +34,17 @@ def root_handler() -> Iterator[logging.Handler]:
 
 def test_the_servers_level_and_format_travel(root_handler: logging.Handler) -> None:
     root_handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    level, formatter = _log_setup()
+    level, formatter = log_setup()
     assert level == logging.WARNING
     assert formatter is not None and formatter._fmt == "%(levelname)s %(name)s: %(message)s"
 
 
 def test_a_formatter_that_cannot_be_pickled_gives_way(root_handler: logging.Handler) -> None:
     root_handler.setFormatter(_StreamFormatter())
-    assert _log_setup() == (logging.WARNING, None)
+    assert log_setup() == (logging.WARNING, None)
 
 
 def test_records_are_marked_with_their_origin() -> None:
     record = logging.LogRecord("turnout.model_store", logging.INFO, __file__, 1, "hello", (), None)
-    assert _ChildName("[mlp/2 pid 7]").filter(record)
+    assert ChildName("[mlp/2 pid 7]").filter(record)
     assert record.name == "turnout.model_store[mlp/2 pid 7]"

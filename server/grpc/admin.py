@@ -6,7 +6,6 @@ one fails at import); the audit log records the caller that check admitted."""
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,11 +17,10 @@ from router.controller import NotConfigured, TrafficController
 from router.policy import TrafficPolicy
 from server.auth import GRPC_POLICY, Authorizer, grpc_peer_host
 from server.errors import InvalidInput, Unimplemented
-from server.grpc.failure import Failures
+from server.grpc import failure
 from server.observe.feedback import Feedback
 
 DriftReport = Callable[[str, str], Awaitable[dict[str, Any]]]
-log = logging.getLogger("turnout.grpc.admin")
 SERVICE = pb.DESCRIPTOR.services_by_name["Admin"].full_name
 
 
@@ -68,7 +66,7 @@ def _guard(fn: Callable[[Any, Any, Any, str], Awaitable[Any]]) -> Callable[[Any,
             caller = self.auth.require(need, metadata_value(ctx, "authorization"), grpc_peer_host(ctx.peer()))
             return await fn(self, req, ctx, caller.name)
         except Exception as exc:
-            await self.failures.abort(ctx, exc)
+            await failure.abort(ctx, exc)
 
     return method
 
@@ -85,7 +83,6 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self.auth = auth
         self.drift = drift
         self.feedback = feedback
-        self.failures = Failures(log)
 
     def _feedback(self) -> Feedback:
         if self.feedback is None:

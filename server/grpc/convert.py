@@ -90,15 +90,8 @@ def decode_request(msg: pb.ModelInferRequest) -> InferRequest:
 def _decode_outputs(
     requested: Iterable[pb.ModelInferRequest.InferRequestedOutputTensor],
 ) -> list[RequestedOutput]:
-    out: list[RequestedOutput] = []
-    seen: set[str] = set()
-    for o in requested:
-        name = o.name
-        if name in seen:
-            raise InvalidInput(f"output '{name}' is requested more than once")
-        seen.add(name)
-        out.append(RequestedOutput(name, decode_params(o.parameters) if o.parameters else {}))
-    return out
+    # names are checked against the model (and for repeats) in server/validation.py
+    return [RequestedOutput(o.name, decode_params(o.parameters) if o.parameters else {}) for o in requested]
 
 
 def _decode_contents(

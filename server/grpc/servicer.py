@@ -7,7 +7,6 @@ framework's generic error, and every method Turnout does not provide answers UNI
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -18,10 +17,9 @@ from protos import inference_pb2 as pb
 from server.auth import GRPC_POLICY, Authorizer, grpc_peer_host
 from server.core import Core
 from server.errors import InvalidInput, Unimplemented
+from server.grpc import failure
 from server.grpc.convert import decode_request, dict_to_message, encode_response
-from server.grpc.failure import Failures
 
-log = logging.getLogger("turnout.grpc")
 SERVICE = "inference.GRPCInferenceService"
 
 
@@ -45,9 +43,8 @@ def _deserializer(cls: Any) -> Callable[[bytes], Any]:
 
 
 class InferenceServicer:
-    def __init__(self, core: Core, failures: Failures) -> None:
+    def __init__(self, core: Core) -> None:
         self.core = core
-        self.failures = failures
 
     async def ServerLive(self, req: pb.ServerLiveRequest, ctx: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self.core.live)
@@ -86,7 +83,7 @@ class InferenceServicer:
             try:
                 resp = await self.ModelInfer(req, ctx)
             except Exception as exc:
-                yield pb.ModelStreamInferResponse(error_message=self.failures.answer(exc)[1])
+                yield pb.ModelStreamInferResponse(error_message=failure.answer(exc)[1])
                 continue
             yield pb.ModelStreamInferResponse(infer_response=resp)
 
@@ -142,7 +139,7 @@ _UNIMPLEMENTED: dict[str, Any] = {
 Handler = Callable[[Any, Any], Any]
 
 
-def _authorized(fn: Handler, name: str, auth: Authorizer, failures: Failures) -> Handler:
+def _authorized(fn: Handler, name: str, auth: Authorizer) -> Handler:
     """``fn`` behind the check GRPC_POLICY names for method ``name`` (``fn`` itself where
     the check cannot refuse: inference without --auth-infer costs nothing)."""
     need = GRPC_POLICY[f"/{SERVICE}/{name}"]
@@ -162,7 +159,7 @@ def _authorized(fn: Handler, name: str, auth: Authorizer, failures: Failures) ->
             try:
                 check(ctx)
             except Exception as exc:
-                await failures.abort(ctx, exc)
+                await failure.abort(ctx, exc)
             async for resp in fn(requests, ctx):
                 yield resp
 
@@ -176,7 +173,7 @@ def _authorized(fn: Handler, name: str, auth: Authorizer, failures: Failures) ->
 
 
 def _unary(
-    fn: Callable[[Any, Any], Awaitable[Any]], failures: Failures
+    fn: Callable[[Any, Any], Awaitable[Any]],
 ) -> Callable[[Any, Any], Awaitable[Any]]:
     async def handler(req: Any, ctx: grpc.aio.ServicerContext) -> Any:
         if isinstance(req, _BadMessage):
@@ -184,7 +181,7 @@ def _unary(
         try:
             return await fn(req, ctx)
         except Exception as exc:
-            await failures.abort(ctx, exc)
+            await failure.abort(ctx, exc)
 
     return handler
 
@@ -200,8 +197,7 @@ def _unimplemented(method: str) -> Callable[[Any, Any], Awaitable[Any]]:
 
 def make_handlers(core: Core, auth: Authorizer) -> dict[str, grpc.RpcMethodHandler]:
     """Every method of the inference service, each behind its GRPC_POLICY entry."""
-    failures = Failures(log)
-    s = InferenceServicer(core, failures)
+    s = InferenceServicer(core)
     unary = {
         "ServerLive": (s.ServerLive, pb.ServerLiveRequest),
         "ServerReady": (s.ServerReady, pb.ServerReadyRequest),
@@ -218,18 +214,18 @@ def make_handlers(core: Core, auth: Authorizer) -> dict[str, grpc.RpcMethodHandl
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for name, (fn, req_cls) in unary.items():
         handlers[name] = grpc.unary_unary_rpc_method_handler(
-            _unary(_authorized(fn, name, auth, failures), failures),
+            _unary(_authorized(fn, name, auth)),
             request_deserializer=_deserializer(req_cls),
             response_serializer=_serialize,
         )
     for name, unimplemented_cls in _UNIMPLEMENTED.items():
         handlers[name] = grpc.unary_unary_rpc_method_handler(
-            _unary(_authorized(_unimplemented(name), name, auth, failures), failures),
+            _unary(_authorized(_unimplemented(name), name, auth)),
             request_deserializer=_deserializer(unimplemented_cls),
             response_serializer=_serialize,
         )
     handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
-        _authorized(s.ModelStreamInfer, "ModelStreamInfer", auth, failures),
+        _authorized(s.ModelStreamInfer, "ModelStreamInfer", auth),
         request_deserializer=_deserializer(pb.ModelInferRequest),
         response_serializer=_serialize,
     )

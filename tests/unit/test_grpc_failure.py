@@ -1,5 +1,5 @@
-"""server/grpc/failure.py: every exception becomes a status from the one table; only internal
-errors are logged, and at most the rate limit's burst of them."""
+"""server/grpc/failure.py: every exception becomes a status from the one table; only the server's
+own failures are logged (the rule HTTP follows too), at most the rate limit's burst of them."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import grpc
 import pytest
 
 from model_store.errors import ModelNotFoundError
-from server.errors import ERROR_TABLE, InvalidInput, QueueFull, TurnoutError
-from server.grpc.failure import Failures
+from server.errors import ERROR_TABLE, INTERNAL_LOG, InvalidInput, QueueFull, TurnoutError
+from server.grpc import failure
 
 
 class FakeContext:
@@ -27,38 +27,36 @@ class FakeContext:
 def test_every_turnout_error_answers_its_table_code_and_is_not_logged(
     cls: type[TurnoutError], caplog: pytest.LogCaptureFixture
 ) -> None:
-    failures = Failures(logging.getLogger("test.failure"))
-    with caplog.at_level(logging.DEBUG, "test.failure"):
-        code, message = failures.answer(cls("told to the client"))
+    with caplog.at_level(logging.DEBUG, "turnout.errors"):
+        code, message = failure.answer(cls("told to the client"))
     assert code == ERROR_TABLE[cls].grpc
     assert message == "told to the client"
     assert not caplog.records
 
 
 def test_a_model_store_error_keeps_its_message() -> None:
-    code, message = Failures(logging.getLogger("test.failure")).answer(ModelNotFoundError("no model 'x'"))
+    code, message = failure.answer(ModelNotFoundError("no model 'x'"))
     assert code == ERROR_TABLE[ModelNotFoundError].grpc == grpc.StatusCode.NOT_FOUND
     assert "no model 'x'" in message
 
 
 def test_an_unexpected_exception_is_internal_without_details_and_logged_rate_limited(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    failures = Failures(logging.getLogger("test.failure"))
-    with caplog.at_level(logging.ERROR, "test.failure"):
-        answers = [failures.answer(KeyError("secret internals")) for _ in range(50)]
-    assert {a for a in answers} == {(grpc.StatusCode.INTERNAL, "internal error: KeyError")}
+    monkeypatch.setattr(INTERNAL_LOG, "_window_start", None)  # a fresh interval for this test
+    with caplog.at_level(logging.ERROR, "turnout.errors"):
+        answers = [failure.answer(KeyError("secret internals")) for _ in range(50)]
+    assert set(answers) == {(grpc.StatusCode.INTERNAL, "internal error: KeyError")}
     logged = [r for r in caplog.records if r.getMessage().startswith("internal error")]
-    assert 1 <= len(logged) <= failures.internal.burst
+    assert 1 <= len(logged) <= INTERNAL_LOG.burst
     assert logged[0].exc_info is not None  # the traceback is in the log, not in the answer
 
 
 def test_abort_sends_the_answer() -> None:
     ctx = FakeContext()
-    failures = Failures(logging.getLogger("test.failure"))
     with pytest.raises(grpc.aio.AbortError):
-        asyncio.run(failures.abort(ctx, QueueFull("queue is full")))
+        asyncio.run(failure.abort(ctx, QueueFull("queue is full")))
     assert ctx.aborted == (ERROR_TABLE[QueueFull].grpc, "queue is full")
     with pytest.raises(grpc.aio.AbortError):
-        asyncio.run(failures.abort(ctx, InvalidInput("bad dtype")))
+        asyncio.run(failure.abort(ctx, InvalidInput("bad dtype")))
     assert ctx.aborted == (grpc.StatusCode.INVALID_ARGUMENT, "bad dtype")

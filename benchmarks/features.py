@@ -17,7 +17,9 @@
 * the HTTP/2 core of the gRPC transport: Turnout's (server/grpc/http2.py) against the h2
   library's under the same interface (``--grpc-h2-engine h2``): p50 at concurrency 1
   (perf_analyzer), throughput at concurrency 32 (loadgen_grpc.py) and the server's CPU per call
-  in that run.
+  in that run;
+* request logging: every request logged (``--request-log-sample 1``) against none: throughput at
+  concurrency 32 (loadgen_grpc.py, wrk) and the server's CPU per request in those runs.
 
     python -m benchmarks.features [--duration 5] [--repeats 3] [--out benchmarks/results]
 """
@@ -123,6 +125,7 @@ SECTIONS = (
     "http-fast-path",
     "busy-poll",
     "h2-engine",
+    "request-log",
 )
 
 
@@ -227,6 +230,21 @@ def main() -> None:
             "HTTP/2 core, server CPU per call at c=32": ("µs", (pgid_cpu(srv.pgid) - cpu0) / calls * 1e6),
         }
 
+    def log_points(srv: Turnout) -> Values:
+        values: Values = {}
+        for proto, tool in (("grpc", "loadgen_grpc.py"), ("http", "loadgen_rest.py")):
+            t0, cpu0 = time.monotonic(), pgid_cpu(srv.pgid)
+            run = peer_tool(tool, srv.grpc if proto == "grpc" else srv.http, 32, ns.duration)
+            calls = run["infer_per_s"] * (time.monotonic() - t0)
+            values[f"request log, mlp_small {proto} c=32 throughput"] = ("inf/s", run["infer_per_s"])
+            values[f"request log, server CPU per request, {proto} c=32"] = (
+                "µs",
+                (pgid_cpu(srv.pgid) - cpu0) / calls * 1e6,
+            )
+        return values
+
+    request_log = ("--request-log-dir", str(work / "request-log"), "--request-log-sample", "1")
+
     comparisons: tuple[
         tuple[str, Callable[[Turnout], Values], tuple[tuple[str, ...], ...], tuple[str, str]], ...
     ] = (
@@ -250,6 +268,7 @@ def main() -> None:
             (("--grpc-h2-engine", "h2"), ()),
             ("h2 library", "Turnout's core (default)"),
         ),
+        ("request-log", log_points, ((), request_log), ("off (default)", "every request logged")),
     )
     for section, measure, arms, labels in comparisons:
         measured: dict[str, tuple[list[float], list[float]]] = {}

@@ -280,6 +280,8 @@ def test_the_production_pod_serves_its_s3_repository(tmp_path: Path) -> None:
     moto.start()
     try:
         endpoint = f"http://127.0.0.1:{moto._server.server_port}"
+        # moto keeps its buckets per process, not per server: start from none, whatever ran before
+        httpx.post(f"{endpoint}/moto-api/reset", timeout=10)
         fs = S3FileSystem(key="test", secret="test", client_kwargs={"endpoint_url": endpoint})
         fs.mkdir(bucket)
         for path in DEMO_REPO.rglob("*"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,8 @@ def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, s3fs.S3FileSystem
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{server._server.server_port}"
+    # moto keeps its buckets per process, not per server: start from none, whatever ran before
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=10)
     fs = s3fs.S3FileSystem(
         key="test", secret="test", client_kwargs={"endpoint_url": endpoint}, use_listings_cache=False
     )

@@ -112,7 +112,12 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     @_guard
     async def StartRollout(self, req: pb.StartRolloutRequest, ctx: Any, who: str) -> pb.RolloutStatus:
         plan: dict[str, Any] | None = None
-        if req.HasField("plan"):
+        if req.plan_json:
+            try:
+                plan = json.loads(req.plan_json)
+            except ValueError:
+                raise InvalidInput("plan_json is not JSON") from None
+        elif req.HasField("plan"):
             plan = {}
             if req.plan.steps:
                 plan["steps"] = list(req.plan.steps)
@@ -151,8 +156,12 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             self.c.abort_rollout(req.model, who, req.reason)
         elif req.action == a.PROMOTE:
             self.c.promote_rollout(req.model, who, req.reason)
+        elif req.action == a.APPROVE:
+            self.c.approve_rollout(req.model, who, req.reason)
+        elif req.action == a.REJECT:
+            self.c.reject_rollout(req.model, who, req.reason)
         else:
-            raise InvalidInput("action must be PAUSE, RESUME, ABORT or PROMOTE")
+            raise InvalidInput("action must be PAUSE, RESUME, ABORT, PROMOTE, APPROVE or REJECT")
         return _status_msg(req.model, self.c.rollout_status(req.model))
 
     @_guard

@@ -6,9 +6,12 @@ The audit log names the tokens."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -24,6 +27,7 @@ TOKENS = {
 }
 ADMIN = {"authorization": "Bearer rm-token-123"}
 VIEWER = {"authorization": "Bearer viewer-token-123"}
+READ_MD = [("authorization", "Bearer viewer-token-123")]
 
 
 def call(
@@ -32,15 +36,32 @@ def call(
     return httpx.request(method, f"{s.base}/admin{path}", json=body, headers=headers, timeout=10)
 
 
-def wait_for(s: ServerProc, done: str, timeout: float = 30.0) -> dict[str, object]:
-    """Poll the rollout status until ``done`` ("approval" or a final status) holds."""
+def poll(
+    s: ServerProc, path: str, holds: Callable[[dict[str, Any]], bool], timeout: float = 30.0
+) -> dict[str, Any]:
+    """GET ``path`` until ``holds`` its JSON. The two workers follow each other's changes
+    within a tick (0.5 s), so the one that answers may not have seen the last change yet."""
     deadline = time.monotonic() + timeout
     while True:
-        rollout: dict[str, object] = call(s, "GET", "/models/clf/rollout", VIEWER).json()["rollout"]
-        if (done == "approval" and rollout["approval"]) or rollout["status"] == done:
-            return rollout
-        assert time.monotonic() < deadline, rollout
+        r = call(s, "GET", path, VIEWER)
+        if r.status_code == 200 and holds(r.json()):
+            return dict(r.json())
+        assert time.monotonic() < deadline, r.text
         time.sleep(0.1)
+
+
+def wait_for(s: ServerProc, done: str) -> dict[str, Any]:
+    """The rollout once ``done`` ("approval", or a status) holds."""
+
+    def holds(body: dict[str, Any]) -> bool:
+        rollout = body["rollout"]
+        return bool(rollout["approval"]) if done == "approval" else rollout["status"] == done
+
+    return dict(poll(s, "/models/clf/rollout", holds)["rollout"])
+
+
+def stable_is(s: ServerProc, version: str) -> None:
+    poll(s, "/models/clf/traffic", lambda p: p["stable"] == version)
 
 
 def plan(deadline: float | None) -> dict[str, object]:
@@ -67,51 +88,105 @@ def test_approval_steps(tmp_path: Path) -> None:
         assert isinstance(approval, dict) and approval["deadline"] is None
         assert str(approval["summary"]).startswith("waiting for approval since ")
         time.sleep(1.0)  # it does not move on by itself
-        assert call(s, "GET", "/models/clf/rollout", VIEWER).json()["rollout"]["step_index"] == 1
+        for _ in range(4):  # whichever worker answers
+            assert call(s, "GET", "/models/clf/rollout", VIEWER).json()["rollout"]["step_index"] == 1
         denied = call(s, "POST", "/models/clf/rollout/approve", VIEWER, {"reason": "me too"})
         assert denied.status_code == 403, denied.text
         ok = call(s, "POST", "/models/clf/rollout/approve", ADMIN, {"reason": "metrics look fine"})
         assert ok.status_code == 200, ok.text
         wait_for(s, "succeeded")
-        assert call(s, "GET", "/models/clf/traffic", VIEWER).json()["stable"] == "2"
+        stable_is(s, "2")
 
         # 2. nobody approves within the deadline: rolled back
         body = {"canary": "3", "plan": plan(1.5), "reason": "try v3"}
         assert call(s, "POST", "/models/clf/rollout", ADMIN, body).status_code == 201
-        waiting = wait_for(s, "approval")
-        approval = waiting["approval"]
+        waiting = poll(
+            s, "/models/clf/rollout", lambda b: b["rollout"]["canary"] == "3" and b["rollout"]["approval"]
+        )
+        approval = waiting["rollout"]["approval"]
         assert isinstance(approval, dict) and approval["deadline"] == approval["since"] + 1.5  # type: ignore[operator]
         assert ", deadline 20" in str(approval["summary"])
         rolled = wait_for(s, "rolled_back")
         assert "no approval within" in str(rolled["reason"])
-        assert call(s, "GET", "/models/clf/traffic", VIEWER).json()["stable"] == "2"
+        stable_is(s, "2")
 
-        # 3. rejected over gRPC (ControlRollout REJECT) by the admin token
+        # 3. the CLI reads approval steps (the rollout waits for 100 canary requests: aborted)
+        cli = [sys.executable, "-m", "server", "rollout", "start", "clf", "--canary", "3", "--url", s.base]
+        cli += ["--steps", "0.2,approval:90,1", "--hold", "0.3", "--token", "rm-token-123"]
+        out = subprocess.run(cli, capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stdout + out.stderr
+        steps = [0.2, {"approval": {"deadline_seconds": 90.0}}, 1.0]
+        poll(
+            s,
+            "/models/clf/rollout",
+            lambda b: b["rollout"]["canary"] == "3" and b["rollout"]["plan"]["steps"] == steps,
+        )
+        assert call(s, "DELETE", "/models/clf/rollout", ADMIN).status_code == 200
+
+        # 4. rejected over gRPC (ControlRollout REJECT) by the admin token
         body = {"canary": "3", "plan": plan(None), "reason": "try v3 again"}
         assert call(s, "POST", "/models/clf/rollout", ADMIN, body).status_code == 201
-        wait_for(s, "approval")
         _reject_over_grpc(s)
         wait_for(s, "rolled_back")
 
+        # 5. over gRPC only: StartRollout with plan_json (approval steps), ControlRollout APPROVE
+        _start_and_approve_over_grpc(s)
+        wait_for(s, "succeeded")
+        stable_is(s, "3")
+
         entries = call(s, "GET", "/audit?limit=100&model=clf", VIEWER).json()["entries"]
         seen = [(e["action"], e["who"]) for e in entries]
-        assert ("rollout_approve", "release-manager") in seen
+        assert seen.count(("rollout_approve", "release-manager")) == 2
         assert ("rollout_reject", "release-manager") in seen
-        assert seen.count(("rollout_start", "release-manager")) == 3
+        assert seen.count(("rollout_start", "release-manager")) == 5
         timeout = [e for e in entries if e["action"] == "rollout_rolled_back"]
         assert len(timeout) == 1 and timeout[0]["who"] == "controller"
         assert "no approval within" in timeout[0]["reason"]
         assert not any(who == "viewer" for _, who in seen)
 
 
+def _stub() -> tuple[Any, Any]:
+    sys.modules.pop("protos.turnout.admin_pb2", None)
+    from protos.turnout import admin_pb2, admin_pb2_grpc  # separate package from tritonclient's stubs
+
+    return admin_pb2, admin_pb2_grpc
+
+
+def _wait_for_approval_over_grpc(stub: Any, pb: Any, with_deadline: bool) -> None:
+    """Until the rollout waits for approval (one with a deadline or one without: a worker that
+    has not caught up yet may still show the previous rollout waiting)."""
+    deadline = time.monotonic() + 30
+    while True:
+        status = stub.GetRollout(pb.ModelRef(model="clf"), metadata=READ_MD)
+        approval = json.loads(status.detail_json)["rollout"]["approval"]
+        if approval and (approval["deadline"] is not None) == with_deadline:
+            return
+        assert time.monotonic() < deadline, status
+        time.sleep(0.1)
+
+
+def _start_and_approve_over_grpc(s: ServerProc) -> None:
+    import grpc
+
+    admin_pb2, admin_pb2_grpc = _stub()
+    with grpc.insecure_channel(s.grpc_url) as ch:
+        stub = admin_pb2_grpc.AdminStub(ch)
+        start = admin_pb2.StartRolloutRequest(model="clf", canary="3", plan_json=json.dumps(plan(600)))
+        status = stub.StartRollout(start, metadata=[("authorization", "Bearer rm-token-123")])
+        assert status.status == "running"
+        _wait_for_approval_over_grpc(stub, admin_pb2, with_deadline=True)
+        approve = admin_pb2.ControlRolloutRequest(model="clf", action=admin_pb2.ControlRolloutRequest.APPROVE)
+        status = stub.ControlRollout(approve, metadata=[("authorization", "Bearer rm-token-123")])
+        assert status.step_index == 2 and status.weight == 1.0
+
+
 def _reject_over_grpc(s: ServerProc) -> None:
     import grpc
 
-    sys.modules.pop("protos.turnout.admin_pb2", None)
-    from protos.turnout import admin_pb2, admin_pb2_grpc
-
+    admin_pb2, admin_pb2_grpc = _stub()
     with grpc.insecure_channel(s.grpc_url) as ch:
         stub = admin_pb2_grpc.AdminStub(ch)
+        _wait_for_approval_over_grpc(stub, admin_pb2, with_deadline=False)
         req = admin_pb2.ControlRolloutRequest(
             model="clf", action=admin_pb2.ControlRolloutRequest.REJECT, reason="not this week"
         )

@@ -119,3 +119,75 @@ def test_drift_shift_sends_a_signed_retraining_event_after_a_retry(tmp_path: Pat
         assert SECRET not in log
     finally:
         receiver.shutdown()
+
+
+class AccuracyReceiver(BaseHTTPRequestHandler):
+    events: list[tuple[dict[str, str], bytes]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["content-length"]))
+        AccuracyReceiver.events.append(({k.lower(): v for k, v in self.headers.items()}, body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_an_accuracy_drop_sends_one_signed_event(tmp_path: Path) -> None:
+    """The demo iris classifier with correct labels, then with wrong ones: the windowed
+    accuracy falls below the threshold and exactly one event comes (the alarm latches)."""
+    receiver = HTTPServer(("127.0.0.1", 0), AccuracyReceiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET + "\n")
+    args = [
+        "--no-drift",
+        "--feedback-models",
+        "iris",
+        "--feedback-window",
+        "50",
+        "--retrain-min-labelled",
+        "50",
+        "--retrain-accuracy-threshold",
+        "0.8",
+        "--retrain-webhook-url",
+        f"http://127.0.0.1:{receiver.server_port}/retrain",
+        "--retrain-webhook-secret-file",
+        str(secret_file),
+    ]
+    rng = np.random.default_rng(3)
+    x = iris_like(rng, 200)
+    try:
+        with running_server(tmp_path, args=args) as s, httpx.Client(base_url=s.base, timeout=30) as c:
+            answers = []
+            for row in x:
+                body = {
+                    "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": row.tolist()}]
+                }
+                out = c.post("/v2/models/iris/infer", json=body).json()
+                label = next(o for o in out["outputs"] if o["name"] == "label")["data"][0]
+                answers.append((out["id"], int(label)))
+            # the first 100 labelled as predicted (accuracy 1), the next 100 all wrong
+            for start, wrong in ((0, 0), (100, 1)):
+                for chunk in range(start, start + 100, 25):
+                    items = [{"id": rid, "label": (p + wrong) % 3} for rid, p in answers[chunk : chunk + 25]]
+                    assert (
+                        c.post("/v2/models/iris/feedback", json={"feedback": items}).json()["accepted"] == 25
+                    )
+            deadline = time.monotonic() + 10
+            while not AccuracyReceiver.events:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            time.sleep(0.5)
+        assert len(AccuracyReceiver.events) == 1
+        headers, body = AccuracyReceiver.events[0]
+        assert verify(
+            SECRET.encode(), body, headers["x-turnout-timestamp"], headers["x-turnout-signature"], time.time()
+        )
+        event = json.loads(body)
+        assert (event["model"], event["version"], event["reason"]) == ("iris", "1", "accuracy")
+        assert event["details"]["window_rows"] == 50 and event["details"]["window_accuracy"] < 0.8
+        assert event["slice"] is None  # no request log
+    finally:
+        receiver.shutdown()

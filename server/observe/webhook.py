@@ -175,7 +175,7 @@ class WebhookSender:
         if self._thread is None:
             return
         try:
-            self._queue.put_nowait(None)
+            self._queue.put(None, timeout=timeout)  # behind the queued events, as the thread drains them
         except queue.Full:
-            pass  # the thread is a daemon; it ends with the process
+            return  # still busy: the thread is a daemon and ends with the process
         self._thread.join(timeout)

@@ -186,3 +186,13 @@ def test_logged_slice_names_the_directory_and_the_export_command(tmp_path: Path)
         f"turnout export --log-dir '{tmp_path / 'log dir'}' --model 'my model' --version 2"
         " --since 2023-11-14T22:13:20Z --out my_model-2-1700000000.parquet"
     )
+
+
+def test_the_sender_thread_delivers_in_order_and_stops() -> None:
+    clock, outcomes = Clock(), []
+    post = FakePost(204, 204)
+    sender = _sender(post, clock, outcomes).start()
+    assert sender.submit({"n": 1}) and sender.submit({"n": 2})
+    sender.close()
+    assert [json.loads(body) for _, body, _ in post.calls] == [{"n": 1}, {"n": 2}]
+    assert outcomes == ["delivered", "delivered"]

@@ -45,7 +45,7 @@ def _status_msg(model: str, status: dict[str, Any] | None) -> pb.RolloutStatus:
         status=str(r.get("status", "")),
         step_index=int(r.get("step_index", 0)),
         weight=float(r.get("weight", 0.0)),
-        reason=str(r.get("reason", "")),
+        reason=str((r.get("approval") or {}).get("summary") or r.get("reason", "")),
         detail_json=json.dumps(status, default=str),
     )
 

@@ -175,6 +175,8 @@ def _start_and_approve_over_grpc(s: ServerProc) -> None:
         status = stub.StartRollout(start, metadata=[("authorization", "Bearer rm-token-123")])
         assert status.status == "running"
         _wait_for_approval_over_grpc(stub, admin_pb2, with_deadline=True)
+        status = stub.GetRollout(admin_pb2.ModelRef(model="clf"), metadata=READ_MD)
+        assert status.reason.startswith("waiting for approval since ") and ", deadline 20" in status.reason
         approve = admin_pb2.ControlRolloutRequest(model="clf", action=admin_pb2.ControlRolloutRequest.APPROVE)
         status = stub.ControlRollout(approve, metadata=[("authorization", "Bearer rm-token-123")])
         assert status.step_index == 2 and status.weight == 1.0

@@ -39,7 +39,7 @@ from router.committed import Builder, CommittedState
 from router.decide import RouteDecision, decide
 from router.gates import evaluate_gates
 from router.policy import TrafficPolicy
-from router.rollout import RolloutPlan, RolloutState, abort, evaluate, pause, promote, resume
+from router.rollout import RolloutPlan, RolloutState, abort, approve, evaluate, pause, promote, reject, resume
 from router.rollout_signals import AccuracySince, AccuracySource, RolloutWindows, shadow_disagreement
 from router.shadow import Comparison, PairStats, ShadowStats, Task, compare_outputs
 from router.store import ControlPlaneStore
@@ -253,6 +253,16 @@ class TrafficController:
         return self._operate(
             model, who, reason, "rollout_promote", lambda s, now: promote(s, now, who, reason, full=full)
         )
+
+    def approve_rollout(self, model: str, who: str, reason: str = "") -> RolloutState:
+        """Approve the approval step the rollout waits at: it goes on to its next step."""
+        return self._operate(
+            model, who, reason, "rollout_approve", lambda s, now: approve(s, now, who, reason)
+        )
+
+    def reject_rollout(self, model: str, who: str, reason: str = "") -> RolloutState:
+        """Reject the approval the rollout waits for: it rolls back to its stable version."""
+        return self._operate(model, who, reason, "rollout_reject", lambda s, now: reject(s, now, who, reason))
 
     def _operate(
         self, model: str, who: str, reason: str, action: str, transition: Transition

@@ -13,101 +13,32 @@ needs no clock. Operator actions: :func:`pause`, :func:`resume`, :func:`abort`,
 :func:`promote` (skip to success, or with ``full=False`` one step forward) and
 :func:`roll_back`.
 
+A plan step may instead be an **approval** (:class:`ApprovalStep`): the canary stays at the
+previous step's weight and the rollout does not advance until an operator calls
+:func:`approve` (or :func:`reject`, which rolls back). Gates still roll back while it waits;
+an approval with ``deadline_seconds`` that does not come in time rolls back.
+
 ``succeeded``, ``rolled_back`` and ``aborted`` are final.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any, Literal, cast
 
-from router.gates import GateResult, Gates
+from router.gates import GateResult
+from router.plan import ApprovalStep as ApprovalStep  # the plan types are re-exported here
+from router.plan import RolloutError as RolloutError
+from router.plan import RolloutPlan as RolloutPlan
+from router.plan import Step as Step
 from router.policy import CanaryTarget, TrafficPolicy
 
 RolloutStatus = Literal["running", "paused", "succeeded", "rolled_back", "aborted"]
 ACTIVE_STATUSES: frozenset[str] = frozenset({"running", "paused"})
 FINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "rolled_back", "aborted"})
 _STATUSES = ACTIVE_STATUSES | FINAL_STATUSES
-
-
-class RolloutError(ValueError):
-    """An invalid plan, or an action that does not apply to the rollout's current status."""
-
-
-@dataclass(frozen=True, slots=True)
-class RolloutPlan:
-    """Canary weights to step through, how long to hold each, and the gates to pass."""
-
-    steps: tuple[float, ...] = (0.05, 0.25, 0.5, 1.0)
-    hold_seconds: float = 30
-    min_requests: int = 100
-    gates: Gates = field(default_factory=Gates)
-
-    def __post_init__(self) -> None:
-        steps = tuple(self.steps)
-        if not steps:
-            raise RolloutError("a rollout plan needs at least one step")
-        previous = 0.0
-        for step in steps:
-            if isinstance(step, bool) or not isinstance(step, int | float) or not math.isfinite(step):
-                raise RolloutError(f"rollout steps must be numbers, got {step!r}")
-            if not 0.0 < step <= 1.0:
-                raise RolloutError(f"rollout steps must be in (0, 1], got {step!r}")
-            if step <= previous:
-                raise RolloutError(f"rollout steps must increase, got {list(steps)!r}")
-            previous = step
-        object.__setattr__(self, "steps", tuple(float(s) for s in steps))
-        hold = self.hold_seconds
-        if isinstance(hold, bool) or not isinstance(hold, int | float) or not math.isfinite(hold) or hold < 0:
-            raise RolloutError(f"hold_seconds must be a non-negative number, got {hold!r}")
-        if (
-            isinstance(self.min_requests, bool)
-            or not isinstance(self.min_requests, int)
-            or self.min_requests < 0
-        ):
-            raise RolloutError(f"min_requests must be a non-negative integer, got {self.min_requests!r}")
-        if not isinstance(self.gates, Gates):
-            raise RolloutError(f"gates must be a Gates value, got {self.gates!r}")
-
-    @property
-    def required_requests(self) -> int:
-        """Canary requests a step needs before the rollout acts on gates."""
-        return max(self.min_requests, self.gates.min_requests)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "steps": list(self.steps),
-            "hold_seconds": self.hold_seconds,
-            "min_requests": self.min_requests,
-            "gates": self.gates.to_json(),
-        }
-
-    @classmethod
-    def from_json(cls, obj: object) -> RolloutPlan:
-        """Read a plan; every key is optional (``{}`` is the default plan)."""
-        if obj is None:
-            return cls()
-        if not isinstance(obj, Mapping):
-            raise RolloutError(f"a rollout plan must be a JSON object, got {type(obj).__name__}")
-        unknown = sorted(str(k) for k in obj if k not in ("steps", "hold_seconds", "min_requests", "gates"))
-        if unknown:
-            raise RolloutError(f"unknown key(s) in rollout plan: {', '.join(unknown)}")
-        defaults = cls()
-        steps = obj.get("steps", defaults.steps)
-        if not isinstance(steps, list | tuple):
-            raise RolloutError(f"rollout steps must be a list, got {steps!r}")
-        try:
-            gates = Gates.from_json(obj.get("gates"))
-        except (TypeError, ValueError) as exc:
-            raise RolloutError(str(exc)) from exc
-        return cls(
-            steps=tuple(steps),
-            hold_seconds=obj.get("hold_seconds", defaults.hold_seconds),
-            min_requests=obj.get("min_requests", defaults.min_requests),
-            gates=gates,
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +96,30 @@ class RolloutState:
     @property
     def weight(self) -> float:
         """The canary's current share of live traffic (0 once the rollout is over)."""
-        return self.plan.steps[self.step_index] if self.active else 0.0
+        return self.plan.weights[self.step_index] if self.active else 0.0
+
+    @property
+    def waiting_for_approval(self) -> bool:
+        """Whether the rollout is active at an approval step (it advances only when approved)."""
+        return self.active and self.plan.approval_at(self.step_index) is not None
+
+    @property
+    def approval_deadline(self) -> float | None:
+        """When an unanswered approval rolls back (None: not waiting, or no deadline)."""
+        step = self.plan.approval_at(self.step_index)
+        if not self.active or step is None or step.deadline_seconds is None:
+            return None
+        return self.step_started_at + step.deadline_seconds
+
+    def approval_json(self) -> dict[str, Any] | None:
+        """``{"since", "deadline", "summary"}`` while waiting for approval, else None."""
+        if not self.waiting_for_approval:
+            return None
+        deadline = self.approval_deadline
+        summary = f"waiting for approval since {_iso(self.step_started_at)}, deadline " + (
+            _iso(deadline) if deadline is not None else "none"
+        )
+        return {"since": self.step_started_at, "deadline": deadline, "summary": summary}
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -178,6 +132,7 @@ class RolloutState:
             "step_started_at": self.step_started_at,
             "started_at": self.started_at,
             "reason": self.reason,
+            "approval": self.approval_json(),
             "plan": self.plan.to_json(),
             "history": [e.to_json() for e in self.history],
         }
@@ -205,8 +160,12 @@ class RolloutState:
         )
 
 
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _event(state: RolloutState, now: float, action: str, who: str, reason: str) -> RolloutEvent:
-    return RolloutEvent(now, action, who, state.step_index, state.plan.steps[state.step_index], reason)
+    return RolloutEvent(now, action, who, state.step_index, state.plan.weights[state.step_index], reason)
 
 
 def _move(
@@ -263,14 +222,22 @@ def evaluate(
     Nothing happens until the canary has ``plan.required_requests`` requests in this step.
     Then a failed gate rolls back at once; otherwise, when the step has been held for
     ``plan.hold_seconds``, the rollout moves to the next step, or succeeds after the last.
+    At an approval step the rollout never advances by itself: it rolls back when the
+    approval's deadline has passed (whatever the request count) or a gate fails.
     """
-    if state.status != "running" or canary_requests < plan.required_requests:
+    if state.status != "running":
+        return state
+    deadline = state.approval_deadline
+    if deadline is not None and now >= deadline:
+        waited = f"no approval within {now - state.step_started_at:.0f}s (deadline {_iso(deadline)})"
+        return _move(state, now, "rolled_back", "controller", waited, status="rolled_back")
+    if canary_requests < plan.required_requests:
         return state
     if any(g.passed is False for g in gate_results):
         return _move(
             state, now, "rolled_back", "controller", describe_failures(gate_results), status="rolled_back"
         )
-    if now - state.step_started_at < plan.hold_seconds:
+    if state.waiting_for_approval or now - state.step_started_at < plan.hold_seconds:
         return state
     judged = ", ".join(f"{g.name} ok" for g in gate_results if g.passed) or "no gate had a verdict"
     held = f"held {now - state.step_started_at:.0f}s with {canary_requests} canary requests; {judged}"
@@ -320,6 +287,30 @@ def promote(state: RolloutState, now: float, who: str, reason: str = "", full: b
         step_index=state.step_index + 1,
         step_started_at=now,
     )
+
+
+def _require_waiting(state: RolloutState, action: str) -> None:
+    _require(state, frozenset({"running"}), action)
+    if not state.waiting_for_approval:
+        raise RolloutError(
+            f"cannot {action} the rollout of model {state.model!r} (canary {state.canary!r}): "
+            f"it is not waiting for approval (step {state.step_index} of {len(state.plan.steps)})"
+        )
+
+
+def approve(state: RolloutState, now: float, who: str, reason: str = "") -> RolloutState:
+    """Let a rollout waiting at an approval step go on: to the next step, or succeed after the last."""
+    _require_waiting(state, "approve")
+    why = reason or "approved"
+    if state.step_index + 1 >= len(state.plan.steps):
+        return _move(state, now, "approve", who, why, status="succeeded")
+    return _move(state, now, "approve", who, why, step_index=state.step_index + 1, step_started_at=now)
+
+
+def reject(state: RolloutState, now: float, who: str, reason: str = "") -> RolloutState:
+    """Refuse the approval a rollout waits for: it rolls back to the stable version."""
+    _require_waiting(state, "reject")
+    return _move(state, now, "reject", who, reason or "approval rejected", status="rolled_back")
 
 
 def policy_for(state: RolloutState, base: TrafficPolicy | None = None) -> TrafficPolicy:

@@ -66,6 +66,14 @@ def rollback(ns: argparse.Namespace) -> int:
     return _call(ns, "POST", f"/admin/models/{ns.model}/rollback", {"reason": ns.reason})
 
 
+def _step(text: str) -> float | dict[str, Any]:
+    """``0.25`` (a weight), ``approval`` or ``approval:SECONDS`` (an approval with a deadline)."""
+    word, _, deadline = text.strip().partition(":")
+    if word != "approval":
+        return float(text)
+    return {"approval": {"deadline_seconds": float(deadline)} if deadline else {}}
+
+
 def rollout(ns: argparse.Namespace) -> int:
     path = f"/admin/models/{ns.model}/rollout"
     if ns.action == "status":
@@ -76,7 +84,7 @@ def rollout(ns: argparse.Namespace) -> int:
             return 2
         plan: dict[str, Any] = {}
         if ns.steps:
-            plan["steps"] = [float(x) for x in ns.steps.split(",")]
+            plan["steps"] = [_step(x) for x in ns.steps.split(",")]
         if ns.hold is not None:
             plan["hold_seconds"] = ns.hold
         if ns.min_requests is not None:
@@ -130,10 +138,15 @@ def add_admin_commands(sub: Any) -> None:
     r.set_defaults(func=rollback)
 
     o = sub.add_parser("rollout", help="automated progressive rollout")
-    o.add_argument("action", choices=["start", "status", "abort", "pause", "resume", "promote"])
+    o.add_argument(
+        "action", choices=["start", "status", "abort", "pause", "resume", "promote", "approve", "reject"]
+    )
     o.add_argument("model")
     o.add_argument("--canary", help="version to roll out (start)")
-    o.add_argument("--steps", help="comma-separated canary weights, e.g. 0.05,0.25,0.5,1")
+    o.add_argument(
+        "--steps",
+        help="comma-separated canary weights and approvals, e.g. 0.05,0.25,approval:3600,0.5,1",
+    )
     o.add_argument("--hold", type=float, help="seconds each step is held")
     o.add_argument("--min-requests", type=int, help="canary requests needed per step")
     o.add_argument("--max-error-rate-increase", type=float)

@@ -64,6 +64,7 @@ from server.observe.dashboard import dashboard
 from server.observe.drift import DriftWiring
 from server.observe.metrics import Metrics
 from server.observe.recording import operators_loop
+from server.observe.retrain import wire_retrain
 from server.observe.stats import VersionStats
 from server.os_limits import connection_cap, return_large_buffers
 from server.runner import BatchingRunner, Compute, DirectRunner, Runner, batching_config
@@ -130,6 +131,7 @@ class Runtime:
                 webhook=settings.drift_webhook,
             )
         self._operators_loop(settings)
+        self.retrain = wire_retrain(settings, self.metrics, self.drift, self.feedback)
         self.controller = TrafficController(
             store,
             clock=time.time,
@@ -496,6 +498,8 @@ class Runtime:
         await self.mirror.close()
         if self.drift is not None:
             self.drift.stop()
+        if self.retrain is not None:
+            self.retrain.close()
         if self.request_log is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.request_log.close)
         self.controller.close()

@@ -32,6 +32,7 @@ SECTIONS = {
     "drift": "drift monitoring",
     "request_log_dir": "request logging and ground-truth feedback",
     "dashboard_interval_secs": "dashboard",
+    "retrain_webhook_url": "retraining hook (docs/operations.md)",
     "auth_tokens_file": "access control and mTLS",
     "log_verbose": "logging",
 }
@@ -316,6 +317,51 @@ class Settings(BaseSettings):
         360, ge=1, description="points kept per model version for the dashboard (360 x 10 s: an hour)"
     )
 
+    # retraining hook (server/observe/retrain.py; docs/operations.md)
+    retrain_webhook_url: str | None = Field(
+        None,
+        description="URL that receives a signed JSON POST when a version's drift alarm is raised or its"
+        " live accuracy drops (unset: off)",
+    )
+    retrain_webhook_secret: SecretStr | None = Field(
+        None,
+        description="HMAC-SHA256 key of the X-Turnout-Signature header (prefer"
+        " TURNOUT_RETRAIN_WEBHOOK_SECRET or --retrain-webhook-secret-file: flags show in ps)",
+    )
+    retrain_webhook_secret_file: Path | None = Field(
+        None, description="file holding the webhook's HMAC key (surrounding whitespace ignored)"
+    )
+    retrain_webhook_retries: int = Field(
+        5, ge=0, description="retries of a failed delivery, with exponential backoff"
+    )
+    retrain_webhook_backoff_secs: float = Field(
+        1.0, gt=0, description="wait before the first retry; doubled for each further one (at most 60 s)"
+    )
+    retrain_webhook_queue: int = Field(
+        100,
+        ge=1,
+        description="events waiting for delivery; past it events are dropped and counted"
+        ' (turnout_retrain_events_total{outcome="dropped"})',
+    )
+    retrain_accuracy_threshold: float | None = Field(
+        None, ge=0, le=1, description="an event when a version's windowed accuracy falls below this"
+    )
+    retrain_accuracy_drop: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="an event when a version's windowed accuracy is this far below its cumulative accuracy",
+    )
+    retrain_min_labelled: int = Field(
+        100, ge=1, description="labelled rows the accuracy window needs before accuracy is judged"
+    )
+    retrain_slice_secs: float = Field(
+        3600.0,
+        gt=0,
+        description="an accuracy event's slice of the request log: this many seconds back (a drift"
+        " event's is its window)",
+    )
+
     # access control and mTLS (server/auth.py, server/tls.py; docs/security.md)
     auth_tokens_file: Path | None = Field(
         None,
@@ -367,7 +413,15 @@ class Settings(BaseSettings):
             raise ValueError("tls_client_ca needs tls_cert and tls_key")
         for entry in self.request_log_rates:
             parse_rate(entry)
+        if self.retrain_webhook_secret is not None and self.retrain_webhook_secret_file is not None:
+            raise ValueError("give retrain_webhook_secret or retrain_webhook_secret_file, not both")
         return self
+
+    def retrain_secret(self) -> SecretStr | None:
+        """The retraining webhook's HMAC key, from the setting or its file."""
+        if self.retrain_webhook_secret_file is not None:
+            return SecretStr(self.retrain_webhook_secret_file.read_text().strip())
+        return self.retrain_webhook_secret
 
     @property
     def is_remote(self) -> bool:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aprotos/turnout/admin.proto\x12\x10turnout.admin.v1\"\x19\n\x08ModelRef\x12\r\n\x05model\x18\x01 \x01(\t\")\n\x06\x43\x61nary\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\"+\n\x06Shadow\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x10\n\x08\x66raction\x18\x02 \x01(\x01\"\xb2\x01\n\rTrafficPolicy\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06stable\x18\x02 \x01(\t\x12*\n\x08\x63\x61naries\x18\x03 \x03(\x0b\x32\x18.turnout.admin.v1.Canary\x12)\n\x07shadows\x18\x04 \x03(\x0b\x32\x18.turnout.admin.v1.Shadow\x12\x17\n\x0fprevious_stable\x18\x05 \x01(\t\x12\x12\n\ngeneration\x18\x06 \x01(\x03\"T\n\x11SetTrafficRequest\x12/\n\x06policy\x18\x01 \x01(\x0b\x32\x1f.turnout.admin.v1.TrafficPolicy\x12\x0e\n\x06reason\x18\x02 \x01(\t\".\n\rChangeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xd2\x01\n\x05Gates\x12\x1f\n\x17max_error_rate_increase\x18\x01 \x01(\x01\x12\x15\n\rmax_p99_ratio\x18\x02 \x01(\x01\x12\x18\n\x10max_disagreement\x18\x03 \x01(\x01\x12\x18\n\x10max_drift_status\x18\x04 \x01(\t\x12\x14\n\x0cmin_requests\x18\x05 \x01(\x03\x12\x19\n\x11max_accuracy_drop\x18\x06 \x01(\x01\x12\x16\n\x0e\x61\x63\x63uracy_alpha\x18\x07 \x01(\x01\x12\x14\n\x0cmin_labelled\x18\x08 \x01(\x03\"p\n\x0bRolloutPlan\x12\r\n\x05steps\x18\x01 \x03(\x01\x12\x14\n\x0chold_seconds\x18\x02 \x01(\x01\x12\x14\n\x0cmin_requests\x18\x03 \x01(\x03\x12&\n\x05gates\x18\x04 \x01(\x0b\x32\x17.turnout.admin.v1.Gates\"q\n\x13StartRolloutRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06\x63\x61nary\x18\x02 \x01(\t\x12+\n\x04plan\x18\x03 \x01(\x0b\x32\x1d.turnout.admin.v1.RolloutPlan\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\xc7\x01\n\x15\x43ontrolRolloutRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12>\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32..turnout.admin.v1.ControlRolloutRequest.Action\x12\x0e\n\x06reason\x18\x03 \x01(\t\"O\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\t\n\x05PAUSE\x10\x01\x12\n\n\x06RESUME\x10\x02\x12\t\n\x05\x41\x42ORT\x10\x03\x12\x0b\n\x07PROMOTE\x10\x04\"\x97\x01\n\rRolloutStatus\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06stable\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61nary\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x12\n\nstep_index\x18\x05 \x01(\x05\x12\x0e\n\x06weight\x18\x06 \x01(\x01\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x13\n\x0b\x64\x65tail_json\x18\x08 \x01(\t\"\x1d\n\x0c\x41uditRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"i\n\nAuditEntry\x12\n\n\x02ts\x18\x01 \x01(\x01\x12\x0b\n\x03who\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65tail_json\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\">\n\rAuditResponse\x12-\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1c.turnout.admin.v1.AuditEntry\".\n\x0c\x44riftRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"2\n\x0b\x44riftReport\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x13\n\x0breport_json\x18\x02 \x01(\t\"U\n\x0c\x46\x65\x65\x64\x62\x61\x63kItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x06number\x18\x02 \x01(\x01H\x00\x12\x0e\n\x04text\x18\x03 \x01(\tH\x00\x12\x0e\n\x04json\x18\x04 \x01(\tH\x00\x42\x07\n\x05label\"R\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x30\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x02 \x03(\x0b\x32\x1e.turnout.admin.v1.FeedbackItem\"g\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12\x11\n\tduplicate\x18\x02 \x01(\x03\x12\x0f\n\x07unknown\x18\x03 \x01(\x03\x12\x0c\n\x04late\x18\x04 \x01(\x03\x12\x0f\n\x07invalid\x18\x05 \x01(\x03\"4\n\x12PerformanceRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"L\n\x11PerformanceReport\x12\x10\n\x08labelled\x18\x01 \x01(\x03\x12\x10\n\x08\x61\x63\x63uracy\x18\x02 \x01(\x01\x12\x13\n\x0breport_json\x18\x03 \x01(\t2\xd3\x06\n\x05\x41\x64min\x12K\n\nGetTraffic\x12\x1a.turnout.admin.v1.ModelRef\x1a\x1f.turnout.admin.v1.TrafficPolicy\"\x00\x12T\n\nSetTraffic\x12#.turnout.admin.v1.SetTrafficRequest\x1a\x1f.turnout.admin.v1.TrafficPolicy\"\x00\x12N\n\x08Rollback\x12\x1f.turnout.admin.v1.ChangeRequest\x1a\x1f.turnout.admin.v1.TrafficPolicy\"\x00\x12X\n\x0cStartRollout\x12%.turnout.admin.v1.StartRolloutRequest\x1a\x1f.turnout.admin.v1.RolloutStatus\"\x00\x12K\n\nGetRollout\x12\x1a.turnout.admin.v1.ModelRef\x1a\x1f.turnout.admin.v1.RolloutStatus\"\x00\x12\\\n\x0e\x43ontrolRollout\x12\'.turnout.admin.v1.ControlRolloutRequest\x1a\x1f.turnout.admin.v1.RolloutStatus\"\x00\x12M\n\x08GetAudit\x12\x1e.turnout.admin.v1.AuditRequest\x1a\x1f.turnout.admin.v1.AuditResponse\"\x00\x12K\n\x08GetDrift\x12\x1e.turnout.admin.v1.DriftRequest\x1a\x1d.turnout.admin.v1.DriftReport\"\x00\x12W\n\x0cPostFeedback\x12!.turnout.admin.v1.FeedbackRequest\x1a\".turnout.admin.v1.FeedbackResponse\"\x00\x12]\n\x0eGetPerformance\x12$.turnout.admin.v1.PerformanceRequest\x1a#.turnout.admin.v1.PerformanceReport\"\x00\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aprotos/turnout/admin.proto\x12\x10turnout.admin.v1\"\x19\n\x08ModelRef\x12\r\n\x05model\x18\x01 \x01(\t\")\n\x06\x43\x61nary\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\"+\n\x06Shadow\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x10\n\x08\x66raction\x18\x02 \x01(\x01\"\xb2\x01\n\rTrafficPolicy\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06stable\x18\x02 \x01(\t\x12*\n\x08\x63\x61naries\x18\x03 \x03(\x0b\x32\x18.turnout.admin.v1.Canary\x12)\n\x07shadows\x18\x04 \x03(\x0b\x32\x18.turnout.admin.v1.Shadow\x12\x17\n\x0fprevious_stable\x18\x05 \x01(\t\x12\x12\n\ngeneration\x18\x06 \x01(\x03\"T\n\x11SetTrafficRequest\x12/\n\x06policy\x18\x01 \x01(\x0b\x32\x1f.turnout.admin.v1.TrafficPolicy\x12\x0e\n\x06reason\x18\x02 \x01(\t\".\n\rChangeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xd2\x01\n\x05Gates\x12\x1f\n\x17max_error_rate_increase\x18\x01 \x01(\x01\x12\x15\n\rmax_p99_ratio\x18\x02 \x01(\x01\x12\x18\n\x10max_disagreement\x18\x03 \x01(\x01\x12\x18\n\x10max_drift_status\x18\x04 \x01(\t\x12\x14\n\x0cmin_requests\x18\x05 \x01(\x03\x12\x19\n\x11max_accuracy_drop\x18\x06 \x01(\x01\x12\x16\n\x0e\x61\x63\x63uracy_alpha\x18\x07 \x01(\x01\x12\x14\n\x0cmin_labelled\x18\x08 \x01(\x03\"p\n\x0bRolloutPlan\x12\r\n\x05steps\x18\x01 \x03(\x01\x12\x14\n\x0chold_seconds\x18\x02 \x01(\x01\x12\x14\n\x0cmin_requests\x18\x03 \x01(\x03\x12&\n\x05gates\x18\x04 \x01(\x0b\x32\x17.turnout.admin.v1.Gates\"\x84\x01\n\x13StartRolloutRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06\x63\x61nary\x18\x02 \x01(\t\x12+\n\x04plan\x18\x03 \x01(\x0b\x32\x1d.turnout.admin.v1.RolloutPlan\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x11\n\tplan_json\x18\x05 \x01(\t\"\xe0\x01\n\x15\x43ontrolRolloutRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12>\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32..turnout.admin.v1.ControlRolloutRequest.Action\x12\x0e\n\x06reason\x18\x03 \x01(\t\"h\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\t\n\x05PAUSE\x10\x01\x12\n\n\x06RESUME\x10\x02\x12\t\n\x05\x41\x42ORT\x10\x03\x12\x0b\n\x07PROMOTE\x10\x04\x12\x0b\n\x07\x41PPROVE\x10\x05\x12\n\n\x06REJECT\x10\x06\"\x97\x01\n\rRolloutStatus\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06stable\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61nary\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x12\n\nstep_index\x18\x05 \x01(\x05\x12\x0e\n\x06weight\x18\x06 \x01(\x01\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x13\n\x0b\x64\x65tail_json\x18\x08 \x01(\t\"\x1d\n\x0c\x41uditRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"i\n\nAuditEntry\x12\n\n\x02ts\x18\x01 \x01(\x01\x12\x0b\n\x03who\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65tail_json\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\">\n\rAuditResponse\x12-\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1c.turnout.admin.v1.AuditEntry\".\n\x0c\x44riftRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"2\n\x0b\x44riftReport\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x13\n\x0breport_json\x18\x02 \x01(\t\"U\n\x0c\x46\x65\x65\x64\x62\x61\x63kItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x06number\x18\x02 \x01(\x01H\x00\x12\x0e\n\x04text\x18\x03 \x01(\tH\x00\x12\x0e\n\x04json\x18\x04 \x01(\tH\x00\x42\x07\n\x05label\"R\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x30\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x02 \x03(\x0b\x32\x1e.turnout.admin.v1.FeedbackItem\"g\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12\x11\n\tduplicate\x18\x02 \x01(\x03\x12\x0f\n\x07unknown\x18\x03 \x01(\x03\x12\x0c\n\x04late\x18\x04 \x01(\x03\x12\x0f\n\x07invalid\x18\x05 \x01(\x03\"4\n\x12PerformanceRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"L\n\x11PerformanceReport\x12\x10\n\x08labelled\x18\x01 \x01(\x03\x12\x10\n\x08\x61\x63\x63uracy\x18\x02 \x01(\x01\x12\x13\n\x0breport_json\x18\x03 \x01(\t2\xd3\x06\n\x05\x41\x64min\x12K\n\nGetTraffic\x12\x1a.turnout.admin.v1.ModelRef\x1a\x1f.turnout.admin.v1.TrafficPolicy\"\x00\x12T\n\nSetTraffic\x12#.turnout.admin.v1.SetTrafficRequest\x1a\x1f.turnout.admin.v1.TrafficPolicy\"\x00\x12N\n\x08Rollback\x12\x1f.turnout.admin.v1.ChangeRequest\x1a\x1f.turnout.admin.v1.TrafficPolicy\"\x00\x12X\n\x0cStartRollout\x12%.turnout.admin.v1.StartRolloutRequest\x1a\x1f.turnout.admin.v1.RolloutStatus\"\x00\x12K\n\nGetRollout\x12\x1a.turnout.admin.v1.ModelRef\x1a\x1f.turnout.admin.v1.RolloutStatus\"\x00\x12\\\n\x0e\x43ontrolRollout\x12\'.turnout.admin.v1.ControlRolloutRequest\x1a\x1f.turnout.admin.v1.RolloutStatus\"\x00\x12M\n\x08GetAudit\x12\x1e.turnout.admin.v1.AuditRequest\x1a\x1f.turnout.admin.v1.AuditResponse\"\x00\x12K\n\x08GetDrift\x12\x1e.turnout.admin.v1.DriftRequest\x1a\x1d.turnout.admin.v1.DriftReport\"\x00\x12W\n\x0cPostFeedback\x12!.turnout.admin.v1.FeedbackRequest\x1a\".turnout.admin.v1.FeedbackResponse\"\x00\x12]\n\x0eGetPerformance\x12$.turnout.admin.v1.PerformanceRequest\x1a#.turnout.admin.v1.PerformanceReport\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,34 +47,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GATES']._serialized_end=689
   _globals['_ROLLOUTPLAN']._serialized_start=691
   _globals['_ROLLOUTPLAN']._serialized_end=803
-  _globals['_STARTROLLOUTREQUEST']._serialized_start=805
-  _globals['_STARTROLLOUTREQUEST']._serialized_end=918
-  _globals['_CONTROLROLLOUTREQUEST']._serialized_start=921
-  _globals['_CONTROLROLLOUTREQUEST']._serialized_end=1120
-  _globals['_CONTROLROLLOUTREQUEST_ACTION']._serialized_start=1041
-  _globals['_CONTROLROLLOUTREQUEST_ACTION']._serialized_end=1120
-  _globals['_ROLLOUTSTATUS']._serialized_start=1123
-  _globals['_ROLLOUTSTATUS']._serialized_end=1274
-  _globals['_AUDITREQUEST']._serialized_start=1276
-  _globals['_AUDITREQUEST']._serialized_end=1305
-  _globals['_AUDITENTRY']._serialized_start=1307
-  _globals['_AUDITENTRY']._serialized_end=1412
-  _globals['_AUDITRESPONSE']._serialized_start=1414
-  _globals['_AUDITRESPONSE']._serialized_end=1476
-  _globals['_DRIFTREQUEST']._serialized_start=1478
-  _globals['_DRIFTREQUEST']._serialized_end=1524
-  _globals['_DRIFTREPORT']._serialized_start=1526
-  _globals['_DRIFTREPORT']._serialized_end=1576
-  _globals['_FEEDBACKITEM']._serialized_start=1578
-  _globals['_FEEDBACKITEM']._serialized_end=1663
-  _globals['_FEEDBACKREQUEST']._serialized_start=1665
-  _globals['_FEEDBACKREQUEST']._serialized_end=1747
-  _globals['_FEEDBACKRESPONSE']._serialized_start=1749
-  _globals['_FEEDBACKRESPONSE']._serialized_end=1852
-  _globals['_PERFORMANCEREQUEST']._serialized_start=1854
-  _globals['_PERFORMANCEREQUEST']._serialized_end=1906
-  _globals['_PERFORMANCEREPORT']._serialized_start=1908
-  _globals['_PERFORMANCEREPORT']._serialized_end=1984
-  _globals['_ADMIN']._serialized_start=1987
-  _globals['_ADMIN']._serialized_end=2838
+  _globals['_STARTROLLOUTREQUEST']._serialized_start=806
+  _globals['_STARTROLLOUTREQUEST']._serialized_end=938
+  _globals['_CONTROLROLLOUTREQUEST']._serialized_start=941
+  _globals['_CONTROLROLLOUTREQUEST']._serialized_end=1165
+  _globals['_CONTROLROLLOUTREQUEST_ACTION']._serialized_start=1061
+  _globals['_CONTROLROLLOUTREQUEST_ACTION']._serialized_end=1165
+  _globals['_ROLLOUTSTATUS']._serialized_start=1168
+  _globals['_ROLLOUTSTATUS']._serialized_end=1319
+  _globals['_AUDITREQUEST']._serialized_start=1321
+  _globals['_AUDITREQUEST']._serialized_end=1350
+  _globals['_AUDITENTRY']._serialized_start=1352
+  _globals['_AUDITENTRY']._serialized_end=1457
+  _globals['_AUDITRESPONSE']._serialized_start=1459
+  _globals['_AUDITRESPONSE']._serialized_end=1521
+  _globals['_DRIFTREQUEST']._serialized_start=1523
+  _globals['_DRIFTREQUEST']._serialized_end=1569
+  _globals['_DRIFTREPORT']._serialized_start=1571
+  _globals['_DRIFTREPORT']._serialized_end=1621
+  _globals['_FEEDBACKITEM']._serialized_start=1623
+  _globals['_FEEDBACKITEM']._serialized_end=1708
+  _globals['_FEEDBACKREQUEST']._serialized_start=1710
+  _globals['_FEEDBACKREQUEST']._serialized_end=1792
+  _globals['_FEEDBACKRESPONSE']._serialized_start=1794
+  _globals['_FEEDBACKRESPONSE']._serialized_end=1897
+  _globals['_PERFORMANCEREQUEST']._serialized_start=1899
+  _globals['_PERFORMANCEREQUEST']._serialized_end=1951
+  _globals['_PERFORMANCEREPORT']._serialized_start=1953
+  _globals['_PERFORMANCEREPORT']._serialized_end=2029
+  _globals['_ADMIN']._serialized_start=2032
+  _globals['_ADMIN']._serialized_end=2883
 # @@protoc_insertion_point(module_scope)

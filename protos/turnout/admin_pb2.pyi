@@ -94,16 +94,18 @@ class RolloutPlan(_message.Message):
     def __init__(self, steps: _Optional[_Iterable[float]] = ..., hold_seconds: _Optional[float] = ..., min_requests: _Optional[int] = ..., gates: _Optional[_Union[Gates, _Mapping]] = ...) -> None: ...
 
 class StartRolloutRequest(_message.Message):
-    __slots__ = ("model", "canary", "plan", "reason")
+    __slots__ = ("model", "canary", "plan", "reason", "plan_json")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CANARY_FIELD_NUMBER: _ClassVar[int]
     PLAN_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    PLAN_JSON_FIELD_NUMBER: _ClassVar[int]
     model: str
     canary: str
     plan: RolloutPlan
     reason: str
-    def __init__(self, model: _Optional[str] = ..., canary: _Optional[str] = ..., plan: _Optional[_Union[RolloutPlan, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
+    plan_json: str
+    def __init__(self, model: _Optional[str] = ..., canary: _Optional[str] = ..., plan: _Optional[_Union[RolloutPlan, _Mapping]] = ..., reason: _Optional[str] = ..., plan_json: _Optional[str] = ...) -> None: ...
 
 class ControlRolloutRequest(_message.Message):
     __slots__ = ("model", "action", "reason")
@@ -114,11 +116,15 @@ class ControlRolloutRequest(_message.Message):
         RESUME: _ClassVar[ControlRolloutRequest.Action]
         ABORT: _ClassVar[ControlRolloutRequest.Action]
         PROMOTE: _ClassVar[ControlRolloutRequest.Action]
+        APPROVE: _ClassVar[ControlRolloutRequest.Action]
+        REJECT: _ClassVar[ControlRolloutRequest.Action]
     ACTION_UNSPECIFIED: ControlRolloutRequest.Action
     PAUSE: ControlRolloutRequest.Action
     RESUME: ControlRolloutRequest.Action
     ABORT: ControlRolloutRequest.Action
     PROMOTE: ControlRolloutRequest.Action
+    APPROVE: ControlRolloutRequest.Action
+    REJECT: ControlRolloutRequest.Action
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]

@@ -46,7 +46,7 @@ def _status_msg(model: str, status: dict[str, Any] | None) -> pb.RolloutStatus:
         status=str(r.get("status", "")),
         step_index=int(r.get("step_index", 0)),
         weight=float(r.get("weight", 0.0)),
-        reason=str(r.get("reason", "")),
+        reason=str((r.get("approval") or {}).get("summary") or r.get("reason", "")),
         detail_json=json.dumps(status, default=str),
     )
 
@@ -113,7 +113,12 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     @_guard
     async def StartRollout(self, req: pb.StartRolloutRequest, ctx: Any, who: str) -> pb.RolloutStatus:
         plan: dict[str, Any] | None = None
-        if req.HasField("plan"):
+        if req.plan_json:
+            try:
+                plan = json.loads(req.plan_json)
+            except ValueError:
+                raise InvalidInput("plan_json is not JSON") from None
+        elif req.HasField("plan"):
             plan = {}
             if req.plan.steps:
                 plan["steps"] = list(req.plan.steps)
@@ -152,8 +157,12 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             self.c.abort_rollout(req.model, who, req.reason)
         elif req.action == a.PROMOTE:
             self.c.promote_rollout(req.model, who, req.reason)
+        elif req.action == a.APPROVE:
+            self.c.approve_rollout(req.model, who, req.reason)
+        elif req.action == a.REJECT:
+            self.c.reject_rollout(req.model, who, req.reason)
         else:
-            raise InvalidInput("action must be PAUSE, RESUME, ABORT or PROMOTE")
+            raise InvalidInput("action must be PAUSE, RESUME, ABORT, PROMOTE, APPROVE or REJECT")
         return _status_msg(req.model, self.c.rollout_status(req.model))
 
     @_guard

@@ -106,8 +106,14 @@ class AdminEndpoints:
             self.c.promote_rollout(model, who, reason, full=bool(body.get("full", True)))
         elif action == "abort":
             self.c.abort_rollout(model, who, reason)
+        elif action == "approve":
+            self.c.approve_rollout(model, who, reason)
+        elif action == "reject":
+            self.c.reject_rollout(model, who, reason)
         else:
-            raise InvalidInput(f"unknown rollout action '{action}' (pause, resume, promote, abort)")
+            raise InvalidInput(
+                f"unknown rollout action '{action}' (pause, resume, promote, abort, approve, reject)"
+            )
         return json_response(self.c.rollout_status(model))
 
     async def shadow(self, request: Request) -> Response:

@@ -17,6 +17,7 @@ import logging
 import random
 import threading
 import urllib.request
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -40,6 +41,8 @@ log = logging.getLogger("turnout.drift")
 # the loop; a sender thread then pickles the rows and writes the pipe. Reports flush first, so
 # nothing waits on this.
 FLUSH_INTERVAL_S = 0.1
+
+StatusListener = Callable[[str, str, str, str, dict[str, Any]], None]  # model, version, old, new, report
 
 STATUS_CODE = {"collecting": 0, "ok": 1, "warning": 2, "drift": 3}
 ALARMS = ("warning", "drift")
@@ -126,6 +129,7 @@ class DriftWiring:
         self.state_dir = state_dir
         self.config = config
         self.webhook = webhook
+        self.on_status: StatusListener | None = None  # the retraining hook, when on
         # per version: its layout and the rows its requests left since the last flush, handed to
         # the monitor in one concatenated batch per flush interval (None: nothing to monitor)
         self._plans: dict[tuple[str, str], _Plan | None] = {}
@@ -265,6 +269,8 @@ class DriftWiring:
             extra={"event": event},
         )
         self.metrics.drift_status.labels(model, version).set(STATUS_CODE.get(new, 0))
+        if self.on_status is not None:
+            self.on_status(model, version, old, new, report)
         if self.webhook:
             body = {
                 **event,

@@ -131,6 +131,7 @@ class ModelPredictions:
 
 
 FeedbackSink = Callable[[str, str, dict[str, Any]], None]
+TallyWatch = Callable[[str, str, PerformanceTally], None]
 
 
 class Feedback:
@@ -153,6 +154,7 @@ class Feedback:
         self.window = window
         self.clock = clock
         self.sink = sink  # accepted feedback goes to the request log too
+        self.watch: TallyWatch | None = None  # told of each version judged (the retraining hook)
         self._stores: dict[str, ModelPredictions] = {}
         self._tallies: dict[tuple[str, str], PerformanceTally] = {}
         self._evicted_counters: dict[str, Any] = {}
@@ -228,6 +230,8 @@ class Feedback:
             tally = self._tallies[(model, version)]
             if tally.accuracy is not None:
                 self.metrics.accuracy.labels(model, version).set(tally.accuracy)
+            if self.watch is not None:
+                self.watch(model, version, tally)
             now = self.clock()
             if now - self._estimated_at.get((model, version), -math.inf) >= ESTIMATE_EVERY_S:
                 self._estimated_at[(model, version)] = now  # the gauge, without a report asked for

@@ -295,6 +295,13 @@ class Metrics:
             registry=registry,
             multiprocess_mode="max",
         )
+        self.retrain_events = Counter(
+            "turnout_retrain_events",
+            "Retraining webhook events by reason (drift, accuracy) and outcome (delivered, failed,"
+            " dropped: the queue was full)",
+            ["reason", "outcome"],
+            registry=registry,
+        )
         self.edge_events = Counter(
             "turnout_edge_events",
             "Connections and requests the edge refused or closed, by protocol and defence",

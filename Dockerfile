@@ -9,6 +9,7 @@ COPY server server
 COPY router router
 COPY model_store model_store
 COPY drift drift
+COPY turnout turnout
 RUN pip wheel --no-cache-dir -c constraints.txt --wheel-dir /wheels '.[s3]'
 
 FROM python:3.11-slim

@@ -43,14 +43,20 @@ lint: venv
 	$(VENV)/bin/ruff format --check server router model_store drift
 
 typecheck: venv
-	$(VENV)/bin/mypy server router model_store drift
+	$(VENV)/bin/mypy -p turnout
+
+# protoc names the generated modules after the .proto paths (protos.*); Turnout imports them as
+# turnout.protos.*, so the generated imports and module names are rewritten to that
+PROTOS_NAMESPACE := sed -i -e 's/^from protos\([. ]\)/from turnout.protos\1/' -e "s/'protos\./'turnout.protos./"
 
 protos: venv
 	$(PY) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+	$(PROTOS_NAMESPACE) $$(find protos -name '*_pb2*')
 
 protos-check: venv
 	@tmp=$$(mktemp -d); \
 	$(PY) -m grpc_tools.protoc -I . --python_out=$$tmp --pyi_out=$$tmp --grpc_python_out=$$tmp $(PROTOS) && \
+	$(PROTOS_NAMESPACE) $$(find $$tmp -name '*_pb2*') && \
 	for f in $$(cd $$tmp && find protos -name '*_pb2*'); do \
 	  cmp -s $$tmp/$$f $$f || { echo "generated stub $$f is stale: run 'make protos'"; rm -rf $$tmp; exit 1; }; \
 	done; rm -rf $$tmp; echo "generated stubs are up to date"

@@ -32,8 +32,8 @@ from typing import Any
 from benchmarks import models, perf_analyzer
 from benchmarks.common import PEERS_DIR, PYTHON, check_loopback
 from benchmarks.server import Turnout, http_status
-from server.cli import apply_grpc_experiments
-from server.settings import Settings
+from turnout.server.cli import apply_grpc_experiments
+from turnout.server.settings import Settings
 
 MODEL = "mlp_small"
 
@@ -54,9 +54,9 @@ def serve(model_dir: Path, http_port: int, grpc_port: int) -> None:
     from starlette.responses import Response
     from starlette.routing import Route
 
-    from protos import inference_pb2 as pb
-    from protos import inference_pb2_grpc as pbg
-    from protos import model_config_pb2 as mc
+    from turnout.protos import inference_pb2 as pb
+    from turnout.protos import inference_pb2_grpc as pbg
+    from turnout.protos import model_config_pb2 as mc
 
     name = model_dir.name
     config = text_format.Parse((model_dir / "config.pbtxt").read_text(), mc.ModelConfig())

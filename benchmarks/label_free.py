@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 from sklearn.datasets import load_iris
 
-from server.observe.performance import binned_estimate, expected_accuracy, top_probability
+from turnout.server.observe.performance import binned_estimate, expected_accuracy, top_probability
 
 MODEL = (
     Path(__file__).resolve().parent.parent

@@ -44,7 +44,7 @@ def build_local(out: Path) -> None:
     import numpy as np
     import onnx
 
-    from model_store.demo.build import mlp
+    from turnout.model_store.demo.build import mlp
 
     rng = np.random.default_rng(SEED)  # one generator, drawn in model order: small, then large
     for name, dims in DIMS.items():

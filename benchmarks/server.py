@@ -45,7 +45,7 @@ class Turnout:
     http_port: int = 0
     grpc_port: int = 0
     extra_args: tuple[str, ...] = ()
-    source: Path | None = None  # run ``python -m server`` from this source tree instead of the installed one
+    source: Path | None = None  # run ``python -m turnout`` from this source tree instead of the installed one
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -63,7 +63,10 @@ class Turnout:
 
     @property
     def cmd(self) -> list[str]:
-        program = [PYTHON, "-m", "server"] if self.source is not None else [str(TURNOUT)]
+        if self.source is None:
+            program = [str(TURNOUT)]
+        else:  # a tree from before the turnout namespace (benchmarks.commits' base) runs as ``server``
+            program = [PYTHON, "-m", "turnout" if (self.source / "turnout").is_dir() else "server"]
         return [
             *program, "serve", str(self.repo), "--host", "127.0.0.1",
             "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),

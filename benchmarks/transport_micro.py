@@ -20,8 +20,8 @@ import grpc
 import hpack
 import uvloop
 
-from server.grpc.connection import GrpcConnection
-from server.grpc.transport import AsyncioGrpcServer
+from turnout.server.grpc.connection import GrpcConnection
+from turnout.server.grpc.transport import AsyncioGrpcServer
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 HEADERS = [

@@ -20,18 +20,18 @@
 * :mod:`drift.process` - the monitor hosted in a child process, off the server's GIL.
 """
 
-from drift.binning import Binning
-from drift.capture import ReferenceCapture
-from drift.columns import ColumnSpec, SchemaMismatch, category_key
-from drift.config import DriftConfig
-from drift.detector import DriftDetector
-from drift.edges import BinningConfig
-from drift.evaluation import ColumnResult, WindowEvaluation, evaluate_window
-from drift.histogram import HistogramSet
-from drift.layout import OutputLayout
-from drift.monitor import DriftMonitor
-from drift.reference import Reference
-from drift.status import Status
+from turnout.drift.binning import Binning
+from turnout.drift.capture import ReferenceCapture
+from turnout.drift.columns import ColumnSpec, SchemaMismatch, category_key
+from turnout.drift.config import DriftConfig
+from turnout.drift.detector import DriftDetector
+from turnout.drift.edges import BinningConfig
+from turnout.drift.evaluation import ColumnResult, WindowEvaluation, evaluate_window
+from turnout.drift.histogram import HistogramSet
+from turnout.drift.layout import OutputLayout
+from turnout.drift.monitor import DriftMonitor
+from turnout.drift.reference import Reference
+from turnout.drift.status import Status
 
 __all__ = [
     "Binning",

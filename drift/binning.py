@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from drift.columns import (
+from turnout.drift.columns import (
     CATEGORICAL,
     NUMERIC,
     ColumnSpec,

@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from drift.edges import DEFAULT_BINNING, BinningConfig
-from drift.layout import CategoricalSpec, as_rows
-from drift.reference import Reference
+from turnout.drift.edges import DEFAULT_BINNING, BinningConfig
+from turnout.drift.layout import CategoricalSpec, as_rows
+from turnout.drift.reference import Reference
 
 DEFAULT_CAPTURE_ROWS = 10_000
 

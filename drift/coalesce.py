@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from drift.layout import as_rows
+from turnout.drift.layout import as_rows
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from drift.capture import DEFAULT_CAPTURE_ROWS
-from drift.edges import BinningConfig
-from drift.layout import CategoricalSpec
-from drift.stats import Correction
+from turnout.drift.capture import DEFAULT_CAPTURE_ROWS
+from turnout.drift.edges import BinningConfig
+from turnout.drift.layout import CategoricalSpec
+from turnout.drift.stats import Correction
 
 
 @dataclass(frozen=True)

@@ -34,16 +34,16 @@ from typing import Any, Literal
 
 import numpy.typing as npt
 
-from drift.capture import ReferenceCapture
-from drift.columns import IntArray, SchemaMismatch
-from drift.config import DEFAULT_CONFIG, DriftConfig
-from drift.fleet import window_counts
-from drift.histogram import HistogramSet
-from drift.layout import as_rows
-from drift.reference import Reference
-from drift.report import columns_report, histogram_list
-from drift.status import Streaks, status_of
-from drift.windows import Snapshot, Window, evaluate, merge_windows, snapshot
+from turnout.drift.capture import ReferenceCapture
+from turnout.drift.columns import IntArray, SchemaMismatch
+from turnout.drift.config import DEFAULT_CONFIG, DriftConfig
+from turnout.drift.fleet import window_counts
+from turnout.drift.histogram import HistogramSet
+from turnout.drift.layout import as_rows
+from turnout.drift.reference import Reference
+from turnout.drift.report import columns_report, histogram_list
+from turnout.drift.status import Streaks, status_of
+from turnout.drift.windows import Snapshot, Window, evaluate, merge_windows, snapshot
 
 log = logging.getLogger("drift")
 

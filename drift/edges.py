@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from drift.columns import CATEGORICAL, NUMERIC, ColumnSpec, category_key, to_float
+from turnout.drift.columns import CATEGORICAL, NUMERIC, ColumnSpec, category_key, to_float
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from drift.columns import NUMERIC
-from drift.histogram import HistogramSet
-from drift.stats import (
+from turnout.drift.columns import NUMERIC
+from turnout.drift.histogram import HistogramSet
+from turnout.drift.stats import (
     Correction,
     adjust_pvalues,
     chi2_homogeneity,

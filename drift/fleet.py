@@ -20,13 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from drift.config import DriftConfig
-from drift.evaluation import evaluate_window
-from drift.histogram import HistogramSet
-from drift.reference import Reference
-from drift.report import columns_report, histogram_list
-from drift.status import status_of, worst
-from drift.windows import Window
+from turnout.drift.config import DriftConfig
+from turnout.drift.evaluation import evaluate_window
+from turnout.drift.histogram import HistogramSet
+from turnout.drift.reference import Reference
+from turnout.drift.report import columns_report, histogram_list
+from turnout.drift.status import status_of, worst
+from turnout.drift.windows import Window
 
 FORMAT = "turnout.drift.counts/1"
 

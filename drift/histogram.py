@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from drift._io import atomic_save_npz, load_npz
-from drift.binning import Binning
-from drift.columns import ColumnSpec, IntArray, SchemaMismatch
+from turnout.drift._io import atomic_save_npz, load_npz
+from turnout.drift.binning import Binning
+from turnout.drift.columns import ColumnSpec, IntArray, SchemaMismatch
 
 
 class HistogramSet:

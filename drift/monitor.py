@@ -48,8 +48,8 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from drift.coalesce import Item, coalesce
-from drift.detector import DriftDetector
+from turnout.drift.coalesce import Item, coalesce
+from turnout.drift.detector import DriftDetector
 
 log = logging.getLogger("drift.monitor")
 

@@ -34,10 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from drift.config import DriftConfig
-from drift.detector import DriftDetector
-from drift.monitor import DriftMonitor
-from drift.reference import Reference
+from turnout.drift.config import DriftConfig
+from turnout.drift.detector import DriftDetector
+from turnout.drift.monitor import DriftMonitor
+from turnout.drift.reference import Reference
 
 log = logging.getLogger("drift.process")
 

@@ -27,12 +27,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from drift._io import atomic_save_npz, load_npz
-from drift.binning import Binning
-from drift.columns import CATEGORICAL
-from drift.edges import DEFAULT_BINNING, BinningConfig, specs_from_data
-from drift.histogram import HistogramSet
-from drift.layout import CategoricalSpec, OutputLayout, as_rows, default_names, resolve_categorical
+from turnout.drift._io import atomic_save_npz, load_npz
+from turnout.drift.binning import Binning
+from turnout.drift.columns import CATEGORICAL
+from turnout.drift.edges import DEFAULT_BINNING, BinningConfig, specs_from_data
+from turnout.drift.histogram import HistogramSet
+from turnout.drift.layout import CategoricalSpec, OutputLayout, as_rows, default_names, resolve_categorical
 
 FORMAT = "turnout-drift-reference/1"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from drift.evaluation import ColumnResult, result_dict
-from drift.histogram import HistogramSet
+from turnout.drift.evaluation import ColumnResult, result_dict
+from turnout.drift.histogram import HistogramSet
 
 
 def columns_report(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from drift.evaluation import ColumnResult
+from turnout.drift.evaluation import ColumnResult
 
 Status = Literal["collecting", "ok", "warning", "drift"]
 SEVERITY: dict[str, int] = {"collecting": 0, "ok": 1, "warning": 2, "drift": 3}

@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from drift.config import DriftConfig
-from drift.evaluation import WindowEvaluation, evaluate_window
-from drift.histogram import HistogramSet
-from drift.reference import Reference
-from drift.status import worst
+from turnout.drift.config import DriftConfig
+from turnout.drift.evaluation import WindowEvaluation, evaluate_window
+from turnout.drift.histogram import HistogramSet
+from turnout.drift.reference import Reference
+from turnout.drift.status import worst
 
 
 @dataclass

@@ -9,10 +9,10 @@ from typing import Any
 
 from google.protobuf import text_format
 
-from model_store.datatypes import BY_CONFIG, BY_ONNX
-from model_store.errors import LoadError
-from model_store.signature import Signature, TensorSpec
-from protos.model_config_pb2 import DataType, ModelConfig, ModelInput, ModelOutput
+from turnout.model_store.datatypes import BY_CONFIG, BY_ONNX
+from turnout.model_store.errors import LoadError
+from turnout.model_store.signature import Signature, TensorSpec
+from turnout.protos.model_config_pb2 import DataType, ModelConfig, ModelInput, ModelOutput
 
 log = logging.getLogger("turnout.model_store")
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from model_store.config import CONFIG_FILE, DEFAULT_MODEL_FILE
-from model_store.errors import ModelStoreError
+from turnout.model_store.config import CONFIG_FILE, DEFAULT_MODEL_FILE
+from turnout.model_store.errors import ModelStoreError
 
 
 def _link_tree(src: Path, dest: Path) -> None:

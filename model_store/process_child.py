@@ -16,8 +16,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from model_store.session import ModelSession, SessionOptions
-from protos.model_config_pb2 import ModelConfig
+from turnout.model_store.session import ModelSession, SessionOptions
+from turnout.protos.model_config_pb2 import ModelConfig
 
 __all__ = ["ChildName", "child_main", "log_setup"]
 

@@ -46,13 +46,13 @@ from typing import Any
 
 import numpy as np
 
-from model_store.config import signature_of
-from model_store.errors import LoadError
-from model_store.pacing import PACER, Pacing, continue_pids
-from model_store.process_child import child_main, log_setup
-from model_store.session import SessionOptions
-from model_store.signature import Signature
-from protos.model_config_pb2 import ModelConfig
+from turnout.model_store.config import signature_of
+from turnout.model_store.errors import LoadError
+from turnout.model_store.pacing import PACER, Pacing, continue_pids
+from turnout.model_store.process_child import child_main, log_setup
+from turnout.model_store.session import SessionOptions
+from turnout.model_store.signature import Signature
+from turnout.protos.model_config_pb2 import ModelConfig
 
 
 def _call(fn: Callable[[], None]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-from model_store.repository import Fingerprint, is_settled
+from turnout.model_store.repository import Fingerprint, is_settled
 
 __all__ = ["Step", "version_step"]
 

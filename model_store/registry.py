@@ -19,13 +19,18 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from model_store.config import instance_count
-from model_store.errors import LoadError, ModelNotFoundError, ModelUnavailableError, VersionNotFoundError
-from model_store.pacing import idle_is_reversible
-from model_store.process_session import ProcessSession
-from model_store.reconcile import Step, version_step
-from model_store.repository import LocalRepository, ModelSource, digest, fingerprint
-from model_store.serving import (
+from turnout.model_store.config import instance_count
+from turnout.model_store.errors import (
+    LoadError,
+    ModelNotFoundError,
+    ModelUnavailableError,
+    VersionNotFoundError,
+)
+from turnout.model_store.pacing import idle_is_reversible
+from turnout.model_store.process_session import ProcessSession
+from turnout.model_store.reconcile import Step, version_step
+from turnout.model_store.repository import LocalRepository, ModelSource, digest, fingerprint
+from turnout.model_store.serving import (
     LOADING,
     READY,
     UNAVAILABLE,
@@ -34,8 +39,8 @@ from model_store.serving import (
     ModelState,
     ServingVersion,
 )
-from model_store.session import ModelSession, Session, SessionOptions
-from protos.model_config_pb2 import ModelConfig
+from turnout.model_store.session import ModelSession, Session, SessionOptions
+from turnout.protos.model_config_pb2 import ModelConfig
 
 __all__ = [
     "LOADING",

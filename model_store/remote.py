@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from model_store.repository import LocalRepository, ModelSource
+from turnout.model_store.repository import LocalRepository, ModelSource
 
 log = logging.getLogger("turnout.model_store")
 

@@ -13,10 +13,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from model_store.config import CONFIG_FILE, read_config_file
-from model_store.errors import ModelNotFoundError
-from model_store.versions import select_versions
-from protos.model_config_pb2 import ModelConfig
+from turnout.model_store.config import CONFIG_FILE, read_config_file
+from turnout.model_store.errors import ModelNotFoundError
+from turnout.model_store.versions import select_versions
+from turnout.protos.model_config_pb2 import ModelConfig
 
 Fingerprint = tuple[tuple[str, int, int, int, int], ...]
 

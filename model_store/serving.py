@@ -9,8 +9,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from model_store.repository import Fingerprint
-from model_store.session import Session
+from turnout.model_store.repository import Fingerprint
+from turnout.model_store.session import Session
 
 __all__ = ["LOADING", "READY", "UNAVAILABLE", "UNLOADING", "IndexEntry", "ModelState", "ServingVersion"]
 

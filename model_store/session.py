@@ -12,11 +12,11 @@ from typing import Protocol
 import numpy as np
 import onnxruntime as ort
 
-from model_store.config import complete_config, signature_of
-from model_store.datatypes import BY_CONFIG, BY_V2
-from model_store.errors import LoadError
-from model_store.signature import Signature
-from protos.model_config_pb2 import DataType, ModelConfig, ModelWarmup
+from turnout.model_store.config import complete_config, signature_of
+from turnout.model_store.datatypes import BY_CONFIG, BY_V2
+from turnout.model_store.errors import LoadError
+from turnout.model_store.signature import Signature
+from turnout.protos.model_config_pb2 import DataType, ModelConfig, ModelWarmup
 
 log = logging.getLogger("turnout.model_store")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from protos.model_config_pb2 import ModelVersionPolicy
+from turnout.protos.model_config_pb2 import ModelVersionPolicy
 
 
 def select_versions(policy: ModelVersionPolicy, available: Iterable[int]) -> list[int]:

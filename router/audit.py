@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from router.files import append_line, json_safe, lines_backwards
+from turnout.router.files import append_line, json_safe, lines_backwards
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,10 +14,18 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from router.audit import AuditRecord
-from router.gates import GateResult
-from router.policy import TrafficPolicy
-from router.rollout import RolloutError, RolloutPlan, RolloutState, evaluate, policy_for, roll_back, start
+from turnout.router.audit import AuditRecord
+from turnout.router.gates import GateResult
+from turnout.router.policy import TrafficPolicy
+from turnout.router.rollout import (
+    RolloutError,
+    RolloutPlan,
+    RolloutState,
+    evaluate,
+    policy_for,
+    roll_back,
+    start,
+)
 
 Validator = Callable[[str, str], str | None]
 Transition = Callable[[RolloutState, float], RolloutState]

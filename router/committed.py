@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
-from router.audit import AuditRecord
-from router.changes import Change
-from router.policy import TrafficPolicy
-from router.rollout import RolloutState
-from router.store import ControlPlaneStore, StoreConflict
+from turnout.router.audit import AuditRecord
+from turnout.router.changes import Change
+from turnout.router.policy import TrafficPolicy
+from turnout.router.rollout import RolloutState
+from turnout.router.store import ControlPlaneStore, StoreConflict
 
 Builder = Callable[[TrafficPolicy | None, RolloutState | None], Change]
 RolloutListener = Callable[[str, RolloutState | None], None]

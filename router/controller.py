@@ -32,17 +32,27 @@ from typing import Any
 
 import numpy as np
 
-from router import changes
-from router.audit import AuditRecord
-from router.changes import Actor, Change, NotConfigured, PolicyRefused, Transition, Validator, Verdict
-from router.committed import Builder, CommittedState
-from router.decide import RouteDecision, decide
-from router.gates import evaluate_gates
-from router.policy import TrafficPolicy
-from router.rollout import RolloutPlan, RolloutState, abort, approve, evaluate, pause, promote, reject, resume
-from router.rollout_signals import AccuracySince, AccuracySource, RolloutWindows, shadow_disagreement
-from router.shadow import Comparison, PairStats, ShadowStats, Task, compare_outputs
-from router.store import ControlPlaneStore
+from turnout.router import changes
+from turnout.router.audit import AuditRecord
+from turnout.router.changes import Actor, Change, NotConfigured, PolicyRefused, Transition, Validator, Verdict
+from turnout.router.committed import Builder, CommittedState
+from turnout.router.decide import RouteDecision, decide
+from turnout.router.gates import evaluate_gates
+from turnout.router.policy import TrafficPolicy
+from turnout.router.rollout import (
+    RolloutPlan,
+    RolloutState,
+    abort,
+    approve,
+    evaluate,
+    pause,
+    promote,
+    reject,
+    resume,
+)
+from turnout.router.rollout_signals import AccuracySince, AccuracySource, RolloutWindows, shadow_disagreement
+from turnout.router.shadow import Comparison, PairStats, ShadowStats, Task, compare_outputs
+from turnout.router.store import ControlPlaneStore
 
 DriftSource = Callable[[str, str], str | None]
 

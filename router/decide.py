@@ -23,8 +23,8 @@ from __future__ import annotations
 from bisect import bisect_right
 from dataclasses import dataclass
 
-from router.keyhash import route_position, shadow_position
-from router.policy import TrafficPolicy
+from turnout.router.keyhash import route_position, shadow_position
+from turnout.router.policy import TrafficPolicy
 
 __all__ = ["RouteDecision", "decide", "route_position", "shadow_position"]
 

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from router.window import WindowSnapshot
+from turnout.router.window import WindowSnapshot
 
 # Drift statuses from best to worst (as reported by the drift detector). Any other status,
 # e.g. the detector's "collecting" while it gathers its reference window, gives no verdict.

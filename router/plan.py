@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from router.gates import Gates
+from turnout.router.gates import Gates
 
 
 class RolloutError(ValueError):

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from router.keyhash import KeyHasher
+from turnout.router.keyhash import KeyHasher
 
 # Sums of float weights such as 0.1 + 0.2 + 0.7 can exceed 1 by a few ulps.
 _SUM_TOLERANCE = 1e-9

@@ -28,12 +28,12 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, cast
 
-from router.gates import GateResult
-from router.plan import ApprovalStep as ApprovalStep  # the plan types are re-exported here
-from router.plan import RolloutError as RolloutError
-from router.plan import RolloutPlan as RolloutPlan
-from router.plan import Step as Step
-from router.policy import CanaryTarget, TrafficPolicy
+from turnout.router.gates import GateResult
+from turnout.router.plan import ApprovalStep as ApprovalStep  # the plan types are re-exported here
+from turnout.router.plan import RolloutError as RolloutError
+from turnout.router.plan import RolloutPlan as RolloutPlan
+from turnout.router.plan import Step as Step
+from turnout.router.policy import CanaryTarget, TrafficPolicy
 
 RolloutStatus = Literal["running", "paused", "succeeded", "rolled_back", "aborted"]
 ACTIVE_STATUSES: frozenset[str] = frozenset({"running", "paused"})

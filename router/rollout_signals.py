@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from router.gates import GateResult, Labelled
-from router.rollout import RolloutState
-from router.shadow import ShadowStats
-from router.window import VersionWindow
+from turnout.router.gates import GateResult, Labelled
+from turnout.router.rollout import RolloutState
+from turnout.router.shadow import ShadowStats
+from turnout.router.window import VersionWindow
 
 _RolloutEpoch = tuple[float, str, str]
 _StepEpoch = tuple[int, float]

@@ -34,10 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from router.audit import AuditRecord, append_record, read_records
-from router.files import json_safe, locked, try_lock, write_atomically
-from router.policy import PolicyError, TrafficPolicy
-from router.rollout import RolloutError, RolloutState
+from turnout.router.audit import AuditRecord, append_record, read_records
+from turnout.router.files import json_safe, locked, try_lock, write_atomically
+from turnout.router.policy import PolicyError, TrafficPolicy
+from turnout.router.rollout import RolloutError, RolloutState
 
 FORMAT = 1
 POLICIES_FILE = "policies.json"

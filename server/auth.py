@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
-from server.errors import PermissionDenied, Unauthenticated
+from turnout.server.errors import PermissionDenied, Unauthenticated
 
 SCOPES = ("infer", "read", "admin")
 _IMPLIED = {"admin": ("admin", "read", "infer"), "read": ("read",), "infer": ("infer",)}

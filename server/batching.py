@@ -46,9 +46,9 @@ from typing import Final
 
 import numpy as np
 
-from server.batch_config import BatchingConfig, BatchObserver, is_int, is_number
-from server.batch_plan import FOREVER, plan
-from server.errors import (
+from turnout.server.batch_config import BatchingConfig, BatchObserver, is_int, is_number
+from turnout.server.batch_plan import FOREVER, plan
+from turnout.server.errors import (
     Cancelled,
     InferenceFailed,
     InvalidInput,
@@ -57,7 +57,7 @@ from server.errors import (
     TurnoutError,
     Unavailable,
 )
-from server.validation import batch_rows
+from turnout.server.validation import batch_rows
 
 __all__ = ["BatchObserver", "BatchingConfig", "DynamicBatcher", "ExecuteFn"]
 

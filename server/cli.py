@@ -16,9 +16,9 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from server.flags import HelpFormatter, add_settings_flags
-from server.observe.logs import configure
-from server.settings import SECTIONS, Settings
+from turnout.server.flags import HelpFormatter, add_settings_flags
+from turnout.server.observe.logs import configure
+from turnout.server.settings import SECTIONS, Settings
 
 
 def serve_parser(sub: Any) -> argparse.ArgumentParser:
@@ -50,7 +50,7 @@ def token_hash_parser(sub: Any) -> None:
 
 
 def _token_hash(ns: argparse.Namespace) -> int:
-    from server.auth import token_digest
+    from turnout.server.auth import token_digest
 
     token = sys.stdin.readline().strip()
     if not token:
@@ -92,7 +92,7 @@ async def run_server(settings: Settings) -> None:
         import uvloop  # noqa: F401
     except ImportError:  # pragma: no cover - non-Linux platforms
         pass
-    from server.runtime import Runtime
+    from turnout.server.runtime import Runtime
 
     runtime = Runtime(settings)
     try:
@@ -126,9 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="turnout", description="Turnout model serving gateway")
     sub = parser.add_subparsers(dest="command", required=True)
     serve_parser(sub)
-    from server.admin_cli import add_admin_commands
-    from server.export import add_export_command
-    from server.fleet_cli import add_fleet_commands
+    from turnout.server.admin_cli import add_admin_commands
+    from turnout.server.export import add_export_command
+    from turnout.server.fleet_cli import add_fleet_commands
 
     add_admin_commands(sub)
     add_fleet_commands(sub)
@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem is not None:
         print(f"turnout: {problem}", file=sys.stderr)
         return 2
-    from server.auth import TokenConfigError, load_tokens
+    from turnout.server.auth import TokenConfigError, load_tokens
 
     try:  # a bad token file stops the start here, with its reason, not in every worker
         load_tokens(settings.admin_token, settings.auth_tokens_file, settings.auth_tokens)
@@ -163,11 +163,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if os.environ.get("GRPC_EXPERIMENTS"):
         logging.getLogger("turnout").info("grpc experiments: %s", os.environ["GRPC_EXPERIMENTS"])
     if settings.workers > 1:
-        from server.supervisor import Supervisor
+        from turnout.server.supervisor import Supervisor
 
         args = list(argv if argv is not None else sys.argv[1:])
         return Supervisor(settings, args[args.index("serve") + 1 :]).run()
-    from server.listeners import StartError
+    from turnout.server.listeners import StartError
 
     try:
         try:

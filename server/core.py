@@ -10,16 +10,16 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from model_store.registry import IndexEntry, ModelRegistry, ServingVersion
-from model_store.signature import Signature
-from protos.model_config_pb2 import ModelConfig
-from server.errors import InvalidInput, NotFound, TurnoutError, wire_status
-from server.model_ops import ModelOpsLog
-from server.observe.metrics import Metrics
-from server.observe.stats import VersionStats
-from server.observe.triton_metrics import failure_reason
-from server.types import InferRequest, InferResponse, Tensor
-from server.validation import schedule_params, validate_inputs, validate_outputs
+from turnout.model_store.registry import IndexEntry, ModelRegistry, ServingVersion
+from turnout.model_store.signature import Signature
+from turnout.protos.model_config_pb2 import ModelConfig
+from turnout.server.errors import InvalidInput, NotFound, TurnoutError, wire_status
+from turnout.server.model_ops import ModelOpsLog
+from turnout.server.observe.metrics import Metrics
+from turnout.server.observe.stats import VersionStats
+from turnout.server.observe.triton_metrics import failure_reason
+from turnout.server.types import InferRequest, InferResponse, Tensor
+from turnout.server.validation import schedule_params, validate_inputs, validate_outputs
 
 log = logging.getLogger("turnout.core")
 

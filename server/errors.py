@@ -14,12 +14,17 @@ from dataclasses import dataclass
 
 import grpc
 
-from model_store.errors import LoadError, ModelNotFoundError, ModelUnavailableError, VersionNotFoundError
-from router.controller import NotConfigured, PolicyRefused
-from router.policy import PolicyError
-from router.rollout import RolloutError
-from router.store import StoreConflict, StoreError
-from server.observe.logs import RateLimitedLog
+from turnout.model_store.errors import (
+    LoadError,
+    ModelNotFoundError,
+    ModelUnavailableError,
+    VersionNotFoundError,
+)
+from turnout.router.controller import NotConfigured, PolicyRefused
+from turnout.router.policy import PolicyError
+from turnout.router.rollout import RolloutError
+from turnout.router.store import StoreConflict, StoreError
+from turnout.server.observe.logs import RateLimitedLog
 
 
 class TurnoutError(Exception):

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from server.observe.request_log import path_component
+from turnout.server.observe.request_log import path_component
 
 
 def parse_since(text: str) -> float:

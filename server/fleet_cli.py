@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import quote
 
-from drift.fleet import NotMergeable, counts_report, merge_counts
+from turnout.drift.fleet import NotMergeable, counts_report, merge_counts
 
 Fetch = Callable[[str, str | None], dict[str, Any]]
 

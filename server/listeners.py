@@ -7,10 +7,10 @@ import contextlib
 from collections.abc import Callable, Generator
 from typing import cast
 
-from server.grpc.http2 import H2Connection
-from server.grpc.limits import TransportLimits
-from server.http.protocol import HttpLimits
-from server.settings import Settings
+from turnout.server.grpc.http2 import H2Connection
+from turnout.server.grpc.limits import TransportLimits
+from turnout.server.http.protocol import HttpLimits
+from turnout.server.settings import Settings
 
 __all__ = [
     "StartError",
@@ -77,7 +77,7 @@ def grpcio_options(s: Settings) -> list[tuple[str, int]]:
 
 def h2_engine(name: str) -> Callable[..., H2Connection]:
     if name == "h2":  # the h2 library: installed with the dev extras, imported only when asked for
-        from server.grpc.h2lib import H2LibConnection
+        from turnout.server.grpc.h2lib import H2LibConnection
 
         return cast(Callable[..., H2Connection], H2LibConnection)
     return H2Connection

@@ -15,15 +15,15 @@ from typing import Protocol
 
 import numpy as np
 
-from model_store.config import instance_count
-from model_store.session import Session
-from protos.model_config_pb2 import ModelConfig
-from server.batching import BatchingConfig, DynamicBatcher
-from server.busy_poll import BusyPoll
-from server.errors import InferenceFailed, TurnoutError
-from server.observe.metrics import Metrics
-from server.observe.stats import VersionStats
-from server.settings import Settings
+from turnout.model_store.config import instance_count
+from turnout.model_store.session import Session
+from turnout.protos.model_config_pb2 import ModelConfig
+from turnout.server.batching import BatchingConfig, DynamicBatcher
+from turnout.server.busy_poll import BusyPoll
+from turnout.server.errors import InferenceFailed, TurnoutError
+from turnout.server.observe.metrics import Metrics
+from turnout.server.observe.stats import VersionStats
+from turnout.server.settings import Settings
 
 
 class Runner(Protocol):

@@ -25,32 +25,32 @@ from grpc_reflection.v1alpha import _async as reflection_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from prometheus_client import CollectorRegistry
 
-from drift import DriftConfig
-from model_store.config import instance_count
-from model_store.errors import ModelStoreError
-from model_store.layout import stage_single_model
-from model_store.registry import ModelRegistry
-from model_store.repository import LocalRepository
-from model_store.session import Session, SessionOptions
-from protos import inference_pb2
-from protos.turnout import admin_pb2, admin_pb2_grpc
-from router.controller import TrafficController
-from router.shadow import ShadowMirror
-from router.store import ControlPlaneStore
-from server.auth import Authorizer, load_tokens
-from server.busy_poll import BusyPoll
-from server.core import Core
-from server.grpc.admin import AdminServicer
-from server.grpc.servicer import SERVICE, make_handlers
-from server.grpc.transport import AsyncioGrpcServer
-from server.http.access import secure_routes
-from server.http.admin import admin_routes
-from server.http.app import build_app, build_routes
-from server.http.dashboard import dashboard_routes
-from server.http.feedback import feedback_routes
-from server.http.infer_route import InferRoute
-from server.http.protocol import HeadHoldingHttpToolsProtocol
-from server.listeners import (
+from turnout.drift import DriftConfig
+from turnout.model_store.config import instance_count
+from turnout.model_store.errors import ModelStoreError
+from turnout.model_store.layout import stage_single_model
+from turnout.model_store.registry import ModelRegistry
+from turnout.model_store.repository import LocalRepository
+from turnout.model_store.session import Session, SessionOptions
+from turnout.protos import inference_pb2
+from turnout.protos.turnout import admin_pb2, admin_pb2_grpc
+from turnout.router.controller import TrafficController
+from turnout.router.shadow import ShadowMirror
+from turnout.router.store import ControlPlaneStore
+from turnout.server.auth import Authorizer, load_tokens
+from turnout.server.busy_poll import BusyPoll
+from turnout.server.core import Core
+from turnout.server.grpc.admin import AdminServicer
+from turnout.server.grpc.servicer import SERVICE, make_handlers
+from turnout.server.grpc.transport import AsyncioGrpcServer
+from turnout.server.http.access import secure_routes
+from turnout.server.http.admin import admin_routes
+from turnout.server.http.app import build_app, build_routes
+from turnout.server.http.dashboard import dashboard_routes
+from turnout.server.http.feedback import feedback_routes
+from turnout.server.http.infer_route import InferRoute
+from turnout.server.http.protocol import HeadHoldingHttpToolsProtocol
+from turnout.server.listeners import (
     StartError,
     bracket,
     grpcio_options,
@@ -59,18 +59,18 @@ from server.listeners import (
     listening,
     transport_limits,
 )
-from server.model_ops import ModelOpsLog
-from server.observe.dashboard import dashboard
-from server.observe.drift import DriftWiring
-from server.observe.metrics import Metrics
-from server.observe.recording import operators_loop
-from server.observe.retrain import wire_retrain
-from server.observe.stats import VersionStats
-from server.os_limits import connection_cap, return_large_buffers
-from server.runner import BatchingRunner, Compute, DirectRunner, Runner, batching_config
-from server.settings import Settings
-from server.tls import ServerTls
-from server.traffic import TrafficRouting, servable
+from turnout.server.model_ops import ModelOpsLog
+from turnout.server.observe.dashboard import dashboard
+from turnout.server.observe.drift import DriftWiring
+from turnout.server.observe.metrics import Metrics
+from turnout.server.observe.recording import operators_loop
+from turnout.server.observe.retrain import wire_retrain
+from turnout.server.observe.stats import VersionStats
+from turnout.server.os_limits import connection_cap, return_large_buffers
+from turnout.server.runner import BatchingRunner, Compute, DirectRunner, Runner, batching_config
+from turnout.server.settings import Settings
+from turnout.server.tls import ServerTls
+from turnout.server.traffic import TrafficRouting, servable
 
 log = logging.getLogger("turnout")
 
@@ -511,7 +511,7 @@ class Runtime:
 
 def open_repository(settings: Settings) -> LocalRepository:
     if settings.is_remote:
-        from model_store.remote import S3Repository
+        from turnout.model_store.remote import S3Repository
 
         cache = settings.repository_cache_dir or Path(tempfile.mkdtemp(prefix="turnout-repo-"))
         return S3Repository(settings.model_repository, cache, endpoint_url=settings.s3_endpoint_url)

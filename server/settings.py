@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from drift.config import DriftConfig
+from turnout.drift.config import DriftConfig
 
 DEMO_REPOSITORY = Path(__file__).resolve().parent.parent / "model_store" / "demo" / "repository"
 

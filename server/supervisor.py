@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from server.settings import Settings
+from turnout.server.settings import Settings
 
 log = logging.getLogger("turnout.supervisor")
 
@@ -61,7 +61,7 @@ class Supervisor:
             str(self.run_dir / f"worker-{worker}.json"),
         ]
         env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(self.metrics_dir), TURNOUT_WORKER_ID=str(worker))
-        return subprocess.Popen([sys.executable, "-m", "server", "serve", *args], env=env)
+        return subprocess.Popen([sys.executable, "-m", "turnout", "serve", *args], env=env)
 
     def run(self) -> int:
         n = self.settings.workers

@@ -12,8 +12,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from model_store.datatypes import BY_V2, WIRE_DTYPE
-from server.errors import InvalidInput
+from turnout.model_store.datatypes import BY_V2, WIRE_DTYPE
+from turnout.server.errors import InvalidInput
 
 _LEN = struct.Struct("<I")
 

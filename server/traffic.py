@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from model_store.registry import ModelRegistry, ServingVersion
-from router.controller import TrafficController
-from router.shadow import ShadowMirror, compare_outputs
-from server.observe.metrics import Metrics
-from server.types import InferRequest
+from turnout.model_store.registry import ModelRegistry, ServingVersion
+from turnout.router.controller import TrafficController
+from turnout.router.shadow import ShadowMirror, compare_outputs
+from turnout.server.observe.metrics import Metrics
+from turnout.server.types import InferRequest
 
 log = logging.getLogger("turnout.traffic")
 

@@ -9,9 +9,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from model_store.signature import Signature
-from server.errors import InvalidInput
-from server.types import InferRequest, RequestedOutput, Tensor
+from turnout.model_store.signature import Signature
+from turnout.server.errors import InvalidInput
+from turnout.server.types import InferRequest, RequestedOutput, Tensor
 
 
 def validate_inputs(model: str, sig: Signature, inputs: list[Tensor]) -> tuple[dict[str, np.ndarray], int]:

@@ -68,7 +68,7 @@ def start_server(
     workdir.mkdir(parents=True, exist_ok=True)
     ports = workdir / f"ports-{time.monotonic_ns()}.json"
     log_path = workdir / f"server-{time.monotonic_ns()}.log"
-    cmd = [sys.executable, "-m", "server", "serve"]
+    cmd = [sys.executable, "-m", "turnout", "serve"]
     if repo is not None:
         cmd.append(str(repo))
     cmd += ["--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0", "--ports-file", str(ports), *args]

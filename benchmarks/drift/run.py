@@ -28,7 +28,7 @@ if str(ROOT) not in sys.path:
 import scipy  # noqa: E402
 from scipy import stats as sps  # noqa: E402
 
-from drift import DriftConfig, DriftDetector, HistogramSet, Reference, evaluate_window  # noqa: E402
+from turnout.drift import DriftConfig, DriftDetector, HistogramSet, Reference, evaluate_window  # noqa: E402
 
 ALPHA = 0.01
 TARGET_WINDOW = 500

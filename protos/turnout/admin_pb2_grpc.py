@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from protos.turnout import admin_pb2 as protos_dot_turnout_dot_admin__pb2
+from turnout.protos.turnout import admin_pb2 as protos_dot_turnout_dot_admin__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

@@ -11,14 +11,14 @@ from typing import Any
 
 import grpc
 
-from protos.turnout import admin_pb2 as pb
-from protos.turnout import admin_pb2_grpc
-from router.controller import NotConfigured, TrafficController
-from router.policy import TrafficPolicy
-from server.auth import GRPC_POLICY, Authorizer, grpc_peer_host
-from server.errors import InvalidInput, Unimplemented
-from server.grpc import failure
-from server.observe.feedback import Feedback
+from turnout.protos.turnout import admin_pb2 as pb
+from turnout.protos.turnout import admin_pb2_grpc
+from turnout.router.controller import NotConfigured, TrafficController
+from turnout.router.policy import TrafficPolicy
+from turnout.server.auth import GRPC_POLICY, Authorizer, grpc_peer_host
+from turnout.server.errors import InvalidInput, Unimplemented
+from turnout.server.grpc import failure
+from turnout.server.observe.feedback import Feedback
 
 DriftReport = Callable[[str, str], Awaitable[dict[str, Any]]]
 SERVICE = pb.DESCRIPTOR.services_by_name["Admin"].full_name

@@ -10,13 +10,13 @@ from typing import Any
 
 import grpc
 
-from server.grpc import wire
-from server.grpc.call import Call
-from server.grpc.context import Context, Metadata
-from server.grpc.h2stream import H2Stream
-from server.grpc.http2 import H2Connection
-from server.grpc.streams import answering
-from server.grpc.wire import H2Error
+from turnout.server.grpc import wire
+from turnout.server.grpc.call import Call
+from turnout.server.grpc.context import Context, Metadata
+from turnout.server.grpc.h2stream import H2Stream
+from turnout.server.grpc.http2 import H2Connection
+from turnout.server.grpc.streams import answering
+from turnout.server.grpc.wire import H2Error
 
 _OK = grpc.StatusCode.OK
 

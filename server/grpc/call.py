@@ -8,9 +8,9 @@ from typing import Any
 
 import grpc
 
-from server.grpc.context import Context, Metadata
-from server.grpc.h2stream import H2Stream
-from server.grpc.messages import MessageReader
+from turnout.server.grpc.context import Context, Metadata
+from turnout.server.grpc.h2stream import H2Stream
+from turnout.server.grpc.messages import MessageReader
 
 
 class Call:

@@ -22,18 +22,18 @@ from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 
-from server.grpc import timeouts, wire
-from server.grpc.answers import Answering
-from server.grpc.call import Call
-from server.grpc.context import Aborted, Context
-from server.grpc.h2stream import MAX_HEADER_LIST, H2Stream
-from server.grpc.http2 import H2Connection
-from server.grpc.messages import MessageReader
-from server.grpc.streams import RequestHead, answering, receiving
-from server.grpc.wire import H2Error
+from turnout.server.grpc import timeouts, wire
+from turnout.server.grpc.answers import Answering
+from turnout.server.grpc.call import Call
+from turnout.server.grpc.context import Aborted, Context
+from turnout.server.grpc.h2stream import MAX_HEADER_LIST, H2Stream
+from turnout.server.grpc.http2 import H2Connection
+from turnout.server.grpc.messages import MessageReader
+from turnout.server.grpc.streams import RequestHead, answering, receiving
+from turnout.server.grpc.wire import H2Error
 
 if TYPE_CHECKING:
-    from server.grpc.transport import AsyncioGrpcServer
+    from turnout.server.grpc.transport import AsyncioGrpcServer
 
 log = logging.getLogger("turnout.grpc.h2")
 

@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 from google.protobuf import json_format
 
-from model_store.datatypes import BY_V2
-from protos import inference_pb2 as pb
-from server.errors import InvalidInput
-from server.tensor_codec import check_shape, decode_raw, element_count, encode_raw
-from server.types import InferRequest, InferResponse, Parameters, RequestedOutput, Tensor
+from turnout.model_store.datatypes import BY_V2
+from turnout.protos import inference_pb2 as pb
+from turnout.server.errors import InvalidInput
+from turnout.server.tensor_codec import check_shape, decode_raw, element_count, encode_raw
+from turnout.server.types import InferRequest, InferResponse, Parameters, RequestedOutput, Tensor
 
 # which typed-contents field carries each datatype
 _CONTENTS_FIELD = {

@@ -8,7 +8,7 @@ from typing import Any, NoReturn
 
 import grpc
 
-from server.errors import log_internal, public_message, wire_status
+from turnout.server.errors import log_internal, public_message, wire_status
 
 
 def answer(exc: BaseException) -> tuple[grpc.StatusCode, str]:

@@ -16,9 +16,9 @@ import h2.exceptions
 import h2.settings
 import hpack
 
-from server.grpc import wire
-from server.grpc.h2stream import CONNECTION_WINDOW, MAX_HEADER_LIST, STREAM_WINDOW, H2Stream, Handler
-from server.grpc.streams import (
+from turnout.server.grpc import wire
+from turnout.server.grpc.h2stream import CONNECTION_WINDOW, MAX_HEADER_LIST, STREAM_WINDOW, H2Stream, Handler
+from turnout.server.grpc.streams import (
     Event,
     State,
     StreamError,
@@ -26,7 +26,7 @@ from server.grpc.streams import (
     request_head,
     transition,
 )
-from server.grpc.wire import H2Error
+from turnout.server.grpc.wire import H2Error
 
 MAX_BLOCKS = 64  # decoded response header blocks remembered (ours are literal-only: stateless)
 

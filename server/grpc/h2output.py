@@ -4,10 +4,10 @@ windows, answers in one write, resets, GOAWAY, and the output buffer ``data_to_s
 
 from __future__ import annotations
 
-from server.grpc import wire
-from server.grpc.h2stream import SENT_PER_CREDIT, STREAM_WINDOW, H2Stream, Handler
-from server.grpc.limits import FloodBudget
-from server.grpc.streams import (
+from turnout.server.grpc import wire
+from turnout.server.grpc.h2stream import SENT_PER_CREDIT, STREAM_WINDOW, H2Stream, Handler
+from turnout.server.grpc.limits import FloodBudget
+from turnout.server.grpc.streams import (
     CLOSED,
     HALF_CLOSED_LOCAL,
     HALF_CLOSED_REMOTE,
@@ -17,7 +17,7 @@ from server.grpc.streams import (
     receiving,
     transition,
 )
-from server.grpc.wire import END_HEADERS, H2Error
+from turnout.server.grpc.wire import END_HEADERS, H2Error
 
 
 class H2Output:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from server.grpc.streams import IDLE, RequestHead
+from turnout.server.grpc.streams import IDLE, RequestHead
 
 MAX_HEADER_LIST = 16 * 1024  # decoded request headers (RFC 9113 §6.5.2 sizes); beyond: on_oversized
 STREAM_WINDOW = 1 << 20  # what we let a peer send per stream before it must wait for us

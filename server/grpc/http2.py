@@ -13,12 +13,12 @@ from collections.abc import Callable
 
 import hpack
 
-from server.grpc import wire
-from server.grpc.h2output import H2Output
-from server.grpc.h2stream import CONNECTION_WINDOW, MAX_HEADER_LIST, STREAM_WINDOW, H2Stream, Handler
-from server.grpc.header_cache import HeaderDecoder
-from server.grpc.limits import FloodBudget
-from server.grpc.streams import (
+from turnout.server.grpc import wire
+from turnout.server.grpc.h2output import H2Output
+from turnout.server.grpc.h2stream import CONNECTION_WINDOW, MAX_HEADER_LIST, STREAM_WINDOW, H2Stream, Handler
+from turnout.server.grpc.header_cache import HeaderDecoder
+from turnout.server.grpc.limits import FloodBudget
+from turnout.server.grpc.streams import (
     CLOSED,
     HALF_CLOSED_LOCAL,
     HALF_CLOSED_REMOTE,
@@ -30,7 +30,7 @@ from server.grpc.streams import (
     request_head,
     transition,
 )
-from server.grpc.wire import (
+from turnout.server.grpc.wire import (
     ACK,
     END_HEADERS,
     END_STREAM,

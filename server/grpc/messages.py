@@ -4,7 +4,7 @@ caller passes the bytes and how many messages its reader has not taken yet."""
 
 from __future__ import annotations
 
-from server.grpc.wire import MessageTooLarge
+from turnout.server.grpc.wire import MessageTooLarge
 
 # (compressed flag, message bytes, stream-window bytes to return when the reader takes it)
 Message = tuple[int, bytes, int]

@@ -13,12 +13,12 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from protos import inference_pb2 as pb
-from server.auth import GRPC_POLICY, Authorizer, grpc_peer_host
-from server.core import Core
-from server.errors import InvalidInput, Unimplemented
-from server.grpc import failure
-from server.grpc.convert import decode_request, dict_to_message, encode_response
+from turnout.protos import inference_pb2 as pb
+from turnout.server.auth import GRPC_POLICY, Authorizer, grpc_peer_host
+from turnout.server.core import Core
+from turnout.server.errors import InvalidInput, Unimplemented
+from turnout.server.grpc import failure
+from turnout.server.grpc.convert import decode_request, dict_to_message, encode_response
 
 SERVICE = "inference.GRPCInferenceService"
 

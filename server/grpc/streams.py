@@ -7,7 +7,7 @@ import re
 from enum import IntEnum
 from typing import NamedTuple
 
-from server.grpc.wire import H2Error
+from turnout.server.grpc.wire import H2Error
 
 
 class State(IntEnum):

@@ -8,10 +8,10 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from server.grpc.streams import receiving
+from turnout.server.grpc.streams import receiving
 
 if TYPE_CHECKING:
-    from server.grpc.connection import GrpcConnection
+    from turnout.server.grpc.connection import GrpcConnection
 
 log = logging.getLogger("turnout.grpc.h2")
 

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 
 import grpc
 
-from server.busy_poll import BusyPoll
-from server.grpc.connection import GrpcConnection
-from server.grpc.http2 import H2Connection
-from server.grpc.limits import ResetBudget, TransportLimits
-from server.observe.logs import RateLimitedLog
+from turnout.server.busy_poll import BusyPoll
+from turnout.server.grpc.connection import GrpcConnection
+from turnout.server.grpc.http2 import H2Connection
+from turnout.server.grpc.limits import ResetBudget, TransportLimits
+from turnout.server.observe.logs import RateLimitedLog
 
 log = logging.getLogger("turnout.grpc")
 

@@ -8,9 +8,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from server.auth import HTTP_POLICY, Authorizer, Need, Principal, cross_site_refusal
-from server.errors import PermissionDenied
-from server.http.app import Endpoint, error_response
+from turnout.server.auth import HTTP_POLICY, Authorizer, Need, Principal, cross_site_refusal
+from turnout.server.errors import PermissionDenied
+from turnout.server.http.app import Endpoint, error_response
 
 
 def principal(request: Request) -> Principal:

@@ -12,11 +12,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from router.controller import NotConfigured, TrafficController
-from server.errors import InvalidInput
-from server.http.access import principal
-from server.http.app import Endpoint, guarded, json_response, read_body
-from server.http.codec import loads
+from turnout.router.controller import NotConfigured, TrafficController
+from turnout.server.errors import InvalidInput
+from turnout.server.http.access import principal
+from turnout.server.http.app import Endpoint, guarded, json_response, read_body
+from turnout.server.http.codec import loads
 
 ADMIN_BODY_LIMIT = 1 << 20
 

@@ -13,13 +13,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from server.core import Core
-from server.errors import InvalidInput, Unimplemented
-from server.http.body import receive_body
-from server.http.codec import dumps, loads
-from server.http.errors import JSON, error_answer, error_body
-from server.http.protojson import to_json
-from server.observe.metrics import Metrics
+from turnout.server.core import Core
+from turnout.server.errors import InvalidInput, Unimplemented
+from turnout.server.http.body import receive_body
+from turnout.server.http.codec import dumps, loads
+from turnout.server.http.errors import JSON, error_answer, error_body
+from turnout.server.http.protojson import to_json
+from turnout.server.observe.metrics import Metrics
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 

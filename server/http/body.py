@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from starlette.types import Receive
 
-from server.errors import InvalidInput, PayloadTooLarge
+from turnout.server.errors import InvalidInput, PayloadTooLarge
 
 
 async def receive_body(receive: Receive, content_length: str | bytes | None, limit: int) -> bytes:

@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import orjson
 
-from model_store.datatypes import BY_V2
-from server.errors import InvalidInput
-from server.tensor_codec import check_shape, decode_raw, element_count, encode_raw
-from server.types import InferRequest, InferResponse, RequestedOutput, Tensor, params_from_mapping
+from turnout.model_store.datatypes import BY_V2
+from turnout.server.errors import InvalidInput
+from turnout.server.tensor_codec import check_shape, decode_raw, element_count, encode_raw
+from turnout.server.types import InferRequest, InferResponse, RequestedOutput, Tensor, params_from_mapping
 
 HEADER_LENGTH = "inference-header-content-length"
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY

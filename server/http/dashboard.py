@@ -7,8 +7,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from server.http.app import guarded, json_response
-from server.observe.dashboard import Dashboard
+from turnout.server.http.app import guarded, json_response
+from turnout.server.observe.dashboard import Dashboard
 
 
 def dashboard_routes(dashboard: Dashboard) -> list[BaseRoute]:

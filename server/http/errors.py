@@ -5,8 +5,8 @@ the Starlette routes, the inference route and the protocol's fast path -- answer
 
 from __future__ import annotations
 
-from server.errors import log_internal, public_message, wire_status
-from server.http.codec import dumps
+from turnout.server.errors import log_internal, public_message, wire_status
+from turnout.server.http.codec import dumps
 
 JSON = "application/json"
 

@@ -7,10 +7,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from server.errors import InvalidInput, Unimplemented
-from server.http.app import Endpoint, guarded, json_response, read_body
-from server.http.codec import loads
-from server.observe.feedback import Feedback
+from turnout.server.errors import InvalidInput, Unimplemented
+from turnout.server.http.app import Endpoint, guarded, json_response, read_body
+from turnout.server.http.codec import loads
+from turnout.server.observe.feedback import Feedback
 
 FEEDBACK_BODY_LIMIT = 8 << 20
 

@@ -18,12 +18,12 @@ from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server.auth import Authorizer, Need
-from server.core import Core
-from server.errors import QueueFull, TurnoutError
-from server.http.body import receive_body
-from server.http.codec import decode_infer_request, encode_infer_response
-from server.http.errors import error_answer
+from turnout.server.auth import Authorizer, Need
+from turnout.server.core import Core
+from turnout.server.errors import QueueFull, TurnoutError
+from turnout.server.http.body import receive_body
+from turnout.server.http.codec import decode_infer_request, encode_infer_response
+from turnout.server.http.errors import error_answer
 
 _PREFIX = "/v2/models/"
 _SUFFIX = "/infer"

@@ -33,10 +33,10 @@ from typing import Any
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from server.busy_poll import BusyPoll
-from server.http.errors import error_body
-from server.http.head_holding import JOIN_LIMIT, HeadHoldingTransport
-from server.http.infer_route import InferRoute, infer_headers, parse_infer_path
+from turnout.server.busy_poll import BusyPoll
+from turnout.server.http.errors import error_body
+from turnout.server.http.head_holding import JOIN_LIMIT, HeadHoldingTransport
+from turnout.server.http.infer_route import InferRoute, infer_headers, parse_infer_path
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -15,9 +15,9 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
-from server.observe.metrics import LATENCY_BUCKETS, Metrics
-from server.observe.stats import VersionStats
-from server.observe.timeseries import Key, Reading, TimeSeries
+from turnout.server.observe.metrics import LATENCY_BUCKETS, Metrics
+from turnout.server.observe.stats import VersionStats
+from turnout.server.observe.timeseries import Key, Reading, TimeSeries
 
 log = logging.getLogger("turnout.dashboard")
 

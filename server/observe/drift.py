@@ -25,13 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from drift import DriftConfig
-from drift.fleet import window_counts
-from drift.process import DetectorSpec, MonitorProcess
-from model_store.registry import ModelRegistry, ServingVersion
-from model_store.signature import Signature
-from server.observe.logs import RateLimitedLog
-from server.observe.metrics import Metrics
+from turnout.drift import DriftConfig
+from turnout.drift.fleet import window_counts
+from turnout.drift.process import DetectorSpec, MonitorProcess
+from turnout.model_store.registry import ModelRegistry, ServingVersion
+from turnout.model_store.signature import Signature
+from turnout.server.observe.logs import RateLimitedLog
+from turnout.server.observe.metrics import Metrics
 
 log = logging.getLogger("turnout.drift")
 

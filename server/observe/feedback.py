@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from model_store.signature import Signature
-from server.errors import InvalidInput, NotFound
-from server.observe.metrics import Metrics
-from server.observe.performance import (
+from turnout.model_store.signature import Signature
+from turnout.server.errors import InvalidInput, NotFound
+from turnout.server.observe.metrics import Metrics
+from turnout.server.observe.performance import (
     PerformanceTally,
     binned_estimate,
     expected_accuracy,

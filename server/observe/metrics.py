@@ -25,7 +25,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-from server.observe.triton_metrics import Split, TritonMetrics, render
+from turnout.server.observe.triton_metrics import Split, TritonMetrics, render
 
 LATENCY_BUCKETS = (
     0.0001,

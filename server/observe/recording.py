@@ -19,13 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from model_store.registry import ServingVersion
-from server.observe.feedback import Feedback, Judged, ModelPredictions
-from server.observe.logs import RateLimitedLog
-from server.observe.metrics import Metrics
-from server.observe.request_log import RequestLog, Rotation
-from server.settings import Settings, parse_rate
-from server.types import InferRequest
+from turnout.model_store.registry import ServingVersion
+from turnout.server.observe.feedback import Feedback, Judged, ModelPredictions
+from turnout.server.observe.logs import RateLimitedLog
+from turnout.server.observe.metrics import Metrics
+from turnout.server.observe.request_log import RequestLog, Rotation
+from turnout.server.settings import Settings, parse_rate
+from turnout.server.types import InferRequest
 
 log = logging.getLogger("turnout.recording")
 

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from server.observe.logs import RateLimitedLog
-from server.observe.metrics import Metrics
+from turnout.server.observe.logs import RateLimitedLog
+from turnout.server.observe.metrics import Metrics
 
 log = logging.getLogger("turnout.request_log")
 

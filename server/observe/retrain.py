@@ -25,13 +25,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from server.observe.drift import DriftWiring
-from server.observe.feedback import Feedback
-from server.observe.metrics import Metrics
-from server.observe.performance import PerformanceTally
-from server.observe.request_log import path_component
-from server.observe.webhook import WebhookSender
-from server.settings import Settings
+from turnout.server.observe.drift import DriftWiring
+from turnout.server.observe.feedback import Feedback
+from turnout.server.observe.metrics import Metrics
+from turnout.server.observe.performance import PerformanceTally
+from turnout.server.observe.request_log import path_component
+from turnout.server.observe.webhook import WebhookSender
+from turnout.server.settings import Settings
 
 log = logging.getLogger("turnout.retrain")
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.metrics_core import Metric
 
-from server.observe.stats import VersionStats
+from turnout.server.observe.stats import VersionStats
 
 # Triton's failure reasons (``nv_inference_request_failure{reason}``)
 FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")

@@ -111,7 +111,7 @@ def test_approval_steps(tmp_path: Path) -> None:
         stable_is(s, "2")
 
         # 3. the CLI reads approval steps (the rollout waits for 100 canary requests: aborted)
-        cli = [sys.executable, "-m", "server", "rollout", "start", "clf", "--canary", "3", "--url", s.base]
+        cli = [sys.executable, "-m", "turnout", "rollout", "start", "clf", "--canary", "3", "--url", s.base]
         cli += ["--steps", "0.2,approval:90,1", "--hold", "0.3", "--token", "rm-token-123"]
         out = subprocess.run(cli, capture_output=True, text=True, timeout=30)
         assert out.returncode == 0, out.stdout + out.stderr
@@ -146,8 +146,8 @@ def test_approval_steps(tmp_path: Path) -> None:
 
 
 def _stub() -> tuple[Any, Any]:
-    sys.modules.pop("protos.turnout.admin_pb2", None)
-    from protos.turnout import admin_pb2, admin_pb2_grpc  # separate package from tritonclient's stubs
+    sys.modules.pop("turnout.protos.turnout.admin_pb2", None)
+    from turnout.protos.turnout import admin_pb2, admin_pb2_grpc  # separate package from tritonclient's stubs
 
     return admin_pb2, admin_pb2_grpc
 

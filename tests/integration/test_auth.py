@@ -19,8 +19,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from server.auth import GRPC_POLICY, HTTP_POLICY, Need
 from tests.server_proc import ServerProc, start_server
+from turnout.server.auth import GRPC_POLICY, HTTP_POLICY, Need
 
 ADMIN, READ, INFER = "admin-token-0123", "read-token-4567", "infer-token-89ab"
 TOKENS = {
@@ -162,8 +162,8 @@ def test_reads_need_read_and_the_audit_names_the_token(secured: ServerProc) -> N
     assert (
         httpx.get(f"{base}/models/{MODEL}/traffic", headers=bearer(READ), timeout=T).json()["stable"] == "1"
     )
-    sys.modules.pop("protos.turnout.admin_pb2", None)
-    from protos.turnout import admin_pb2, admin_pb2_grpc
+    sys.modules.pop("turnout.protos.turnout.admin_pb2", None)
+    from turnout.protos.turnout import admin_pb2, admin_pb2_grpc
 
     with grpc.insecure_channel(secured.grpc_url) as ch:
         stub = admin_pb2_grpc.AdminStub(ch)

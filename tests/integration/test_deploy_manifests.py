@@ -30,8 +30,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from server.settings import Settings
 from tests.server_proc import DEMO_REPO, ROOT, ServerProc, start_server
+from turnout.server.settings import Settings
 
 DEPLOY = ROOT / "deploy"
 OVERLAYS = ("dev", "production")
@@ -410,7 +410,7 @@ def test_a_storage_uri_that_is_not_one_model_stops_the_start_with_the_reason(tmp
         [
             sys.executable,
             "-m",
-            "server",
+            "turnout",
             "serve",
             str(mnt),
             "--single-model=iris",

@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from drift import Reference
 from tests.server_proc import DEMO_REPO, ServerProc, running_server
+from turnout.drift import Reference
 
 DRIFT_ARGS = ["--drift-reference-rows", "300", "--drift-window-rows", "200"]
 

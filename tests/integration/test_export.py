@@ -60,7 +60,7 @@ def test_export_joins_logged_requests_with_their_feedback(tmp_path: Path) -> Non
     cmd = [
         sys.executable,
         "-m",
-        "server",
+        "turnout",
         "export",
         "--log-dir",
         str(log_dir),

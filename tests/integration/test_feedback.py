@@ -16,8 +16,8 @@ import httpx
 import numpy as np
 import pytest
 
-from server.observe.performance import binned_estimate
 from tests.server_proc import DEMO_REPO, running_server
+from turnout.server.observe.performance import binned_estimate
 
 CONFIG = """\
 name: "iris"
@@ -213,8 +213,8 @@ def test_feedback_accuracy_is_exact_and_the_estimate_is_close(repo: Path, tmp_pa
 
 
 def test_feedback_over_grpc(repo: Path, tmp_path: Path) -> None:
-    from protos.turnout import admin_pb2 as pb
-    from protos.turnout import admin_pb2_grpc
+    from turnout.protos.turnout import admin_pb2 as pb
+    from turnout.protos.turnout import admin_pb2_grpc
 
     with running_server(tmp_path, repo, ["--feedback-models", "*", "--no-drift"]) as server:
         with httpx.Client(base_url=server.base, timeout=30) as client:

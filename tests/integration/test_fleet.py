@@ -28,13 +28,13 @@ import pytest
 import tritonclient.grpc as grpcclient
 from scipy import stats as sps
 
-from drift.fleet import counts_report
-from drift.histogram import HistogramSet
-from drift.report import histogram_list
 from tests.haproxy import HAPROXY, Backend, HAProxy, free_port, running_haproxy
 from tests.integration.load import LoadDriver
 from tests.integration.prom import nv, parse_nv
 from tests.server_proc import DEMO_REPO, ROOT, ServerProc, start_server
+from turnout.drift.fleet import counts_report
+from turnout.drift.histogram import HistogramSet
+from turnout.drift.report import histogram_list
 
 pytestmark = pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed (apt-get install haproxy)")
 
@@ -298,7 +298,7 @@ def test_fleet_drift_merge_equals_the_report_on_all_rows(fleet: Fleet) -> None:
         _send_iris(s, part)
     urls = [s.base for s in fleet.replicas]
     out = subprocess.run(
-        [sys.executable, "-m", "server", "drift", "merge", *urls, "--model", "iris", "--version", "1"],
+        [sys.executable, "-m", "turnout", "drift", "merge", *urls, "--model", "iris", "--version", "1"],
         capture_output=True, text=True, timeout=60, cwd=ROOT,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr

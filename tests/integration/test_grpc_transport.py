@@ -21,11 +21,11 @@ import hpack
 import pytest
 import uvloop
 
-from server.grpc.transport import AsyncioGrpcServer
-from server.tls import server_tls
 from tests.h2raw import PREFACE, message, request_headers
 from tests.h2raw import frame as _frame
 from tests.h2raw import read_frames as _read_frames
+from turnout.server.grpc.transport import AsyncioGrpcServer
+from turnout.server.tls import server_tls
 
 SERVICE = "test.T"
 LIMIT = 4 << 20
@@ -310,7 +310,7 @@ def test_calls_the_server_does_not_limit_never_wait_for_a_slot() -> None:
 
 def test_the_h2_library_core_serves_the_same_calls() -> None:
     """The measuring instrument of benchmarks.features (section h2-engine) keeps working."""
-    from server.grpc.h2lib import H2LibConnection
+    from turnout.server.grpc.h2lib import H2LibConnection
 
     with ServerThread(h2_engine=H2LibConnection) as s, grpc.insecure_channel(s.target, options=OPTS) as ch:
         payloads = [b"x" * n for n in (0, 1, 70_000, 3_000_000)]

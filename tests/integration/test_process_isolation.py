@@ -265,7 +265,7 @@ def test_sigterm_during_the_start_ends_cleanly(tmp_path: Path, point: str) -> No
     comes while Python imports (once the server handles SIGTERM at all), while the models load
     into their processes, or once serving."""
     ports = tmp_path / "ports.json"
-    cmd = [sys.executable, "-m", "server", "serve", "--host", "127.0.0.1", "--http-port", "0"]
+    cmd = [sys.executable, "-m", "turnout", "serve", "--host", "127.0.0.1", "--http-port", "0"]
     cmd += ["--grpc-port", "0", "--model-isolation", "process", "--ports-file", str(ports)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("TURNOUT_")}
     log_path = tmp_path / "server.log"

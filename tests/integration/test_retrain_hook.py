@@ -18,9 +18,9 @@ import httpx
 import numpy as np
 import pyarrow.parquet as pq
 
-from server.observe.webhook import verify
 from tests.integration.test_drift import DRIFT_ARGS, iris_like, send, wait_status
 from tests.server_proc import running_server
+from turnout.server.observe.webhook import verify
 
 SECRET = "retrain-shared-secret-4f1c"
 
@@ -103,7 +103,7 @@ def test_drift_shift_sends_a_signed_retraining_event_after_a_retry(tmp_path: Pat
         # the command extracts the shifted rows (the window's; earlier ones are before --since)
         argv = shlex.split(sl["export_command"])
         out = subprocess.run(
-            [sys.executable, "-m", "server", *argv[1:]],
+            [sys.executable, "-m", "turnout", *argv[1:]],
             cwd=tmp_path,
             capture_output=True,
             text=True,

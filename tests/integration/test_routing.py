@@ -296,7 +296,7 @@ def test_admin_auth(tmp_path: Path) -> None:
             == "admin"
         )
         # the CLI speaks the same API
-        cli = [sys.executable, "-m", "server", "traffic", "get", "clf", "--url", s.base, "--token", "s3cret"]
+        cli = [sys.executable, "-m", "turnout", "traffic", "get", "clf", "--url", s.base, "--token", "s3cret"]
         out = subprocess.run(cli, capture_output=True, text=True, timeout=30)
         assert out.returncode == 0 and '"stable": "1"' in out.stdout, out.stderr
 
@@ -304,8 +304,8 @@ def test_admin_auth(tmp_path: Path) -> None:
 def test_admin_grpc(tmp_path: Path) -> None:
     import grpc
 
-    sys.modules.pop("protos.turnout.admin_pb2", None)
-    from protos.turnout import (  # separate package: no clash with tritonclient's stubs
+    sys.modules.pop("turnout.protos.turnout.admin_pb2", None)
+    from turnout.protos.turnout import (  # separate package: no clash with tritonclient's stubs
         admin_pb2,
         admin_pb2_grpc,
     )

@@ -15,8 +15,8 @@ import onnxruntime as ort
 import tritonclient.grpc.aio as grpcaio
 import tritonclient.http.aio as httpaio
 
-from model_store.demo.build import mlp
 from tests.server_proc import ServerProc, running_server
+from turnout.model_store.demo.build import mlp
 
 DIMS = [256, 1024, 1024, 1024, 1024, 16]  # ~4 ms per 64-row batch on one core
 ROWS = 64

@@ -17,7 +17,7 @@ from tests.server_proc import ROOT
 def _serve(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TURNOUT_")}
     return subprocess.run(
-        [sys.executable, "-m", "server", "serve", "--host", "127.0.0.1", *args],
+        [sys.executable, "-m", "turnout", "serve", "--host", "127.0.0.1", *args],
         capture_output=True,
         text=True,
         env=env,

@@ -15,9 +15,9 @@ from grpc_reflection.v1alpha import reflection_pb2
 from pydantic import SecretStr
 from starlette.routing import Route
 
-from protos import inference_pb2
-from protos.turnout import admin_pb2
-from server.auth import (
+from turnout.protos import inference_pb2
+from turnout.protos.turnout import admin_pb2
+from turnout.server.auth import (
     GRPC_POLICY,
     HTTP_POLICY,
     Authorizer,
@@ -28,10 +28,10 @@ from server.auth import (
     parse_tokens,
     token_digest,
 )
-from server.errors import PermissionDenied, Unauthenticated
-from server.http.access import secure_routes
-from server.runtime import Runtime
-from server.settings import Settings
+from turnout.server.errors import PermissionDenied, Unauthenticated
+from turnout.server.http.access import secure_routes
+from turnout.server.runtime import Runtime
+from turnout.server.settings import Settings
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +208,7 @@ def test_cross_site_rule(method: str, headers: dict[str, str], refused: bool) ->
 def test_token_hash_command(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     import io
 
-    from server.cli import main
+    from turnout.server.cli import main
 
     monkeypatch.setattr("sys.stdin", io.StringIO("ci-secret-1\n"))
     assert main(["token-hash"]) == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from server.batch_plan import FOREVER, plan
+from turnout.server.batch_plan import FOREVER, plan
 
 
 @dataclass

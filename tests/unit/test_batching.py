@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from server.batching import BatchingConfig, DynamicBatcher
-from server.errors import (
+from turnout.server.batching import BatchingConfig, DynamicBatcher
+from turnout.server.errors import (
     Cancelled,
     InferenceFailed,
     InvalidInput,

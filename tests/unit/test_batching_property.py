@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.batching import BatchingConfig, DynamicBatcher
-from server.errors import QueueFull, RequestTimeout
+from turnout.server.batching import BatchingConfig, DynamicBatcher
+from turnout.server.errors import QueueFull, RequestTimeout
 
 pytestmark = pytest.mark.timeout(120)
 

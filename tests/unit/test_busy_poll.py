@@ -10,8 +10,8 @@ import time
 
 import numpy as np
 
-from server.busy_poll import BusyPoll
-from server.runner import Compute
+from turnout.server.busy_poll import BusyPoll
+from turnout.server.runner import Compute
 
 
 class FakeClock:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from server.cli import apply_grpc_experiments, serve_parser, settings_from_args
-from server.settings import Settings
+from turnout.server.cli import apply_grpc_experiments, serve_parser, settings_from_args
+from turnout.server.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -21,16 +21,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from model_store.datatypes import BY_V2
-from model_store.signature import Signature, TensorSpec
-from protos import inference_pb2 as pb
-from server.errors import InvalidInput, TurnoutError
-from server.grpc.convert import decode_request
-from server.grpc.servicer import _BadMessage, _deserializer
-from server.http.codec import decode_infer_request
-from server.tensor_codec import MAX_DIMS, MAX_ELEMENTS, check_shape, decode_raw
-from server.types import InferRequest
-from server.validation import validate_outputs
+from turnout.model_store.datatypes import BY_V2
+from turnout.model_store.signature import Signature, TensorSpec
+from turnout.protos import inference_pb2 as pb
+from turnout.server.errors import InvalidInput, TurnoutError
+from turnout.server.grpc.convert import decode_request
+from turnout.server.grpc.servicer import _BadMessage, _deserializer
+from turnout.server.http.codec import decode_infer_request
+from turnout.server.tensor_codec import MAX_DIMS, MAX_ELEMENTS, check_shape, decode_raw
+from turnout.server.types import InferRequest
+from turnout.server.validation import validate_outputs
 
 FUZZ = settings(
     max_examples=200,

@@ -9,16 +9,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model_store.datatypes import BY_V2
-from model_store.signature import Signature, TensorSpec
-from protos import inference_pb2 as pb
-from server.errors import InvalidInput
-from server.grpc.convert import decode_request, encode_response
-from server.http.codec import decode_infer_request, encode_infer_response
-from server.http.infer_route import parse_infer_path
-from server.tensor_codec import decode_raw, encode_raw
-from server.types import InferRequest, InferResponse, RequestedOutput, Tensor
-from server.validation import validate_inputs, validate_outputs
+from turnout.model_store.datatypes import BY_V2
+from turnout.model_store.signature import Signature, TensorSpec
+from turnout.protos import inference_pb2 as pb
+from turnout.server.errors import InvalidInput
+from turnout.server.grpc.convert import decode_request, encode_response
+from turnout.server.http.codec import decode_infer_request, encode_infer_response
+from turnout.server.http.infer_route import parse_infer_path
+from turnout.server.tensor_codec import decode_raw, encode_raw
+from turnout.server.types import InferRequest, InferResponse, RequestedOutput, Tensor
+from turnout.server.validation import validate_inputs, validate_outputs
 
 FIXED = [n for n in BY_V2 if n != "BYTES"]
 

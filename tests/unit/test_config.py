@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from model_store.config import complete_config, read_config_file, signature_of
-from model_store.errors import LoadError
-from model_store.versions import select_versions
-from protos.model_config_pb2 import ModelConfig, ModelVersionPolicy
+from turnout.model_store.config import complete_config, read_config_file, signature_of
+from turnout.model_store.errors import LoadError
+from turnout.model_store.versions import select_versions
+from turnout.protos.model_config_pb2 import ModelConfig, ModelVersionPolicy
 
 GRAPH_IN = [("input", "tensor(float)", ["batch", 4])]
 GRAPH_OUT = [("label", "tensor(int64)", [None]), ("probabilities", "tensor(float)", [None, 3])]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry
 
-from model_store.errors import ModelNotFoundError, ModelUnavailableError, VersionNotFoundError
-from server.core import Core
-from server.observe.metrics import Metrics
-from server.types import InferRequest
+from turnout.model_store.errors import ModelNotFoundError, ModelUnavailableError, VersionNotFoundError
+from turnout.server.core import Core
+from turnout.server.observe.metrics import Metrics
+from turnout.server.types import InferRequest
 
 
 class _Registry:

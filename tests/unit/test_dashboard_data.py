@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from server.observe.dashboard import BOUNDS, Dashboard, Readings
-from server.observe.metrics import Metrics
-from server.observe.stats import VersionStats
-from server.observe.timeseries import TimeSeries
+from turnout.server.observe.dashboard import BOUNDS, Dashboard, Readings
+from turnout.server.observe.metrics import Metrics
+from turnout.server.observe.stats import VersionStats
+from turnout.server.observe.timeseries import TimeSeries
 
 
 @dataclass

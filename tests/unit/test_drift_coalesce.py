@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from drift.coalesce import Item, coalesce
+from turnout.drift.coalesce import Item, coalesce
 
 
 def _item(rows: int, columns: int = 2, outputs: int | None = 3) -> Item:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from drift import DriftConfig, DriftDetector, Reference
+from turnout.drift import DriftConfig, DriftDetector, Reference
 
 
 class FakeClock:

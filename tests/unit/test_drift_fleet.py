@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from drift import DriftConfig, DriftDetector, Reference
-from drift.fleet import NotMergeable, counts_report, merge_counts, window_counts
+from turnout.drift import DriftConfig, DriftDetector, Reference
+from turnout.drift.fleet import NotMergeable, counts_report, merge_counts, window_counts
 
 CONFIG = DriftConfig(window_rows=None, window_seconds=3600.0)
 
@@ -83,7 +83,7 @@ def test_empty_window_is_collecting() -> None:
 
 
 def test_fleet_report_fetches_each_replica_and_reports_on_the_merge() -> None:
-    from server.fleet_cli import counts_url, fleet_report
+    from turnout.server.fleet_cli import counts_url, fleet_report
 
     rng = np.random.default_rng(3)
     rows = rng.normal(size=(400, 4))

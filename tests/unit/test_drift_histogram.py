@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drift.binning import Binning
-from drift.columns import CATEGORICAL, NUMERIC, ColumnSpec, SchemaMismatch, category_key
-from drift.edges import BinningConfig, category_list, numeric_edges, specs_from_data
-from drift.histogram import HistogramSet
+from turnout.drift.binning import Binning
+from turnout.drift.columns import CATEGORICAL, NUMERIC, ColumnSpec, SchemaMismatch, category_key
+from turnout.drift.edges import BinningConfig, category_list, numeric_edges, specs_from_data
+from turnout.drift.histogram import HistogramSet
 
 
 def naive_numeric_bin(edges: tuple[float, ...], x: float) -> int:

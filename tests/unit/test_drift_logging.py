@@ -7,9 +7,9 @@ import logging
 import pytest
 from prometheus_client import CollectorRegistry
 
-from drift import DriftConfig
-from server.observe.drift import DriftWiring, status_change_level
-from server.observe.metrics import Metrics
+from turnout.drift import DriftConfig
+from turnout.server.observe.drift import DriftWiring, status_change_level
+from turnout.server.observe.metrics import Metrics
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from drift import DriftConfig, DriftDetector, DriftMonitor, Reference
+from turnout.drift import DriftConfig, DriftDetector, DriftMonitor, Reference
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from drift import DriftConfig
-from drift.process import DetectorSpec, MonitorProcess
+from turnout.drift import DriftConfig
+from turnout.drift.process import DetectorSpec, MonitorProcess
 
 pytestmark = pytest.mark.timeout(120)
 

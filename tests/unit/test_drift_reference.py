@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from drift.capture import ReferenceCapture
-from drift.columns import CATEGORICAL, NUMERIC
-from drift.layout import OutputLayout
-from drift.reference import Reference
+from turnout.drift.capture import ReferenceCapture
+from turnout.drift.columns import CATEGORICAL, NUMERIC
+from turnout.drift.layout import OutputLayout
+from turnout.drift.reference import Reference
 
 
 def _training(rng: np.random.Generator, rows: int = 2000) -> tuple[np.ndarray, np.ndarray]:

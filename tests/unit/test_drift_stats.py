@@ -9,7 +9,7 @@ import pytest
 from scipy import special
 from scipy import stats as sps
 
-from drift.stats import (
+from turnout.drift.stats import (
     adjust_pvalues,
     bridge_crossing_probability,
     chi2_homogeneity,

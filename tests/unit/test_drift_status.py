@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from drift.columns import NUMERIC, ColumnSpec
-from drift.evaluation import ColumnResult
-from drift.histogram import HistogramSet
-from drift.status import Streaks, status_of, worst
-from drift.windows import Window, merge_windows
+from turnout.drift.columns import NUMERIC, ColumnSpec
+from turnout.drift.evaluation import ColumnResult
+from turnout.drift.histogram import HistogramSet
+from turnout.drift.status import Streaks, status_of, worst
+from turnout.drift.windows import Window, merge_windows
 
 
 def _result(p_value: float | None, significant: bool = False, large_effect: bool = False) -> ColumnResult:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from server.export import _label_column, joined_rows, parse_since
+from turnout.server.export import _label_column, joined_rows, parse_since
 
 
 def test_parse_since() -> None:

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from model_store.signature import Signature, TensorSpec
-from server.errors import InvalidInput, NotFound
-from server.observe.feedback import Feedback, Judged
-from server.observe.metrics import Metrics
+from turnout.model_store.signature import Signature, TensorSpec
+from turnout.server.errors import InvalidInput, NotFound
+from turnout.server.observe.feedback import Feedback, Judged
+from turnout.server.observe.metrics import Metrics
 
 CLASSIFIER = Signature(
     inputs=(TensorSpec("input", "FP32", (4,)),),

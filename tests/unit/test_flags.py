@@ -10,10 +10,10 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from drift.config import DriftConfig
-from server.cli import serve_parser, settings_from_args
-from server.flags import BoolFlag, flag_name, has_flag
-from server.settings import SECTIONS, Settings
+from turnout.drift.config import DriftConfig
+from turnout.server.cli import serve_parser, settings_from_args
+from turnout.server.flags import BoolFlag, flag_name, has_flag
+from turnout.server.settings import SECTIONS, Settings
 
 EXCLUDED = {"worker_id", "auth_tokens"}  # set by the supervisor; a secret kept off the command line
 
@@ -164,7 +164,7 @@ def test_flags_win_over_the_environment_and_unset_flags_do_not_override_it(
 
 
 def test_help_renders_through_main(capsys: pytest.CaptureFixture[str]) -> None:
-    from server.cli import main
+    from turnout.server.cli import main
 
     with pytest.raises(SystemExit) as exc:
         main(["serve", "--help"])

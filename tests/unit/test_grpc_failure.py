@@ -9,9 +9,9 @@ import logging
 import grpc
 import pytest
 
-from model_store.errors import ModelNotFoundError
-from server.errors import ERROR_TABLE, INTERNAL_LOG, InvalidInput, QueueFull, TurnoutError
-from server.grpc import failure
+from turnout.model_store.errors import ModelNotFoundError
+from turnout.server.errors import ERROR_TABLE, INTERNAL_LOG, InvalidInput, QueueFull, TurnoutError
+from turnout.server.grpc import failure
 
 
 class FakeContext:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from server.grpc.messages import MessageReader
-from server.grpc.wire import MessageTooLarge, length_prefixed
+from turnout.server.grpc.messages import MessageReader
+from turnout.server.grpc.wire import MessageTooLarge, length_prefixed
 
 
 def test_messages_split_anywhere_come_out_whole() -> None:

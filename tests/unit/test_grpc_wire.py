@@ -9,7 +9,7 @@ import zlib
 import hpack
 import pytest
 
-from server.grpc import wire
+from turnout.server.grpc import wire
 
 
 @pytest.mark.parametrize(

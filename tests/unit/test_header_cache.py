@@ -9,7 +9,7 @@ from hpack.struct import HeaderTuple
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.grpc.header_cache import MAX_ENTRIES, HeaderDecoder
+from turnout.server.grpc.header_cache import MAX_ENTRIES, HeaderDecoder
 
 GRPC_CALL = [
     (":method", "POST"),

@@ -9,19 +9,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.grpc.h2stream import MAX_HEADER_LIST, H2Stream
-from server.grpc.http2 import H2Connection
-from server.grpc.streams import (
-    TRANSITIONS,
-    Event,
-    RequestHead,
-    State,
-    StreamError,
-    check_trailers,
-    request_head,
-    transition,
-)
-from server.grpc.wire import H2Error
 from tests.h2raw import (
     CONTINUATION,
     DATA,
@@ -39,6 +26,19 @@ from tests.h2raw import (
     message,
     request_headers,
 )
+from turnout.server.grpc.h2stream import MAX_HEADER_LIST, H2Stream
+from turnout.server.grpc.http2 import H2Connection
+from turnout.server.grpc.streams import (
+    TRANSITIONS,
+    Event,
+    RequestHead,
+    State,
+    StreamError,
+    check_trailers,
+    request_head,
+    transition,
+)
+from turnout.server.grpc.wire import H2Error
 
 PATH = "/t.T/Echo"
 

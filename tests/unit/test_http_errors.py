@@ -9,10 +9,10 @@ import logging
 import orjson
 import pytest
 
-import server.errors as errors
-from server.errors import ERROR_TABLE, INTERNAL, TurnoutError, public_message, wire_status
-from server.http.errors import error_answer
-from server.observe.logs import RateLimitedLog
+import turnout.server.errors as errors
+from turnout.server.errors import ERROR_TABLE, INTERNAL, TurnoutError, public_message, wire_status
+from turnout.server.http.errors import error_answer
+from turnout.server.observe.logs import RateLimitedLog
 
 
 @pytest.fixture

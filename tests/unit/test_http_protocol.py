@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from server.http.head_holding import HeadHoldingTransport
+from turnout.server.http.head_holding import HeadHoldingTransport
 
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
 
@@ -143,7 +143,7 @@ def test_with_a_real_server_the_client_gets_whole_responses(busy: bool) -> None:
 
     import uvicorn
 
-    from server.http.protocol import HeadHoldingHttpToolsProtocol
+    from turnout.server.http.protocol import HeadHoldingHttpToolsProtocol
 
     async def app(scope: dict, receive: Callable, send: Callable) -> None:  # type: ignore[type-arg]
         assert scope["type"] == "http"

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from server.grpc.http2 import H2Connection
-from server.listeners import (
+from turnout.server.grpc.http2 import H2Connection
+from turnout.server.listeners import (
     StartError,
     bracket,
     grpcio_options,
@@ -15,7 +15,7 @@ from server.listeners import (
     listening,
     transport_limits,
 )
-from server.settings import Settings
+from turnout.server.settings import Settings
 
 
 def test_edge_limits_follow_the_settings() -> None:

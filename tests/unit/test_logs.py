@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from server.observe.logs import RateLimitedLog
+from turnout.server.observe.logs import RateLimitedLog
 
 
 class Clock:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from server.observe.metrics import LATENCY_BUCKETS, Metrics
+from turnout.server.observe.metrics import LATENCY_BUCKETS, Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,7 +77,7 @@ def test_process_metrics_of_one_process() -> None:
 _WORKER = """
 import sys
 from prometheus_client import CollectorRegistry
-from server.observe.metrics import Metrics, exposition
+from turnout.server.observe.metrics import Metrics, exposition
 m = Metrics(CollectorRegistry())
 m.flush()
 if sys.argv[1] == "scrape":

@@ -189,7 +189,7 @@ def test_contract_grpc_reflection_asyncio_servicer() -> None:
 
 def test_the_dockerfile_builds_what_the_manifests_expect() -> None:
     """Docker is not needed to read the Dockerfile: what it installs, runs and exposes."""
-    from server.settings import Settings
+    from turnout.server.settings import Settings
 
     text = (ROOT / "Dockerfile").read_text()
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]

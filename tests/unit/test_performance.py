@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from server.observe.performance import (
+from turnout.server.observe.performance import (
     PerformanceTally,
     binned_estimate,
     expected_accuracy,

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from model_store.process_child import ChildName, log_setup
+from turnout.model_store.process_child import ChildName, log_setup
 
 
 class _StreamFormatter(logging.Formatter):

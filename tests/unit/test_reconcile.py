@@ -3,8 +3,8 @@ fingerprints, health flags and a fake ``now``."""
 
 from __future__ import annotations
 
-from model_store.reconcile import Step, version_step
-from model_store.repository import Fingerprint
+from turnout.model_store.reconcile import Step, version_step
+from turnout.model_store.repository import Fingerprint
 
 
 def fp(changed_s: float, size: int = 10) -> Fingerprint:

@@ -11,12 +11,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-from model_store.signature import Signature, TensorSpec
-from server.observe.feedback import Feedback
-from server.observe.metrics import Metrics
-from server.observe.recording import Recorder
-from server.settings import Settings, parse_rate
-from server.types import InferRequest
+from turnout.model_store.signature import Signature, TensorSpec
+from turnout.server.observe.feedback import Feedback
+from turnout.server.observe.metrics import Metrics
+from turnout.server.observe.recording import Recorder
+from turnout.server.settings import Settings, parse_rate
+from turnout.server.types import InferRequest
 
 SIG = Signature(
     inputs=(TensorSpec("input", "FP32", (4,)),),

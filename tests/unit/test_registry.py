@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from model_store.errors import LoadError, ModelNotFoundError, VersionNotFoundError
-from model_store.registry import READY, UNAVAILABLE, ModelRegistry
-from model_store.repository import LocalRepository
-from model_store.session import ModelSession, SessionOptions
+from turnout.model_store.errors import LoadError, ModelNotFoundError, VersionNotFoundError
+from turnout.model_store.registry import READY, UNAVAILABLE, ModelRegistry
+from turnout.model_store.repository import LocalRepository
+from turnout.model_store.session import ModelSession, SessionOptions
 
 DEMO = Path(__file__).resolve().parents[2] / "model_store" / "demo" / "repository"
 
@@ -181,7 +181,7 @@ async def test_settle_holds_back_changing_files(repo: Path) -> None:
 
 
 def test_paced_hashing_gives_the_same_digest(tmp_path: Path) -> None:
-    from model_store.repository import digest
+    from turnout.model_store.repository import digest
 
     repo = tmp_path / "repo"
     shutil.copytree(DEMO / "mlp", repo / "mlp")

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from server.observe.metrics import Metrics
-from server.observe.request_log import RequestLog, RotatingFiles, Rotation
+from turnout.server.observe.metrics import Metrics
+from turnout.server.observe.request_log import RequestLog, RotatingFiles, Rotation
 
 
 def doc(i: int) -> dict[str, Any]:

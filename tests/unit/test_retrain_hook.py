@@ -12,9 +12,9 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from server.observe.performance import PerformanceTally
-from server.observe.retrain import AccuracyRule, RetrainHook, accuracy_alarm, logged_slice
-from server.observe.webhook import (
+from turnout.server.observe.performance import PerformanceTally
+from turnout.server.observe.retrain import AccuracyRule, RetrainHook, accuracy_alarm, logged_slice
+from turnout.server.observe.webhook import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     WebhookSender,

@@ -7,9 +7,9 @@ import math
 import pytest
 from scipy import stats as sps
 
-from router.gates import Gates, Labelled, accuracy_drop_test, evaluate_gates
-from router.rollout_signals import AccuracySince
-from router.window import WindowSnapshot
+from turnout.router.gates import Gates, Labelled, accuracy_drop_test, evaluate_gates
+from turnout.router.rollout_signals import AccuracySince
+from turnout.router.window import WindowSnapshot
 
 
 def test_zero_margin_is_the_classic_pooled_test() -> None:

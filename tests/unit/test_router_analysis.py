@@ -8,8 +8,8 @@ import random
 import numpy as np
 import pytest
 
-from router.gates import GateResult, Gates, Labelled, evaluate_gates, wilson_lower_bound
-from router.window import (
+from turnout.router.gates import GateResult, Gates, Labelled, evaluate_gates, wilson_lower_bound
+from turnout.router.window import (
     BUCKET_EDGES,
     HIGHEST_LATENCY_S,
     LOWEST_LATENCY_S,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from router.controller import TrafficController
-from router.gates import GateResult, Gates
-from router.rollout import (
+from turnout.router.controller import TrafficController
+from turnout.router.gates import GateResult, Gates
+from turnout.router.rollout import (
     ApprovalStep,
     RolloutError,
     RolloutPlan,
@@ -23,7 +23,7 @@ from router.rollout import (
     resume,
     start,
 )
-from router.store import ControlPlaneStore
+from turnout.router.store import ControlPlaneStore
 
 PLAN = RolloutPlan(
     steps=(0.1, ApprovalStep(deadline_seconds=600), 0.5, 1.0, ApprovalStep()),

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from router import changes
-from router.changes import Actor, NotConfigured, PolicyRefused, Verdict
-from router.gates import GateResult, Gates
-from router.policy import CanaryTarget, TrafficPolicy
-from router.rollout import RolloutError, RolloutPlan, pause, start
-from router.rollout_signals import RolloutWindows, shadow_disagreement
-from router.shadow import Comparison, ShadowStats
+from turnout.router import changes
+from turnout.router.changes import Actor, NotConfigured, PolicyRefused, Verdict
+from turnout.router.gates import GateResult, Gates
+from turnout.router.policy import CanaryTarget, TrafficPolicy
+from turnout.router.rollout import RolloutError, RolloutPlan, pause, start
+from turnout.router.rollout_signals import RolloutWindows, shadow_disagreement
+from turnout.router.shadow import Comparison, ShadowStats
 
 PLAN = RolloutPlan(steps=(0.5, 1.0), hold_seconds=10, min_requests=10, gates=Gates(min_requests=10))
 ALICE = Actor("alice", "because", 100.0)

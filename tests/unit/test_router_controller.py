@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from router.controller import NotConfigured, PolicyRefused, TrafficController
-from router.decide import RouteDecision
-from router.gates import Gates
-from router.policy import PolicyError, TrafficPolicy
-from router.rollout import RolloutError, RolloutPlan
-from router.store import ControlPlaneStore
+from turnout.router.controller import NotConfigured, PolicyRefused, TrafficController
+from turnout.router.decide import RouteDecision
+from turnout.router.gates import Gates
+from turnout.router.policy import PolicyError, TrafficPolicy
+from turnout.router.rollout import RolloutError, RolloutPlan
+from turnout.router.store import ControlPlaneStore
 
 PLAN = RolloutPlan(steps=(0.1, 0.5, 1.0), hold_seconds=10, min_requests=100, gates=Gates(min_requests=100))
 

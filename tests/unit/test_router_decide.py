@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chisquare
 
-from router.decide import RouteDecision, decide, route_position, shadow_position
-from router.policy import CanaryTarget, ShadowTarget, TrafficPolicy
+from turnout.router.decide import RouteDecision, decide, route_position, shadow_position
+from turnout.router.policy import CanaryTarget, ShadowTarget, TrafficPolicy
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

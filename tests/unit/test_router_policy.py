@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.policy import CanaryTarget, PolicyError, ShadowTarget, TrafficPolicy
+from turnout.router.policy import CanaryTarget, PolicyError, ShadowTarget, TrafficPolicy
 
 
 def test_valid_policy_derives_cumulative_weights_and_versions() -> None:

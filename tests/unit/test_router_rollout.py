@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from router.gates import GateResult, Gates
-from router.policy import CanaryTarget, ShadowTarget, TrafficPolicy
-from router.rollout import (
+from turnout.router.gates import GateResult, Gates
+from turnout.router.policy import CanaryTarget, ShadowTarget, TrafficPolicy
+from turnout.router.rollout import (
     RolloutError,
     RolloutPlan,
     RolloutState,

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import numpy as np
 import pytest
 
-from router.shadow import PairStats, ShadowMirror, ShadowStats, compare_outputs
+from turnout.router.shadow import PairStats, ShadowMirror, ShadowStats, compare_outputs
 
 Outputs = Mapping[str, np.ndarray]
 

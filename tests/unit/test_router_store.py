@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from router.audit import AuditRecord
-from router.files import lines_backwards
-from router.policy import CanaryTarget, ShadowTarget, TrafficPolicy
-from router.rollout import RolloutPlan, pause, start
-from router.store import ControlPlaneStore, StoreConflict, StoreError
+from turnout.router.audit import AuditRecord
+from turnout.router.files import lines_backwards
+from turnout.router.policy import CanaryTarget, ShadowTarget, TrafficPolicy
+from turnout.router.rollout import RolloutPlan, pause, start
+from turnout.router.store import ControlPlaneStore, StoreConflict, StoreError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

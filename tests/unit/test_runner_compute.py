@@ -11,8 +11,8 @@ from typing import Any, cast
 
 import numpy as np
 
-from model_store.session import ModelSession
-from server.runner import Compute
+from turnout.model_store.session import ModelSession
+from turnout.server.runner import Compute
 
 
 class _Session:
@@ -72,8 +72,8 @@ def test_a_costly_model_moves_to_the_pool() -> None:
 
 
 def test_run_inline_respects_the_budget_and_records_the_batch() -> None:
-    from server.observe.stats import VersionStats
-    from server.runner import DirectRunner
+    from turnout.server.observe.stats import VersionStats
+    from turnout.server.runner import DirectRunner
 
     session = _Session(busy_s=0.0, sleep_s=0.0)  # estimate: 10 us a row (warm-up figure)
     with ThreadPoolExecutor(1) as pool:

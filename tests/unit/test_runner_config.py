@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from google.protobuf import text_format
 
-from protos.model_config_pb2 import ModelConfig
-from server.runner import batching_config
-from server.settings import Settings
+from turnout.protos.model_config_pb2 import ModelConfig
+from turnout.server.runner import batching_config
+from turnout.server.settings import Settings
 
 
 def config(text: str) -> ModelConfig:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from model_store.errors import ModelStoreError
-from model_store.layout import stage_single_model
-from model_store.repository import LocalRepository
+from turnout.model_store.errors import ModelStoreError
+from turnout.model_store.layout import stage_single_model
+from turnout.model_store.repository import LocalRepository
 
 DEMO = Path(__file__).resolve().parents[2] / "model_store" / "demo" / "repository"
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from server.observe.dashboard import error_counts, latency_buckets, policy_weights
-from server.observe.timeseries import FIELDS, Key, Reading, TimeSeries, point, quantile, shares
+from turnout.server.observe.dashboard import error_counts, latency_buckets, policy_weights
+from turnout.server.observe.timeseries import FIELDS, Key, Reading, TimeSeries, point, quantile, shares
 
 BOUNDS = (0.001, 0.01, 0.1, math.inf)
 
@@ -169,7 +169,7 @@ def _sample(name: str, value: float, **labels: str) -> SimpleNamespace:
 
 
 def test_latency_buckets_sum_the_protocols() -> None:
-    from server.observe.dashboard import BOUNDS as B
+    from turnout.server.observe.dashboard import BOUNDS as B
 
     samples = [
         _sample("x_bucket", 1, model="m", version="1", protocol="http", le=str(B[0])),
@@ -197,7 +197,7 @@ def test_quantiles_from_the_servers_buckets_land_in_the_bucket_of_the_exact_quan
 
     import numpy as np
 
-    from server.observe.dashboard import BOUNDS as B
+    from turnout.server.observe.dashboard import BOUNDS as B
 
     rng = np.random.default_rng(7)
     for scale in (0.0002, 0.003, 0.05):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server.grpc.limits import FloodBudget, ResetBudget
+from turnout.server.grpc.limits import FloodBudget, ResetBudget
 
 
 def test_flood_budget_runs_out_and_refills_with_time() -> None:

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from server.errors import Cancelled, InferenceFailed, InvalidInput, QueueFull, RequestTimeout, wire_status
-from server.observe.stats import VersionStats
-from server.observe.triton_metrics import failure_reason, nv_samples, render
+from turnout.server.errors import (
+    Cancelled,
+    InferenceFailed,
+    InvalidInput,
+    QueueFull,
+    RequestTimeout,
+    wire_status,
+)
+from turnout.server.observe.stats import VersionStats
+from turnout.server.observe.triton_metrics import failure_reason, nv_samples, render
 
 
 @pytest.mark.parametrize(

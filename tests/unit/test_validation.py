@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from server.errors import InvalidInput
-from server.types import InferRequest
-from server.validation import batch_rows, schedule_params
+from turnout.server.errors import InvalidInput
+from turnout.server.types import InferRequest
+from turnout.server.validation import batch_rows, schedule_params
 
 
 def request(**parameters: Any) -> InferRequest:

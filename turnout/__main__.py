@@ -1,6 +1,6 @@
 import sys
 
 if __name__ == "__main__":  # multiprocessing's spawned children import this module too:
-    from server.cli import main  # they must neither run a server nor pay for its imports
+    from turnout.server.cli import main  # they must neither run a server nor pay for its imports
 
     sys.exit(main())

@@ -136,7 +136,7 @@ def test_dashboard_in_a_browser(repo: Path, tmp_path: Path) -> None:
         )
         assert r.status_code == 200, r.text
         plan = {
-            "steps": [0.3, 1.0],
+            "steps": [0.3, {"approval": {"deadline_seconds": 3600}}, 1.0],
             "hold_seconds": 600,
             "min_requests": 10,
             "gates": GATES,
@@ -243,8 +243,10 @@ def test_dashboard_in_a_browser(repo: Path, tmp_path: Path) -> None:
         rollout = client.get("/admin/models/iris/rollout").json()["rollout"]
         timeline = page.locator("#rollout-iris")
         assert timeline.get_attribute("data-status") == rollout["status"] == "running"
-        assert timeline.locator(".step").count() == 2
+        assert timeline.locator(".step").count() == 3
         assert timeline.locator(".step[data-state='current']").get_attribute("data-weight") == "0.3"
+        assert timeline.locator(".step[data-approval='1']").get_attribute("data-state") == "pending"
+        assert rollout["approval"] is None and timeline.locator(".approval[id]").count() == 0
         assert timeline.locator("ol.history li").count() == len(rollout["history"]) >= 1
 
         # the charts carry the series' points (the page's data is a refresh older than ours)

@@ -1,8 +1,10 @@
 """The request log: sampled requests and accepted feedback, written off the request path.
 
-The request path only puts a tuple of references on a bounded queue (``put_nowait``); a full
-queue drops the record and counts it (``turnout_request_log_dropped_total``), so logging
-never blocks or fails a request. One writer thread encodes the records as JSON lines and
+The request path only appends a tuple of references to a bounded queue (a deque: no lock, and no
+wake-up of the writer per record, which would hand the GIL back and forth for every request); a
+full queue drops the record and counts it (``turnout_request_log_dropped_total``), so logging
+never blocks or fails a request. One writer thread wakes every ``FLUSH_INTERVAL_S`` (or when the
+queue is half full), takes everything queued, encodes the records as JSON lines and
 appends them to per-version files under ``<dir>/<model>/<version>/``: ``requests-*.jsonl`` and
 ``feedback-*.jsonl``. A file is closed and a new one started past ``max_file_bytes`` or
 ``max_file_secs``; beyond ``max_files`` per kind and version the oldest files are deleted, and so
@@ -15,9 +17,9 @@ from __future__ import annotations
 import base64
 import logging
 import os
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +33,10 @@ from turnout.server.observe.metrics import Metrics
 
 log = logging.getLogger("turnout.request_log")
 
+FLUSH_INTERVAL_S = 0.1
+
 # a record as the request path leaves it: (kind, model, version, document builder arguments)
 Record = tuple[str, str, str, dict[str, Any]]
-_STOP: Record = ("", "", "", {})
 RECORD_FIELDS = ("ts", "model", "version", "id", "routing_key", "parameters", "inputs", "outputs")
 
 
@@ -138,7 +141,11 @@ class RequestLog:
         self.rotation = rotation
         self.exclude = frozenset(exclude)
         self.clock = clock
-        self._queue: queue.Queue[Record] = queue.Queue(maxsize=queue_size)
+        self._queue: deque[Record] = deque()
+        self._max = queue_size
+        self._wake_at = max(queue_size // 2, 1)
+        self._wake = threading.Event()  # early: the queue is half full; or: stop
+        self._stopping = False
         self._files: dict[tuple[str, str, str], RotatingFiles] = {}
         self._errors = RateLimitedLog(log)
         self._thread = threading.Thread(target=self._run, name="turnout-request-log", daemon=True)
@@ -148,28 +155,28 @@ class RequestLog:
 
     def submit(self, record: Record, dropped: Any) -> None:
         """Queue ``record``; when the queue is full count one drop on ``dropped`` instead."""
-        try:
-            self._queue.put_nowait(record)
-        except queue.Full:
+        q = self._queue
+        n = len(q)
+        if n >= self._max or self._stopping:
             dropped.inc()
+            return
+        q.append(record)  # deque.append is atomic: the writer thread pops from the other end
+        if n + 1 == self._wake_at:
+            self._wake.set()
 
     # ---- writer thread ----------------------------------------------------------------
 
     def _run(self) -> None:
         q = self._queue
         while True:
-            batch = [q.get()]
-            while len(batch) < 1024:
-                try:
-                    batch.append(q.get_nowait())
-                except queue.Empty:
-                    break
-            stop = False
+            self._wake.wait(FLUSH_INTERVAL_S)
+            self._wake.clear()
+            stop = self._stopping
+            batch = []
+            for _ in range(len(q)):  # what is queued now; later records wait for the next turn
+                batch.append(q.popleft())
             groups: dict[tuple[str, str, str], list[bytes]] = {}
             for rec in batch:
-                if rec is _STOP:
-                    stop = True
-                    continue
                 kind, model, version, doc = rec
                 try:
                     line = encode(self._shape(doc))
@@ -180,10 +187,12 @@ class RequestLog:
                 groups.setdefault((kind, model, version), []).append(line)
             for key, lines in groups.items():
                 self._write(key, lines)
-            if stop:
+            if stop and not q:  # a record appended as the stop began is written on one more turn
                 for files in self._files.values():
                     files.close()
                 return
+            if stop:
+                self._wake.set()
 
     def _shape(self, doc: dict[str, Any]) -> dict[str, Any]:
         ex = self.exclude
@@ -216,12 +225,11 @@ class RequestLog:
         """Write what is queued, close the files and end the thread."""
         if not self._thread.is_alive():
             return
-        try:
-            self._queue.put(_STOP, timeout=timeout)
-        except queue.Full:
-            log.warning("request log: queue still full at shutdown; queued records lost")
-            return
+        self._stopping = True
+        self._wake.set()
         self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("request log: the writer did not finish within %.0f s; queued records lost", timeout)
 
 
 def _started_ms(path: Path) -> int:

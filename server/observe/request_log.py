@@ -85,16 +85,23 @@ class RotatingFiles:
         self._seq = 0
 
     def write(self, lines: list[bytes]) -> None:
-        for line in lines:
+        """Append ``lines``, as many at a time as fit the current file (one write each)."""
+        i, n = 0, len(lines)
+        while i < n:
             if self._file is not None and (
-                (self._size and self._size + len(line) > self.rotation.max_file_bytes)
-                or self.clock() - self._opened >= self.rotation.max_file_secs
+                self.clock() - self._opened >= self.rotation.max_file_secs
+                or (self._size and self._size + len(lines[i]) > self.rotation.max_file_bytes)
             ):
                 self.close()
             if self._file is None:
                 self._open()
-            self._file.write(line)
-            self._size += len(line)
+            room, total, j = self.rotation.max_file_bytes - self._size, len(lines[i]), i + 1
+            while j < n and total + len(lines[j]) <= room:
+                total += len(lines[j])
+                j += 1
+            self._file.write(b"".join(lines[i:j]))
+            self._size += total
+            i = j
         if self._file is not None:
             self._file.flush()
 

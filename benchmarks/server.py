@@ -6,6 +6,7 @@ The server runs in its own session (``setsid``) so its whole process group can b
 
 from __future__ import annotations
 
+import ctypes.util
 import json
 import os
 import signal
@@ -21,6 +22,21 @@ from benchmarks.common import HERE, PYTHON
 
 TURNOUT = Path(PYTHON).with_name("turnout")
 ROOT = HERE.parent
+
+
+def jemalloc() -> str | None:
+    """The jemalloc library, if installed (Debian: libjemalloc2)."""
+    return ctypes.util.find_library("jemalloc")
+
+
+def server_env() -> dict[str, str]:
+    """The environment a benchmarked Turnout runs in: as deployed (the Dockerfile, ``make serve``),
+    with jemalloc preloaded when it is installed; ``TURNOUT_BENCH_MALLOC=glibc`` leaves it out."""
+    env = dict(os.environ)
+    lib = jemalloc()
+    if lib and env.get("TURNOUT_BENCH_MALLOC") != "glibc" and "jemalloc" not in env.get("LD_PRELOAD", ""):
+        env["LD_PRELOAD"] = " ".join(p for p in (env.get("LD_PRELOAD", ""), lib) if p)
+    return env
 
 
 def http_json(url: str, timeout: float = 5.0) -> Any:
@@ -79,8 +95,9 @@ class Turnout:
         ports.unlink(missing_ok=True)
         log = (self.workdir / "turnout.log").open("wb")
         self.proc = subprocess.Popen(
-            self.cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.source
-        )
+            self.cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.source,
+            env=server_env(),
+        )  # fmt: skip
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -115,6 +115,19 @@ def _stop_before_start(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
+def allocator() -> str:
+    """Which malloc serves this process: jemalloc when preloaded (the Dockerfile and ``make serve``
+    do), else glibc's, which maps and unmaps every buffer of a large tensor anew (page faults on
+    every request: benchmarks/results/CURVES.md)."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return "unknown"
+    return (
+        "jemalloc" if "libjemalloc" in maps else "glibc malloc (preload jemalloc for large tensors: README)"
+    )
+
+
 def apply_grpc_experiments(settings: Settings, environ: MutableMapping[str, str]) -> None:
     """grpc reads GRPC_EXPERIMENTS once, when it is first imported: set it before that (and
     before any worker process starts, so that workers inherit it). An explicit variable wins."""
@@ -162,6 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     apply_grpc_experiments(settings, os.environ)
     if os.environ.get("GRPC_EXPERIMENTS"):
         logging.getLogger("turnout").info("grpc experiments: %s", os.environ["GRPC_EXPERIMENTS"])
+    logging.getLogger("turnout").info("memory allocator: %s", allocator())
     if settings.workers > 1:
         from turnout.server.supervisor import Supervisor
 

@@ -31,6 +31,10 @@ class DriftConfig:
     output_names: tuple[str, ...] | None = None
     output_categorical: CategoricalSpec = None
     output_argmax: bool = True
+    # A tensor wider than this is monitored on every k-th column (drift.layout.column_step),
+    # on the request path and in a shipped reference alike: an image's 262,144 pixels would
+    # otherwise cost more than serving it (benchmarks/results/CURVES.md).
+    max_features: int | None = 256
 
     def __post_init__(self) -> None:
         if not 0.0 < self.alpha < 1.0:

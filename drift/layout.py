@@ -102,3 +102,10 @@ class OutputLayout:
 
     def to_arrays(self) -> dict[str, npt.NDArray[np.generic]]:
         return {"o_layout": np.asarray([self.n_raw, int(self.argmax)], dtype=np.int64)}
+
+
+def column_step(width: int, max_features: int | None) -> int:
+    """Every how many columns a ``width``-column tensor is monitored (1: all of them)."""
+    if max_features is None or width <= max_features:
+        return 1
+    return -(-width // max_features)

@@ -61,7 +61,9 @@ def build_detector(spec: DetectorSpec, emit_log: Callable[[int, str], None]) -> 
         reference = Reference.load(spec.persisted)
         emit_log(logging.INFO, f"{spec.name}: drift reference restored from {spec.persisted}")
     elif spec.shipped is not None and spec.shipped.is_file():
-        reference = Reference.from_npz(spec.shipped, binning=spec.config.binning)
+        reference = Reference.from_npz(
+            spec.shipped, binning=spec.config.binning, max_features=spec.config.max_features
+        )
         emit_log(logging.INFO, f"{spec.name}: drift reference from the shipped {spec.shipped.name}")
 
     def frozen(ref: Reference) -> None:

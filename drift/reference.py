@@ -32,7 +32,14 @@ from turnout.drift.binning import Binning
 from turnout.drift.columns import CATEGORICAL
 from turnout.drift.edges import DEFAULT_BINNING, BinningConfig, specs_from_data
 from turnout.drift.histogram import HistogramSet
-from turnout.drift.layout import CategoricalSpec, OutputLayout, as_rows, default_names, resolve_categorical
+from turnout.drift.layout import (
+    CategoricalSpec,
+    OutputLayout,
+    as_rows,
+    column_step,
+    default_names,
+    resolve_categorical,
+)
 
 FORMAT = "turnout-drift-reference/1"
 
@@ -113,9 +120,11 @@ class Reference:
         binning: BinningConfig = DEFAULT_BINNING,
         output_argmax: bool = True,
         metadata: Mapping[str, Any] | None = None,
+        max_features: int | None = None,
     ) -> Reference:
-        """Build from a shipped training-data file (arrays ``X`` and optional extras, see module doc)."""
-        arrays = load_npz(path)
+        """Build from a shipped training-data file (arrays ``X`` and optional extras, see module doc).
+        Tensors wider than ``max_features`` keep every k-th column, as the request path does."""
+        arrays = thin(load_npz(path), max_features)
         return cls._from_training_arrays(
             arrays, binning, output_argmax, {"source": str(path), **(metadata or {})}
         )
@@ -222,3 +231,21 @@ class Reference:
             f"Reference(rows={self.n_rows}, features={len(self.feature_names)}, "
             f"outputs={len(self.output_names)})"
         )
+
+
+def thin(arrays: Mapping[str, npt.NDArray[Any]], max_features: int | None) -> dict[str, npt.NDArray[Any]]:
+    """Training arrays with the columns of wide tensors thinned (:func:`drift.layout.column_step`)."""
+    out = dict(arrays)
+    for data, extras in (("X", ("feature_names", "categorical")), ("outputs", ("output_names",))):
+        arr = out.get(data)
+        if arr is None or arr.ndim != 2:
+            continue
+        step = column_step(arr.shape[1], max_features)
+        if step == 1:
+            continue
+        out[data] = arr[:, ::step]
+        for name in extras:
+            extra = out.get(name)
+            if extra is not None and extra.ndim == 1 and extra.shape[0] == arr.shape[1]:
+                out[name] = extra[::step]
+    return out

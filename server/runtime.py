@@ -126,6 +126,7 @@ class Runtime:
                     window_rows=settings.drift_window_rows,
                     window_seconds=settings.drift_window_seconds,
                     reference_rows=settings.drift_reference_rows,
+                    max_features=settings.drift_max_features,
                 ),
                 sample=settings.drift_sample,
                 webhook=settings.drift_webhook,

@@ -250,6 +250,12 @@ class Settings(BaseSettings):
     drift_reference_rows: int = Field(
         10_000, ge=1, description="rows captured as the drift reference when none is shipped"
     )
+    drift_max_features: int = Field(
+        256,
+        ge=1,
+        description="a tensor wider than this (an image) is monitored on every k-th column, so that"
+        " at most this many of its columns are",
+    )
     drift_alpha: float = Field(
         0.01, gt=0, lt=1, description="drift false-alarm rate per window, for a whole model"
     )

@@ -27,6 +27,7 @@ import numpy as np
 
 from turnout.drift import DriftConfig
 from turnout.drift.fleet import window_counts
+from turnout.drift.layout import column_step
 from turnout.drift.process import DetectorSpec, MonitorProcess
 from turnout.model_store.registry import ModelRegistry, ServingVersion
 from turnout.model_store.signature import Signature
@@ -76,7 +77,9 @@ class _Plan:
     """One version's part of the request path, decided once: which tensors to take, and the
     lists they are appended to until the next flush."""
 
-    __slots__ = ("batching", "inputs", "layout", "output", "single", "x_width", "xs", "y_width", "ys")
+    __slots__ = (
+        "batching", "inputs", "layout", "output", "single", "x_step", "x_width", "xs", "y_step", "y_width", "ys",
+    )  # fmt: skip
 
     def __init__(self, layout: _Layout, batching: bool) -> None:
         self.layout = layout
@@ -90,6 +93,9 @@ class _Plan:
         # (a variable dimension) cannot join the same detector and is counted as malformed
         self.x_width = -1
         self.y_width = -1
+        # of a tensor wider than the config's max_features, every k-th column (fixed with the widths)
+        self.x_step = 1
+        self.y_step = 1
 
     @classmethod
     def of(cls, sig: Signature) -> _Plan | None:
@@ -182,15 +188,17 @@ class DriftWiring:
         if x.shape[1] != plan.x_width or (y is not None and y.shape[1] != plan.y_width):
             if not self._fits(plan, key, x, y):
                 return
-        xs.append(x)
+        xs.append(x[:, :: plan.x_step] if plan.x_step > 1 else x)  # a view: the flush copies the columns
         if y is not None:
-            plan.ys.append(y)
+            plan.ys.append(y[:, :: plan.y_step] if plan.y_step > 1 else y)
 
     def _fits(self, plan: _Plan, key: tuple[str, str], x: np.ndarray, y: np.ndarray | None) -> bool:
         """Whether rows of this width may join the version's earlier ones (the first fix it)."""
         if plan.x_width == -1:
             plan.x_width = x.shape[1]
             plan.y_width = y.shape[1] if y is not None else -1
+            plan.x_step = column_step(plan.x_width, self.config.max_features)
+            plan.y_step = column_step(max(plan.y_width, 0), self.config.max_features)
             return True
         if x.shape[1] != plan.x_width:
             what = f"{x.shape[1]} feature columns, earlier rows had {plan.x_width}"
@@ -213,7 +221,7 @@ class DriftWiring:
             plan.xs, plan.ys = [], []
             x = xs[0] if len(xs) == 1 else np.concatenate(xs)
             y = (ys[0] if len(ys) == 1 else np.concatenate(ys)) if ys else None
-            if not self.monitor.offer(key, x, y, partial(self._spec, key, plan.layout)):
+            if not self.monitor.offer(key, x, y, partial(self._spec, key, plan)):
                 self.metrics.drift_dropped.inc(len(xs))
 
     async def flush_forever(self, interval: float = FLUSH_INTERVAL_S) -> None:
@@ -231,17 +239,18 @@ class DriftWiring:
             return None
         return self.state_dir / "drift" / sv.name / sv.version / sv.session.sha256[:16] / "reference.npz"
 
-    def _spec(self, key: tuple[str, str], layout: _Layout) -> DetectorSpec | None:
+    def _spec(self, key: tuple[str, str], plan: _Plan) -> DetectorSpec | None:
         """What the monitor process needs to build this version's detector (None: unloaded)."""
         model, version = key
         try:
             sv = self.registry.resolve(model, version)
         except Exception:
             return None  # unloaded meanwhile
+        layout = plan.layout
         cfg = replace(
             self.config,
-            feature_names=layout.feature_names or None,
-            output_names=layout.output_names or None,
+            feature_names=layout.feature_names[:: plan.x_step] or None,
+            output_names=(layout.output_names or ())[:: plan.y_step] or None,
         )
         return DetectorSpec(
             config=cfg,

@@ -192,3 +192,40 @@ def test_a_killed_drift_process_costs_no_request_and_comes_back(tmp_path: Path) 
         assert rep["monitor"]["rows"] >= 200
         assert "drift monitor process restarted" in s.log()
         assert "turnout_drift_monitor_restarts_total 1.0" in httpx.get(f"{s.base}/metrics").text
+
+
+def wide_repo(root: Path, width: int) -> Path:
+    """A model of ``width`` features and one output (their mean): a stand-in for an image model."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["input"], ["output"], axes=[1], keepdims=1)],
+        "wide",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", width])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["n", 1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    (root / "iris" / "1").mkdir(parents=True)
+    onnx.save(model, str(root / "iris" / "1" / "model.onnx"))
+    return root
+
+
+def test_a_wide_tensor_is_monitored_on_every_kth_column(tmp_path: Path) -> None:
+    """1,000 features and --drift-max-features 250: every 4th column is monitored, by its name,
+    and a shift of a monitored column is found."""
+    repo = wide_repo(tmp_path / "repo", 1000)
+    rng = np.random.default_rng(2)
+    args = [*DRIFT_ARGS, "--drift-max-features", "250"]
+    with running_server(tmp_path, repo=repo, args=args) as s:
+        send(s, rng.normal(0, 1, (300, 1000)).astype(np.float32))
+        send(s, rng.normal(0, 1, (400, 1000)).astype(np.float32))
+        rep = wait_status(s, "ok")
+        names = [f["name"] for f in rep["features"]]
+        assert names == [f"input[{i}]" for i in range(0, 1000, 4)]
+        shifted = rng.normal(0, 1, (400, 1000)).astype(np.float32)
+        shifted[:, 8] += 3.0
+        send(s, shifted)
+        rep = wait_status(s, "drift")
+        assert {f["name"] for f in rep["features"] if f["status"] == "drift"} == {"input[8]"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -134,3 +135,24 @@ def test_metadata_is_json(tmp_path) -> None:
     ref.save(tmp_path / "r.npz")
     with np.load(tmp_path / "r.npz", allow_pickle=False) as data:
         assert json.loads(str(data["metadata_json"]))["version"] == "3"
+
+
+def test_wide_tensors_keep_every_kth_column() -> None:
+    from turnout.drift.layout import column_step
+    from turnout.drift.reference import thin
+
+    assert column_step(256, 256) == 1 and column_step(257, 256) == 2 and column_step(262_144, 256) == 1024
+    assert column_step(10**6, None) == 1
+    x = np.arange(3 * 1000, dtype=np.float32).reshape(3, 1000)
+    names = np.array([f"x{i}" for i in range(1000)])
+    arrays = thin({"X": x, "feature_names": names, "outputs": np.ones((3, 4))}, 250)
+    assert arrays["X"].shape == (3, 250) and list(arrays["X"][0, :3]) == [0, 4, 8]
+    assert list(arrays["feature_names"][:3]) == ["x0", "x4", "x8"]
+    assert arrays["outputs"].shape == (3, 4)  # narrow: untouched
+
+
+def test_a_shipped_reference_is_thinned_as_the_request_path_is(tmp_path: Path) -> None:
+    x = np.random.default_rng(0).normal(size=(200, 600)).astype(np.float32)
+    np.savez(tmp_path / "reference.npz", X=x)
+    ref = Reference.from_npz(tmp_path / "reference.npz", max_features=200)
+    assert len(ref.feature_names) == 200  # every 3rd of 600

@@ -19,6 +19,9 @@ from turnout.server.grpc.streams import answering
 from turnout.server.grpc.wire import H2Error
 
 _OK = grpc.StatusCode.OK
+# an answer this large goes out in many frames anyway: its 5-byte prefix gets a DATA frame of its own
+# rather than a copy of the whole message to sit in front of it
+LARGE_MESSAGE = 64 * 1024
 
 
 def _status(code: grpc.StatusCode) -> int:
@@ -52,6 +55,8 @@ class Answering:
     def _send_unary(self, call: Call, payload: bytes, ctx: Context) -> Awaitable[None] | None:
         if not answering(call.h2.state) or self.closed:
             return None
+        if len(payload) > LARGE_MESSAGE:  # many frames anyway: no copy to put the prefix in front
+            return self._send_unary_slowly(call, payload, ctx, wire.message_prefix(len(payload)))
         msg = wire.length_prefixed(payload)
         head = (
             wire.RESPONSE_HEADERS + wire.metadata_fields(ctx.initial)
@@ -65,34 +70,42 @@ class Answering:
         self._close_if_done()
         return None
 
-    async def _send_unary_slowly(self, call: Call, msg: bytes, ctx: Context) -> None:
-        await self._send_data(call, msg)
+    async def _send_unary_slowly(self, call: Call, msg: bytes, ctx: Context, prefix: bytes = b"") -> None:
+        await self._send_data(call, msg, prefix)
         self._finish(call, _OK, "", ctx.trailing)
 
     async def _write_message(self, call: Call, message: Any) -> None:
         assert call.handler is not None
         serialize = call.handler.response_serializer
-        await self._send_data(call, wire.length_prefixed(serialize(message) if serialize else message))
+        payload = serialize(message) if serialize else message
+        if len(payload) > LARGE_MESSAGE:
+            await self._send_data(call, payload, wire.message_prefix(len(payload)))
+        else:
+            await self._send_data(call, wire.length_prefixed(payload))
 
-    async def _send_data(self, call: Call, msg: bytes) -> None:
+    async def _send_data(self, call: Call, msg: bytes, prefix: bytes = b"") -> None:
+        """``prefix`` then ``msg`` as DATA frames within the peer's windows, as views of ``msg``
+        (copied once, into the socket's output)."""
         st = call.h2
         if not answering(st.state) or self.closed:
             raise asyncio.CancelledError
         self._send_headers(call)
-        view, pos, n = memoryview(msg), 0, len(msg)
-        self.queued += n  # counted while it waits for the peer (see accept, sweep)
+        total = len(prefix) + len(msg)
+        self.queued += total  # counted while it waits for the peer (see accept, sweep)
         try:
-            while pos < n:
-                if not answering(st.state) or self.closed:
-                    raise asyncio.CancelledError
-                room = min(self.h2.room(st), n - pos)
-                if room <= 0 or self.write_paused:
-                    await self._wait()
-                    continue
-                self.h2.send_data(st, bytes(view[pos : pos + room]))
-                pos += room
+            for piece in (prefix, msg) if prefix else (msg,):
+                view, pos, n = memoryview(piece), 0, len(piece)
+                while pos < n:
+                    if not answering(st.state) or self.closed:
+                        raise asyncio.CancelledError
+                    room = min(self.h2.room(st), n - pos)
+                    if room <= 0 or self.write_paused:
+                        await self._wait()
+                        continue
+                    self.h2.send_data(st, view[pos : pos + room] if room < n else piece)
+                    pos += room
         finally:
-            self.queued -= n
+            self.queued -= total
 
     def _send_headers(self, call: Call) -> None:
         if not call.headers_sent:

@@ -18,6 +18,7 @@ class Call:
 
     __slots__ = (
         "admitted",
+        "blocks",
         "body",
         "ctx",
         "deadline",
@@ -47,9 +48,12 @@ class Call:
         self.encoding = ""
         self.deadline: float | None = None
         self.timer: asyncio.TimerHandle | None = None
-        # a unary request's bytes: the first DATA payload as it came, then one growing buffer (a
-        # list of tiny frames would cost ~50 bytes of overhead per byte received)
+        # a unary request's bytes: the first DATA payload as it came, then a growing buffer (a
+        # list of tiny frames would cost ~50 bytes of overhead per byte received); each buffer
+        # that reaches BODY_BLOCK moves to ``blocks``, so that a large message is copied once more
+        # (joined at its end), not at every growth of one buffer
         self.body: bytes | bytearray = b""
+        self.blocks: list[bytes | bytearray] = []
         self.reader: MessageReader | None = None  # streaming requests: their messages
         self.received = 0
         self.queue: asyncio.Queue[Any] | None = None

@@ -39,6 +39,7 @@ log = logging.getLogger("turnout.grpc.h2")
 
 _NOT_METADATA = frozenset(("content-type", "te", "grpc-timeout", "grpc-encoding", "grpc-accept-encoding"))
 _EOF = object()
+BODY_BLOCK = 256 * 1024  # a unary request buffer this large moves to Call.blocks
 _OK = grpc.StatusCode.OK
 _ENCODINGS = ("", "identity", "gzip", "deflate")
 
@@ -202,6 +203,9 @@ class GrpcConnection(Answering, asyncio.Protocol):
                 call.body = data
             elif isinstance(body, bytearray):
                 body += data
+                if len(body) >= BODY_BLOCK:
+                    call.blocks.append(body)
+                    call.body = b""
             else:
                 grown = bytearray(body)
                 grown += data
@@ -250,6 +254,10 @@ class GrpcConnection(Answering, asyncio.Protocol):
             call.queue.put_nowait(_EOF)
             return
         body, call.body = call.body, b""
+        if call.blocks:
+            call.blocks.append(body)
+            body = b"".join(call.blocks)
+            call.blocks = []
         if len(body) < 5 or int.from_bytes(body[1:5], "big") != len(body) - 5:
             self._finish_early(
                 call, grpc.StatusCode.INTERNAL, "a unary call needs exactly one request message"
@@ -257,7 +265,13 @@ class GrpcConnection(Answering, asyncio.Protocol):
             return
         if not self._admit(call):
             return
-        self._start(call, (body[0], body[5:] if isinstance(body, bytes) else bytes(memoryview(body)[5:])))
+        # a large message goes to its parser as a view (protobuf reads it): no copy of it all
+        payload: bytes | memoryview
+        if isinstance(body, bytes):
+            payload = memoryview(body)[5:] if len(body) > BODY_BLOCK else body[5:]
+        else:
+            payload = bytes(memoryview(body)[5:])
+        self._start(call, (body[0], payload))
 
     def _admit(self, call: Call) -> bool:
         """Take a call slot if the server limits this method (when its request has arrived, so a
@@ -269,13 +283,13 @@ class GrpcConnection(Answering, asyncio.Protocol):
             call.admitted = True
         return True
 
-    def _start(self, call: Call, item: tuple[int, bytes] | None) -> None:
+    def _start(self, call: Call, item: tuple[int, bytes | memoryview] | None) -> None:
         call.task = task = self.loop.create_task(self._run(call, item))
         # bookkeeping in a callback, not in ``finally``: it must run even for a task cancelled
         # before its first step (the coroutine body then never runs)
         task.add_done_callback(partial(self._task_done, call))
 
-    def _decode(self, call: Call, item: tuple[int, bytes] | tuple[int, bytes, int]) -> Any:
+    def _decode(self, call: Call, item: tuple[int, bytes | memoryview] | tuple[int, bytes, int]) -> Any:
         compressed, data = item[0], item[1]
         if compressed:
             if not call.encoding or call.encoding == "identity":
@@ -283,7 +297,7 @@ class GrpcConnection(Answering, asyncio.Protocol):
             data = wire.decompress(call.encoding, data, self.server.max_message_bytes)
         assert call.handler is not None
         deserialize = call.handler.request_deserializer
-        return deserialize(data) if deserialize is not None else data
+        return deserialize(data) if deserialize is not None else bytes(data)
 
     async def _requests(self, call: Call) -> AsyncIterator[Any]:
         assert call.queue is not None
@@ -299,7 +313,7 @@ class GrpcConnection(Answering, asyncio.Protocol):
             self.h2.credit(call.h2, owed)
             yield self._decode(call, item[:2])
 
-    async def _run(self, call: Call, item: tuple[int, bytes] | None) -> None:
+    async def _run(self, call: Call, item: tuple[int, bytes | memoryview] | None) -> None:
         h, ctx = call.handler, call.ctx
         assert h is not None and ctx is not None
         try:

@@ -160,9 +160,9 @@ class H2LibConnection:
         if end:
             self._ended(st)
 
-    def send_data(self, st: H2Stream, data: bytes) -> None:
+    def send_data(self, st: H2Stream, data: bytes | memoryview) -> None:
         if answering(st.state):
-            self.conn.send_data(st.sid, data)
+            self.conn.send_data(st.sid, bytes(data))
             self.handler.on_output()
 
     def send_answer(self, st: H2Stream, head: bytes, body: bytes, tail: bytes) -> bool:

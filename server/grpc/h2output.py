@@ -29,7 +29,7 @@ class H2Output:
     last_sid: int
     send_window: int
     peer_max_frame: int
-    out: list[bytes]
+    out: list[bytes | memoryview]
     going_away: bool
     closed: bool
     error: tuple[H2Error, str] | None
@@ -48,15 +48,21 @@ class H2Output:
         if end:
             self._ended(st)
 
-    def send_data(self, st: H2Stream, data: bytes) -> None:
-        """One DATA frame (the caller keeps it within ``room``)."""
+    def send_data(self, st: H2Stream, data: bytes | memoryview) -> None:
+        """One DATA frame (the caller keeps it within ``room``). A view is not copied here: its
+        bytes are copied once, when the output is joined for the socket."""
         if not answering(st.state):
             return
         n = len(data)
         self.send_window -= n
         st.send_window -= n
         self.flood.earn(n / SENT_PER_CREDIT)
-        self._write(wire.frame(wire.DATA, 0, st.sid, data))
+        if isinstance(data, memoryview):
+            self._write(wire.frame_header(wire.DATA, 0, st.sid, n))
+            if not self.closed:
+                self.out.append(data)
+        else:
+            self._write(wire.frame(wire.DATA, 0, st.sid, data))
 
     def send_answer(self, st: H2Stream, head: bytes, body: bytes, tail: bytes) -> bool:
         """Headers, one DATA frame and trailers in one write, if the windows allow all of
@@ -137,4 +143,6 @@ class H2Output:
 
     def data_to_send(self) -> bytes:
         out, self.out = self.out, []
-        return out[0] if len(out) == 1 else b"".join(out)
+        if len(out) == 1 and isinstance(out[0], bytes):  # (a view always follows its frame header)
+            return out[0]
+        return b"".join(out)

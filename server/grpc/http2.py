@@ -79,7 +79,7 @@ class H2Connection(H2Output):
         self.peer_max_frame = wire.DEFAULT_MAX_FRAME
         self.recv_window = CONNECTION_WINDOW
         self.recv_credit = 0
-        self.out: list[bytes] = []
+        self.out: list[bytes | memoryview] = []
         self.going_away = False
         self.closed = False
         self.error: tuple[H2Error, str] | None = None

@@ -74,6 +74,10 @@ class ConnectionError_(Exception):
         self.code = code
 
 
+def frame_header(kind: int, flags: int, stream_id: int, length: int) -> bytes:
+    return length.to_bytes(3, "big") + bytes((kind, flags)) + (stream_id & 0x7FFFFFFF).to_bytes(4, "big")
+
+
 def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
     n = len(payload)
     return n.to_bytes(3, "big") + bytes((kind, flags)) + (stream_id & 0x7FFFFFFF).to_bytes(4, "big") + payload
@@ -217,6 +221,11 @@ def decode_metadata_value(key: str, value: str) -> str | bytes:
     return value
 
 
+def message_prefix(length: int) -> bytes:
+    """The 5 bytes in front of an uncompressed gRPC message."""
+    return b"\x00" + length.to_bytes(4, "big")
+
+
 def length_prefixed(message: bytes) -> bytes:
     return b"\x00" + len(message).to_bytes(4, "big") + message
 
@@ -229,7 +238,7 @@ class CorruptMessage(Exception):
     """A compressed message that does not inflate: the client's fault (INVALID_ARGUMENT)."""
 
 
-def decompress(encoding: str, data: bytes, limit: int) -> bytes:
+def decompress(encoding: str, data: bytes | memoryview, limit: int) -> bytes:
     """Inflate a compressed gRPC message, refusing to grow it past ``limit`` bytes. Data that
     is not a complete stream of ``encoding`` raises :class:`CorruptMessage`."""
     if encoding == "gzip":

@@ -9,7 +9,7 @@ import asyncio
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Protocol
 
@@ -78,14 +78,41 @@ class Compute:
     row: wall time would count waits for the GIL, inflate the estimate under contention and
     push a tiny model onto the pool, where the hand-offs cost more than the model."""
 
-    __slots__ = ("_busy_poll", "_every", "_pool", "_runs", "inline_ns", "row_ns", "session")
+    __slots__ = (
+        "_busy_poll",
+        "_every",
+        "_idle",
+        "_pool",
+        "_runs",
+        "idle_ns",
+        "inline_ns",
+        "row_ns",
+        "session",
+    )
 
     SAMPLE_EVERY = 8  # one execution in this many measures its CPU time
+    # A run in the pool measures more CPU than the same run on the loop (the hand-off leaves the
+    # model's weights out of cache), so a tiny model measured there could stay in the pool for
+    # good: one execution in PROBE_EVERY of a version expected to cost under PROBE_BELOW inline
+    # budgets runs on the loop, and measures its cost there.
+    PROBE_EVERY = 32
+    PROBE_BELOW = 4
 
     def __init__(
-        self, session: Session, pool: Executor, inline_ns: float, busy_poll: BusyPoll | None = None
+        self,
+        session: Session,
+        pool: Executor,
+        inline_ns: float,
+        busy_poll: BusyPoll | None = None,
+        *,
+        idle: Callable[[], bool] | None = None,
+        idle_ns: float = 0.0,
     ) -> None:
         self.session = session
+        # when ``idle()`` (no other request in flight: nobody waits behind this one) a run expected
+        # to cost under ``idle_ns`` also stays on the loop, saving the two thread hand-offs
+        self._idle = idle
+        self.idle_ns = idle_ns
         self._busy_poll = busy_poll or BusyPoll(0.0)
         self._pool = session.executor or pool  # a process-served version brings its own threads
         self._runs = 0
@@ -99,9 +126,17 @@ class Compute:
             self._every = sys.maxsize
 
     async def __call__(self, feeds: dict[str, np.ndarray], rows: int) -> tuple[dict[str, np.ndarray], int]:
-        done = self.inline(feeds, rows, self.inline_ns)
+        budget = self.inline_ns
+        if self.idle_ns > budget and self._idle is not None and self._idle():
+            budget = self.idle_ns
+        done = self.inline(feeds, rows, budget)
         if done is not None:
             return done
+        if (
+            self._runs % self.PROBE_EVERY == 0
+            and self.row_ns * max(rows, 1) < self.PROBE_BELOW * self.inline_ns
+        ):
+            return self._measure_inline(feeds, rows)
         loop = asyncio.get_running_loop()
         self._busy_poll.pause()  # the thread must get the GIL back to hand over the result
         try:
@@ -124,6 +159,12 @@ class Compute:
         out, ns, cpu_ns = _execute_sync(self.session, feeds, self._sample())
         if cpu_ns >= 0:
             self.row_ns += 0.3 * (cpu_ns / rows - self.row_ns)
+        return out, ns
+
+    def _measure_inline(self, feeds: dict[str, np.ndarray], rows: int) -> tuple[dict[str, np.ndarray], int]:
+        self._runs += 1
+        out, ns, cpu_ns = _execute_sync(self.session, feeds, True)
+        self.row_ns = cpu_ns / max(rows, 1)  # the cost where the choice is made, not a blend with the pool's
         return out, ns
 
     def _sample(self) -> bool:

@@ -197,7 +197,14 @@ class Runtime:
         stats = VersionStats(session.name, session.version)
         self.metrics.model_ready.labels(session.name, session.version).set(1)
         cfg = batching_config(session.config, self.settings)
-        compute = Compute(session, self.pool, self.settings.inline_compute_us * 1000.0, self.busy_poll)
+        compute = Compute(
+            session,
+            self.pool,
+            self.settings.inline_compute_us * 1000.0,
+            self.busy_poll,
+            idle=lambda: self.core.in_flight <= 1,
+            idle_ns=self.settings.inline_compute_idle_us * 1000.0,
+        )
         if cfg is None:
             return DirectRunner(session, compute, instance_count(session.config), stats)
         return BatchingRunner(session, compute, cfg, stats, self.metrics)

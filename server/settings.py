@@ -198,6 +198,12 @@ class Settings(BaseSettings):
         description="run a batch on the event loop instead of a thread when it is expected to take"
         " less than this (0 = always a thread)",
     )
+    inline_compute_idle_us: float = Field(
+        1000.0,
+        ge=0,
+        description="with no other request in flight, also run a batch expected to take less than"
+        " this on the event loop (a one-at-a-time client then skips two thread hand-offs)",
+    )
     infer_threads: int = Field(2, ge=1, description="threads that run onnxruntime for all models")
     load_threads: int = Field(1, ge=1, description="threads that load and warm models")
     model_isolation: Literal["thread", "process"] = Field(

@@ -87,3 +87,48 @@ def test_run_inline_respects_the_budget_and_records_the_batch() -> None:
         assert out is not None and out["y"].shape == (8, 2)
         assert session.threads == [threading.get_ident()]
         assert stats.execution_count == 1 and list(stats.batches) == [8]  # one 8-row execution
+
+
+class _PoolCostlier(_Session):
+    """Costs CPU only off the loop thread: a run in the pool measures more than one inline."""
+
+    def __init__(self, loop_thread: int, pool_busy_s: float) -> None:
+        super().__init__(busy_s=0.0, sleep_s=0.0)
+        self.loop_thread = loop_thread
+        self.pool_busy_s = pool_busy_s
+        self.row_ns = 100_000.0  # over the 50 us budget: the pool, but for a probe
+
+    def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        self.busy_s = 0.0 if threading.get_ident() == self.loop_thread else self.pool_busy_s
+        return super().run(feeds)
+
+
+def test_a_cheap_model_measured_in_the_pool_is_measured_again_on_the_loop() -> None:
+    async def main() -> list[bool]:
+        loop_thread = threading.get_ident()
+        session = _PoolCostlier(loop_thread, pool_busy_s=0.00015)  # 150 us in the pool, ~0 inline
+        with ThreadPoolExecutor(1) as pool:
+            compute = Compute(cast(ModelSession, session), pool, inline_ns=50_000)
+            for _ in range(3 * Compute.PROBE_EVERY):
+                await compute({"x": np.zeros((1, 2), np.float32)}, 1)
+        return [t == loop_thread for t in session.threads]
+
+    on_loop = asyncio.run(main())
+    assert all(on_loop[-Compute.PROBE_EVERY :])  # a probe on the loop measured it cheap: it stays
+
+
+def test_with_nothing_else_in_flight_a_costlier_run_stays_on_the_loop() -> None:
+    async def main(idle: bool) -> int:
+        loop_thread = threading.get_ident()
+        session = _Session(busy_s=0.0005, sleep_s=0.0)  # 500 us of CPU: over the 50 us budget
+        session.row_ns = 500_000.0
+        with ThreadPoolExecutor(1) as pool:
+            compute = Compute(
+                cast(ModelSession, session), pool, inline_ns=50_000, idle=lambda: idle, idle_ns=1_000_000
+            )
+            for _ in range(10):
+                await compute({"x": np.zeros((1, 2), np.float32)}, 1)
+        return sum(t == loop_thread for t in session.threads)
+
+    assert asyncio.run(main(idle=True)) == 10  # under the 1 ms idle budget: no hand-off
+    assert asyncio.run(main(idle=False)) == 0

@@ -30,10 +30,13 @@ kserve-sdk: $(KSERVE_VENV)/.installed
 ## Start Turnout on the built-in demo repository (HTTP :8000, gRPC :8001, metrics at :8000/metrics)
 # jemalloc, when installed (Debian: libjemalloc2), serves large tensors without a page fault per
 # byte mapped (glibc malloc maps and unmaps each large buffer): benchmarks/results/CURVES.md
+# (and keeps freed pages: purged ones fault in anew on every large request)
+, := ,
 JEMALLOC := $(firstword $(wildcard /usr/lib/*/libjemalloc.so.2 /usr/lib/libjemalloc.so.2))
 
 serve: venv
-	$(if $(JEMALLOC),LD_PRELOAD=$(JEMALLOC)) $(VENV)/bin/turnout serve $(ARGS)
+	$(if $(JEMALLOC),LD_PRELOAD=$(JEMALLOC) MALLOC_CONF=$${MALLOC_CONF:-dirty_decay_ms:-1$(,)muzzy_decay_ms:-1}) \
+	  $(VENV)/bin/turnout serve $(ARGS)
 
 ## Lint, type-check, check generated stubs, run the whole test suite.
 ## Unit and integration tests run in two processes: the integration tests import

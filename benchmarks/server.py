@@ -24,6 +24,11 @@ TURNOUT = Path(PYTHON).with_name("turnout")
 ROOT = HERE.parent
 
 
+# keep freed pages for reuse: purging them makes every large tensor buffer fault its pages in anew
+# (16 MB gRPC requests: 9 -> 31 req/s, 36,500 -> 670 page faults each)
+JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
+
+
 def jemalloc() -> str | None:
     """The jemalloc library, if installed (Debian: libjemalloc2)."""
     return ctypes.util.find_library("jemalloc")
@@ -36,6 +41,7 @@ def server_env() -> dict[str, str]:
     lib = jemalloc()
     if lib and env.get("TURNOUT_BENCH_MALLOC") != "glibc" and "jemalloc" not in env.get("LD_PRELOAD", ""):
         env["LD_PRELOAD"] = " ".join(p for p in (env.get("LD_PRELOAD", ""), lib) if p)
+        env.setdefault("MALLOC_CONF", JEMALLOC_CONF)
     return env
 
 

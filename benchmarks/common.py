@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,8 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def _shape(model: str) -> tuple[int, int]:
     known = MODELS | DEMO_MODELS
-    try:
-        return known[model]
+    try:  # a numbered copy (mlp_small_07, benchmarks.curves) has its original's shape
+        return known[model] if model in known else known[re.sub(r"_\d+$", "", model)]
     except KeyError:
         raise SystemExit(f"unknown benchmark model {model!r}; known: {', '.join(known)}") from None
 

@@ -39,7 +39,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -55,7 +55,9 @@ class Config:
     proto: str = "grpc"  # grpc | http
     target: str = "127.0.0.1:8001"
     model: str = "mlp_small"
+    spread_models: str = ""  # comma-separated copies of --model's shape: requests go to each in turn
     rows: int = 1  # rows per request (the request's batch dimension)
+    width: int = 0  # features per row (0 = the model's; set it for an identity model of any size)
     mode: str = "closed"  # closed | open
     concurrency: int = 1
     rate: float = 0.0  # open loop: requests per second
@@ -64,7 +66,9 @@ class Config:
     duration: float = 5.0
     requests: int = 0  # stop after this many measured requests (0 = time only)
     max_outstanding: int = 2048
-    connections: int = 0  # HTTP connections (0 = concurrency in closed loop, 64 in open loop)
+    connections: int = 0  # HTTP connections / gRPC channels (0 = concurrency in closed loop (HTTP),
+    # 64 in open loop (HTTP), one channel (gRPC))
+    spread: bool = False  # use every connection in turn (and open them all before measuring)
     timeout: float = 10.0
     http_binary: bool = False
     loop: str = "auto"  # auto | asyncio | uvloop
@@ -74,8 +78,16 @@ class Config:
 # ----------------------------------------------------------------------------- request bytes
 
 
+def _width(cfg: Config) -> int:
+    return cfg.width or width(cfg.model)
+
+
+def _out_width(cfg: Config) -> int:
+    return cfg.width or out_width(cfg.model)  # with --width the model is an identity
+
+
 def _input(cfg: Config) -> np.ndarray:
-    return np.random.default_rng(0).standard_normal((cfg.rows, width(cfg.model)), dtype=np.float32)
+    return np.random.default_rng(0).standard_normal((cfg.rows, _width(cfg)), dtype=np.float32)
 
 
 def grpc_request_bytes(cfg: Config) -> bytes:
@@ -113,6 +125,25 @@ def http_request_bytes(cfg: Config) -> bytes:
     return headers.encode() + body
 
 
+def _each_model(cfg: Config, build: Callable[[Config], bytes]) -> list[bytes]:
+    names = [m for m in cfg.spread_models.split(",") if m] or [cfg.model]
+    return [build(replace(cfg, model=m)) for m in names]
+
+
+class _Turns:
+    """Round robin over a list (connections, channels, request bodies)."""
+
+    __slots__ = ("i", "items")
+
+    def __init__(self, items: list[Any]) -> None:
+        self.items, self.i = items, 0
+
+    def next(self) -> Any:
+        item = self.items[self.i]
+        self.i = (self.i + 1) % len(self.items)
+        return item
+
+
 # ----------------------------------------------------------------------------- transports
 
 
@@ -127,13 +158,27 @@ class GrpcTarget:
         self._grpc = grpc
         self.cfg = cfg
         self.body = grpc_request_bytes(cfg)
-        self.channel = grpc.aio.insecure_channel(
-            cfg.target, options=[("grpc.max_receive_message_length", 64 << 20)]
-        )
+        self.bodies = _Turns(_each_model(cfg, grpc_request_bytes))
+        options = [
+            ("grpc.max_receive_message_length", 256 << 20),
+            ("grpc.max_send_message_length", 256 << 20),
+        ]
+        if cfg.connections > 1:  # one TCP connection per channel, not one shared subchannel
+            options.append(("grpc.use_local_subchannel_pool", 1))
+        self.channels = [
+            grpc.aio.insecure_channel(cfg.target, options=options) for _ in range(max(cfg.connections, 1))
+        ]
         self.examples: dict[str, str] = {}
-        self.call = self.channel.unary_unary(
-            GRPC_METHOD, request_serializer=_identity, response_deserializer=_identity
-        )
+        self.calls = [
+            ch.unary_unary(GRPC_METHOD, request_serializer=_identity, response_deserializer=_identity)
+            for ch in self.channels
+        ]
+        self.call = self.calls[0]
+        self.turns = _Turns(self.calls)
+
+    async def connect_all(self) -> None:
+        for i in range(0, len(self.channels), 256):
+            await asyncio.gather(*(ch.channel_ready() for ch in self.channels[i : i + 256]))
 
     async def check(self) -> list[int]:
         from tritonclient.grpc import service_pb2
@@ -142,8 +187,10 @@ class GrpcTarget:
         return list(reply.outputs[0].shape)
 
     async def send(self) -> str:
+        call = self.turns.next() if len(self.calls) > 1 else self.call
+        body = self.bodies.next() if len(self.bodies.items) > 1 else self.body
         try:
-            await self.call(self.body, timeout=self.cfg.timeout)
+            await call(body, timeout=self.cfg.timeout)
         except self._grpc.aio.AioRpcError as e:
             code = str(e.code().name)
             self.examples.setdefault(code, str(e.details())[:200])
@@ -151,7 +198,8 @@ class GrpcTarget:
         return OK
 
     async def close(self) -> None:
-        await self.channel.close()
+        for ch in self.channels:
+            await ch.close()
 
 
 class _Conn:
@@ -164,10 +212,14 @@ class _Conn:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
+    async def connect(self) -> None:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port, limit=1 << 20)
+
     async def request(self, data: bytes) -> tuple[int, dict[str, str], bytes]:
         if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        assert self.reader is not None
+            await self.connect()
+        assert self.reader is not None and self.writer is not None
         self.writer.write(data)
         head = await self.reader.readuntil(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
@@ -194,13 +246,19 @@ class HttpTarget:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.data = http_request_bytes(cfg)
+        self.bodies = _Turns(_each_model(cfg, http_request_bytes))
         host, port = cfg.target.rsplit(":", 1)
         n = cfg.connections or (cfg.concurrency if cfg.mode == "closed" else 64)
         self.conns = [_Conn(host, int(port)) for _ in range(n)]
         self.examples: dict[str, str] = {}
-        self.idle: asyncio.LifoQueue[_Conn] = asyncio.LifoQueue()
+        # the most recently used connection first (warm), or with --spread each in turn
+        self.idle: asyncio.Queue[_Conn] = asyncio.Queue() if cfg.spread else asyncio.LifoQueue()
         for c in self.conns:
             self.idle.put_nowait(c)
+
+    async def connect_all(self) -> None:
+        for i in range(0, len(self.conns), 256):
+            await asyncio.gather(*(c.connect() for c in self.conns[i : i + 256]))
 
     async def check(self) -> list[int]:
         conn = await self.idle.get()
@@ -218,7 +276,8 @@ class HttpTarget:
         try:
             async with asyncio.timeout(self.cfg.timeout):  # covers waiting for a free connection
                 conn = await self.idle.get()
-                status, _, body = await conn.request(self.data)
+                data = self.bodies.next() if len(self.bodies.items) > 1 else self.data
+                status, _, body = await conn.request(data)
         except TimeoutError:
             if conn is not None:
                 conn.close()
@@ -365,8 +424,10 @@ async def run(cfg: Config) -> dict[str, Any]:
     target: GrpcTarget | HttpTarget = GrpcTarget(cfg) if cfg.proto == "grpc" else HttpTarget(cfg)
     try:
         shape = await target.check()
-        if shape != [cfg.rows, out_width(cfg.model)]:
+        if shape != [cfg.rows, _out_width(cfg)]:
             raise RuntimeError(f"unexpected output shape {shape}")
+        if cfg.spread:
+            await target.connect_all()
         t0 = time.perf_counter()
         rec = Recorder(t0 + cfg.warmup, t0 + cfg.warmup + cfg.duration, cfg.mode == "open", cfg.requests)
         if cfg.spans_file:
@@ -405,6 +466,7 @@ async def run(cfg: Config) -> dict[str, Any]:
         "p50_ms": _pct(ms, 50),
         "p90_ms": _pct(ms, 90),
         "p99_ms": _pct(ms, 99),
+        "p999_ms": _pct(ms, 99.9),
         "max_ms": round(float(ms.max()), 3) if ms.size else None,
         "send_lag_p99_ms": _pct(lag, 99) if cfg.mode == "open" else None,
         "client_cpu": round(cpu / wall, 2),
@@ -431,7 +493,11 @@ def parse_args(argv: list[str] | None = None) -> Config:
     ap.add_argument("--proto", choices=["grpc", "http"], default=d.proto)
     ap.add_argument("--target", default=None, help="host:port (default 127.0.0.1:8001 grpc / :8000 http)")
     ap.add_argument("--model", default=d.model)
+    ap.add_argument(
+        "--spread-models", default="", help="comma-separated models (of --model's shape), in turn"
+    )
     ap.add_argument("--rows", type=int, default=d.rows, help="rows per request")
+    ap.add_argument("--width", type=int, default=d.width, help="features per row (identity models)")
     ap.add_argument("--mode", choices=["closed", "open"], default=d.mode)
     ap.add_argument("--concurrency", type=int, default=d.concurrency)
     ap.add_argument("--rate", type=float, default=d.rate, help="open loop: requests/s")
@@ -440,7 +506,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
     ap.add_argument("--duration", type=float, default=d.duration)
     ap.add_argument("--requests", type=int, default=d.requests, help="measured requests cap (0 = none)")
     ap.add_argument("--max-outstanding", type=int, default=d.max_outstanding)
-    ap.add_argument("--connections", type=int, default=d.connections)
+    ap.add_argument("--connections", type=int, default=d.connections, help="HTTP connections / gRPC channels")
+    ap.add_argument("--spread", action="store_true", help="use every connection in turn, all opened first")
     ap.add_argument("--timeout", type=float, default=d.timeout)
     ap.add_argument("--http-binary", action="store_true")
     ap.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default=d.loop)

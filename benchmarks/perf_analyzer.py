@@ -61,15 +61,18 @@ def run_point(
     stability_pct: int = 10,
     stats_url: str | None = None,
     retries: int = 0,
+    request_rate: float | None = None,
 ) -> dict[str, Any]:
     """One perf_analyzer point; ``{"error": ...}`` if it failed (e.g. no stable measurement),
-    after ``retries`` more attempts (on a noisy machine a run may find no stable window)."""
+    after ``retries`` more attempts (on a noisy machine a run may find no stable window).
+    With ``request_rate`` the point is open loop: Poisson arrivals at that rate (req/s)."""
+    args = (model, proto, url, concurrency, interval_ms, max_trials, stability_pct, stats_url, request_rate)
     for _attempt in range(retries):
-        res = _run_once(model, proto, url, concurrency, interval_ms, max_trials, stability_pct, stats_url)
+        res = _run_once(*args)
         if "error" not in res:
             return res
         print(f"perf_analyzer: {res['error']}; trying again", flush=True)
-    return _run_once(model, proto, url, concurrency, interval_ms, max_trials, stability_pct, stats_url)
+    return _run_once(*args)
 
 
 def _run_once(
@@ -81,6 +84,7 @@ def _run_once(
     max_trials: int,
     stability_pct: int,
     stats_url: str | None,
+    request_rate: float | None = None,
 ) -> dict[str, Any]:
     check_loopback(url)
     from benchmarks.server import http_json
@@ -95,7 +99,8 @@ def _run_once(
         csv_path = Path(td) / "pa.csv"
         cmd = [
             str(PERF_ANALYZER), "-m", model, "-i", proto, "-u", url,
-            "--concurrency-range", f"{concurrency}:{concurrency}",
+            *(["--request-rate-range", f"{request_rate:g}:{request_rate:g}", "--request-distribution", "poisson"]
+              if request_rate else ["--concurrency-range", f"{concurrency}:{concurrency}"]),
             "--measurement-interval", str(interval_ms), "--max-trials", str(max_trials),
             "--stability-percentage", str(stability_pct), "-f", str(csv_path),
         ]  # fmt: skip
@@ -105,7 +110,8 @@ def _run_once(
         )
         after = stats()
         base: dict[str, Any] = {"generator": "perf_analyzer", "proto": proto, "model": model,
-                                "concurrency": concurrency, "rows": 1, "cmd": " ".join(cmd)}  # fmt: skip
+                                "concurrency": None if request_rate else concurrency,
+                                "offered_rps": request_rate, "rows": 1, "cmd": " ".join(cmd)}  # fmt: skip
         if p.returncode != 0 or not csv_path.exists():
             tail = (p.stdout + p.stderr).strip().splitlines()[-2:]
             return {**base, "error": " | ".join(tail) or f"exit {p.returncode}"}

@@ -88,6 +88,7 @@ async def run_server(settings: Settings) -> None:
     stop_requested = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop_requested.set)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # blocked by main: a pending one lands here
     try:
         import uvloop  # noqa: F401
     except ImportError:  # pragma: no cover - non-Linux platforms
@@ -183,6 +184,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return Supervisor(settings, args[args.index("serve") + 1 :]).run()
     from turnout.server.listeners import StartError
 
+    # From here until the loop's handler is in place (run_server), SIGTERM is held rather than
+    # handled: raised as SystemExit inside the loop's start it could be lost; held, it reaches
+    # the loop's handler the moment run_server unblocks it.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     try:
         try:
             import uvloop
@@ -194,6 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"turnout: {exc}", file=sys.stderr)
         return 1
     finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return 0
 

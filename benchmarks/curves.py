@@ -273,13 +273,13 @@ def best_peer_80(rows: list[Row], model: str, proto: str, generator: str = LOADG
 
 
 def pa_point(target: str, pgid: int, *, proto: str, model: str, concurrency: int = 1,
-             rate: float | None = None, stats: str | None = None) -> Row:  # fmt: skip
+             rate: float | None = None, stats: str | None = None, headers: tuple[str, ...] = ()) -> Row:  # fmt: skip
     """One perf_analyzer point (its C++ client costs less CPU per request than ours, which matters
     on 2 shared cores), with the server's CPU over it and, for Turnout, its compute time per run."""
     before = _compute_stats(stats, model)
     with CpuMeter(pgid) as meter:
-        r = perf_analyzer.run_point(model, proto, target, concurrency, interval_ms=2000, max_trials=5,
-                                    stability_pct=15, request_rate=rate)  # fmt: skip
+        r = perf_analyzer.run_point(model, proto, target, concurrency, interval_ms=2000, max_trials=6,
+                                    stability_pct=40, request_rate=rate, headers=headers, retries=1)  # fmt: skip
         cpu = meter.read()
     r.update(cpu)
     r["req_per_s"] = r.get("infer_per_s")
@@ -301,14 +301,23 @@ def _compute_stats(http: str | None, model: str) -> tuple[int, int] | None:
             sum(int(v["inference_stats"]["compute_infer"]["ns"]) for v in s))  # fmt: skip
 
 
-def _load_sweep_pa(run: Run, name: str, http: str, grpc: str, pgid: int) -> None:
+def _load_sweep_pa(
+    run: Run,
+    name: str,
+    http: str,
+    grpc: str,
+    pgid: int,
+    headers: Callable[[str], tuple[str, ...]] = lambda p: (),
+) -> None:
     """The same sweep with perf_analyzer as the generator (Turnout and the Triton peers speak
     the model-configuration API it needs; KServe and MLServer do not)."""
     stats = http if name == "turnout" else None
     for model in ("mlp_small", "mlp_large"):
         for proto in ("grpc", "http"):
             target = grpc if proto == "grpc" else http
-            top = run.add({**pa_point(target, pgid, proto=proto, model=model, concurrency=32, stats=stats),
+            hdr = headers(proto)
+            top = run.add({**pa_point(target, pgid, proto=proto, model=model, concurrency=32, stats=stats,
+                                      headers=hdr),
                            "axis": "load", "server": name, "kind": "max"})  # fmt: skip
             peak = top.get("req_per_s") or 0.0
             rates: list[tuple[float | None, float]] = [(f, f * peak) for f in FRACTIONS]
@@ -316,7 +325,9 @@ def _load_sweep_pa(run: Run, name: str, http: str, grpc: str, pgid: int) -> None
                 rates += [(None, r) for r in best_peer_80(run.rows, model, proto, "perf_analyzer")]
             for fraction, rate in rates:
                 if rate > 0:
-                    r = pa_point(target, pgid, proto=proto, model=model, rate=round(rate), stats=stats)
+                    r = pa_point(
+                        target, pgid, proto=proto, model=model, rate=round(rate), stats=stats, headers=hdr
+                    )
                     run.add({**r, "axis": "load", "server": name, "kind": "open", "fraction": fraction,
                              "of_max_rps": peak})  # fmt: skip
             if name == "turnout":
@@ -335,7 +346,7 @@ def axis_load(run: Run, base: Path, peers: list[str], peers_root: Path) -> None:
             peer.start()
             _load_sweep(run, name, peer.http, peer.grpc, peer.pgid, lambda m, p: [])
             if name.startswith("triton"):
-                _load_sweep_pa(run, name, peer.http, peer.grpc, peer.pgid)
+                _load_sweep_pa(run, name, peer.http, peer.grpc, peer.pgid, peer.headers)
         except RuntimeError as exc:
             log(f"peer {name}: {exc}")
         finally:

@@ -35,6 +35,7 @@ class Peer:
     model_dir: Path  # mlp_small.onnx, mlp_large.onnx
     log: Path
     extra_args: tuple[str, ...] = ()
+    token: str = f"bench-{os.getpid()}"  # PyTriton's access token for its restricted APIs
     proc: subprocess.Popen[bytes] | None = None
     http: str = HTTP
     grpc: str = GRPC
@@ -48,7 +49,7 @@ class Peer:
         """Start and wait until both models are ready; returns the seconds that took."""
         if http_status(f"http://{HTTP}/v2/health/live", timeout=1) != 0:
             raise RuntimeError(f"something already listens on {HTTP}")
-        env = dict(os.environ, PYTRITON_ACCESS_TOKEN=f"bench-{os.getpid()}")
+        env = dict(os.environ, PYTRITON_ACCESS_TOKEN=self.token)
         if self.name == "kserve":
             cmd = [str(self.root / "kserve-venv/bin/python"), str(PEERS_DIR / "kserve/server.py"),
                    "--model_dir", str(self.model_dir), "--http_port", "8000", "--grpc_port", "8001"]  # fmt: skip
@@ -80,6 +81,13 @@ class Peer:
             time.sleep(0.5)
         self.stop()
         raise RuntimeError(f"peer {self.name} not ready after {timeout:.0f} s; see {self.log}")
+
+    def headers(self, proto: str) -> tuple[str, ...]:
+        """What perf_analyzer must send to read a Triton peer's configuration and statistics."""
+        if not self.name.startswith("triton"):
+            return ()
+        key = "triton-grpc-protocol-triton-access-token" if proto == "grpc" else "triton-access-token"
+        return (f"{key}:{self.token}",)
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

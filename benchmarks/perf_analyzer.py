@@ -62,11 +62,23 @@ def run_point(
     stats_url: str | None = None,
     retries: int = 0,
     request_rate: float | None = None,
+    headers: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """One perf_analyzer point; ``{"error": ...}`` if it failed (e.g. no stable measurement),
     after ``retries`` more attempts (on a noisy machine a run may find no stable window).
     With ``request_rate`` the point is open loop: Poisson arrivals at that rate (req/s)."""
-    args = (model, proto, url, concurrency, interval_ms, max_trials, stability_pct, stats_url, request_rate)
+    args = (
+        model,
+        proto,
+        url,
+        concurrency,
+        interval_ms,
+        max_trials,
+        stability_pct,
+        stats_url,
+        request_rate,
+        headers,
+    )
     for _attempt in range(retries):
         res = _run_once(*args)
         if "error" not in res:
@@ -85,6 +97,7 @@ def _run_once(
     stability_pct: int,
     stats_url: str | None,
     request_rate: float | None = None,
+    headers: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     check_loopback(url)
     from benchmarks.server import http_json
@@ -103,6 +116,7 @@ def _run_once(
               if request_rate else ["--concurrency-range", f"{concurrency}:{concurrency}"]),
             "--measurement-interval", str(interval_ms), "--max-trials", str(max_trials),
             "--stability-percentage", str(stability_pct), "-f", str(csv_path),
+            *(arg for h in headers for arg in ("-H", h)),
         ]  # fmt: skip
         before = stats()
         p = subprocess.run(

@@ -246,9 +246,13 @@ def _load_sweep(
     for model in ("mlp_small", "mlp_large"):
         for proto in ("grpc", "http"):
             target = grpc if proto == "grpc" else http
-            top = run.add({**generate(target, pgid, proto=proto, model=model, concurrency=32,
-                                      duration=run.duration, warmup=1),
-                           "axis": "load", "server": name, "kind": "max", "concurrency": 32})  # fmt: skip
+            before = _executions(http, model) if name == "turnout" else None
+            top = generate(
+                target, pgid, proto=proto, model=model, concurrency=32, duration=run.duration, warmup=1
+            )
+            if before is not None:
+                top.update(_execution_figures(before, _executions(http, model), top.get("req_per_s") or 0.0))
+            top = run.add({**top, "axis": "load", "server": name, "kind": "max", "concurrency": 32})
             peak = top.get("req_per_s") or 0.0
             rates = [(f, f * peak) for f in FRACTIONS] + [(None, r) for r in extra(model, proto)]
             for fraction, rate in rates:
@@ -290,6 +294,30 @@ def pa_point(target: str, pgid: int, *, proto: str, model: str, concurrency: int
         r["compute_us"] = round((after[1] - before[1]) / (after[0] - before[0]) / 1e3, 1)
     r["rss_mb"] = round(pgid_rss_mb(pgid), 1)
     return r
+
+
+def _executions(http: str, model: str) -> dict[str, int]:
+    s = http_json(f"http://{http}/v2/models/{model}/stats")["model_stats"]
+    return {
+        "executions": sum(int(v["execution_count"]) for v in s),
+        "rows": sum(int(v["inference_count"]) for v in s),
+        # per formed batch size: executions and their compute time (Triton's batch_stats)
+        "charged": sum(int(b["compute_infer"]["count"]) for v in s for b in v.get("batch_stats", [])),
+        "ns": sum(int(b["compute_infer"]["ns"]) for v in s for b in v.get("batch_stats", [])),
+    }
+
+
+def _execution_figures(before: dict[str, int], after: dict[str, int], req_per_s: float) -> Row:
+    """Formed batch, executions per second (the measured rate over the formed batch), compute time
+    per execution, and the time between executions that is not compute (waits for the GIL, for a
+    batch to form, for the loop; negative when two threads run executions at once)."""
+    d = {k: after[k] - before[k] for k in before}
+    if d["executions"] <= 0 or d["charged"] <= 0 or req_per_s <= 0:
+        return {}
+    per_exec_us = 1e6 * (d["rows"] / d["executions"]) / req_per_s
+    compute_us = d["ns"] / d["charged"] / 1e3
+    return {"avg_batch": round(d["rows"] / d["executions"], 2), "exec_per_s": round(1e6 / per_exec_us, 1),
+            "compute_us": round(compute_us, 1), "gap_us": round(per_exec_us - compute_us, 1)}  # fmt: skip
 
 
 def _compute_stats(http: str | None, model: str) -> tuple[int, int] | None:

@@ -164,6 +164,15 @@ def load_axis(rows: list[Row], goals: list[str]) -> list[str]:
         out += _table(["model", "proto", "server", "point", "offered req/s", "answered req/s", "p50 ms",
                        "p99 ms", "p99.9 ms", "server µs/req", "client cores", "errors"], body)  # fmt: skip
         _load_goals(rows, gen, label, goals)
+    execs = [r for r in _pick(rows, axis="load", server="turnout", kind="max") if r.get("gap_us") is not None]
+    if execs:
+        out += ["### Executions at c=32 (Turnout, our generator)", "",
+                "*gap*: time per execution that is not compute (the measured rate over the formed batch, less "
+                "the compute time of a batch): waits for the GIL, for a batch to form, for the loop.", ""]  # fmt: skip
+        out += _table(["model", "proto", "inf/s", "formed batch", "executions/s", "compute µs", "gap µs"],
+                      [[r["model"], r["proto"], _f(r.get("req_per_s"), ",.0f"), _f(r["avg_batch"], ".2f"),
+                        _f(r["exec_per_s"], ",.0f"), _f(r["compute_us"], ",.0f"), _f(r["gap_us"], ",.0f")]
+                       for r in execs])  # fmt: skip
     out += ["### Concurrency 1 against in-process onnxruntime", "",
             "*server compute*: Turnout's own time per mlp_large execution (statistics extension, "
             "compute_infer) during the point, against the same graph in a hot in-process loop.", ""]  # fmt: skip

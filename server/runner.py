@@ -127,8 +127,14 @@ class Compute:
 
     async def __call__(self, feeds: dict[str, np.ndarray], rows: int) -> tuple[dict[str, np.ndarray], int]:
         budget = self.inline_ns
-        if self.idle_ns > budget and self._idle is not None and self._idle():
-            budget = self.idle_ns
+        if self._idle is not None and self.row_ns * max(rows, 1) < self.idle_ns and self._idle():
+            # Alone so far, but other requests may still sit unread in the sockets (a run on the
+            # loop would keep them there, and each would then find itself alone too): two turns of
+            # the loop read them and start their calls, and only a request still alone stays here.
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            if self._idle():
+                budget = self.idle_ns
         done = self.inline(feeds, rows, budget)
         if done is not None:
             return done

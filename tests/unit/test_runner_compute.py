@@ -132,3 +132,26 @@ def test_with_nothing_else_in_flight_a_costlier_run_stays_on_the_loop() -> None:
 
     assert asyncio.run(main(idle=True)) == 10  # under the 1 ms idle budget: no hand-off
     assert asyncio.run(main(idle=False)) == 0
+
+
+def test_a_request_that_only_looked_alone_goes_to_the_pool() -> None:
+    """Under load the next requests may still be unread when one arrives: after two turns of the
+    loop they have started (here: ``idle`` says so the second time), and the run leaves the loop."""
+
+    async def main() -> int:
+        loop_thread = threading.get_ident()
+        session = _Session(busy_s=0.0005, sleep_s=0.0)
+        session.row_ns = 500_000.0
+        answers = iter([True] + [False] * 100)
+        with ThreadPoolExecutor(1) as pool:
+            compute = Compute(
+                cast(ModelSession, session),
+                pool,
+                inline_ns=50_000,
+                idle=lambda: next(answers),
+                idle_ns=1_000_000,
+            )
+            await compute({"x": np.zeros((1, 2), np.float32)}, 1)
+        return sum(t == loop_thread for t in session.threads)
+
+    assert asyncio.run(main()) == 0

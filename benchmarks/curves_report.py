@@ -300,15 +300,14 @@ def plots(rows: list[Row], out: Path) -> list[str]:
     if _pick(rows, axis="payload"):
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
         for ax, c in zip(axes, (1, 8), strict=True):
-            for proto in ("tcp", "grpc", "http-binary", "http-json"):
-                pts = [
-                    r
-                    for r in _pick(rows, axis="payload", concurrency=c)
-                    if r["proto"] == proto and r.get("mb_per_s")
-                ]
-                if pts:
-                    ax.plot([r["bytes"] for r in pts], [r["mb_per_s"] for r in pts], marker="o",
-                            label="loopback echo" if proto == "tcp" else proto)  # fmt: skip
+            for server in ("loopback", "turnout", "kserve"):
+                for proto in ("tcp", "grpc", "http-binary", "http-json"):
+                    pts = [r for r in _pick(rows, axis="payload", concurrency=c, server=server)
+                           if r["proto"] == proto and r.get("mb_per_s")]  # fmt: skip
+                    if pts:
+                        ax.plot([r["bytes"] for r in pts], [r["mb_per_s"] for r in pts], marker="o",
+                                ls="--" if server == "kserve" else "-",
+                                label="loopback echo" if proto == "tcp" else f"{server} {proto}")  # fmt: skip
             ax.set(
                 xscale="log", yscale="log", xlabel="bytes per request", ylabel="MB/s", title=f"payload, c={c}"
             )
@@ -338,15 +337,16 @@ def plots(rows: list[Row], out: Path) -> list[str]:
             axes.flat, [(m, p) for m in ("mlp_small", "mlp_large") for p in ("grpc", "http")], strict=True
         ):
             for server in sorted({r["server"] for r in _pick(rows, axis="load", kind="open")}):
-                pts = sorted((r for r in _pick(rows, axis="load", kind="open", server=server, model=model, proto=proto)
-                              if r.get("p99_ms")), key=lambda r: r["offered_rps"])  # fmt: skip
-                if pts:
-                    ax.plot(
-                        [r["offered_rps"] for r in pts],
-                        [r["p99_ms"] for r in pts],
-                        marker="o",
-                        label=f"{server} p99",
-                    )
+                for gen, short, ls in (
+                    ("turnout-loadgen", "loadgen", "-"),
+                    ("perf_analyzer", "perf_analyzer", "--"),
+                ):
+                    pts = sorted((r for r in _pick(rows, axis="load", kind="open", server=server, model=model,
+                                                   proto=proto, generator=gen) if r.get("p99_ms")),
+                                 key=lambda r: r["offered_rps"])  # fmt: skip
+                    if pts:
+                        ax.plot([r["offered_rps"] for r in pts], [r["p99_ms"] for r in pts], marker="o", ls=ls,
+                                label=f"{server} p99 ({short})")  # fmt: skip
             ax.set(yscale="log", xlabel="offered req/s", ylabel="p99 ms", title=f"{model} {proto}, open loop")
             ax.legend(fontsize=8)
         save(fig, "curves-load.png")

@@ -20,6 +20,9 @@ from turnout.server.flags import HelpFormatter, add_settings_flags
 from turnout.server.observe.logs import configure
 from turnout.server.settings import SECTIONS, Settings
 
+# after the start-up freeze, one full collection per this many of the middle generation (_serve)
+FULL_COLLECTION_EVERY = 1000
+
 
 def serve_parser(sub: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
@@ -115,9 +118,6 @@ async def run_server(settings: Settings) -> None:
         await runtime.wait()
     finally:
         await runtime.stop()  # also after a failed start: loaded models and child processes end
-
-
-FULL_COLLECTION_EVERY = 1000
 
 
 def _stop_before_start(signum: int, frame: object) -> None:

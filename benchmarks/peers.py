@@ -10,14 +10,13 @@ function, dynamic batching with a 2 ms / 0 µs queue delay).
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.common import PEERS_DIR
-from benchmarks.server import http_status
+from benchmarks.server import http_status, stop_group
 
 PEERS = ("kserve", "triton", "triton-nodelay")
 HTTP, GRPC = "127.0.0.1:8000", "127.0.0.1:8001"
@@ -92,12 +91,7 @@ class Peer:
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
-        os.killpg(self.pgid, signal.SIGTERM)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.pgid, signal.SIGKILL)
-            self.proc.wait(5)
+        stop_group(self.proc)
         deadline = time.monotonic() + 20  # the port is free again before the next server starts
         while http_status(f"http://{HTTP}/v2/health/live", timeout=1) != 0 and time.monotonic() < deadline:
             time.sleep(0.2)

@@ -60,6 +60,19 @@ def http_status(url: str, timeout: float = 2.0) -> int:
         return 0
 
 
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process group ``proc`` leads (started with ``start_new_session``), SIGKILL
+    it if it has not ended within 20 s."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
 @dataclass
 class Turnout:
     repo: Path
@@ -123,14 +136,8 @@ class Turnout:
         raise RuntimeError(f"turnout not ready after {timeout:.0f} s; see {self.workdir}/turnout.log")
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.pgid, signal.SIGTERM)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.pgid, signal.SIGKILL)
-            self.proc.wait(5)
+        if self.proc is not None:
+            stop_group(self.proc)
 
     def stats(self, model: str) -> dict[str, int]:
         """inference_count (rows) and execution_count (batches) summed over the model's versions."""

@@ -20,7 +20,7 @@ from turnout.server.flags import HelpFormatter, add_settings_flags
 from turnout.server.observe.logs import configure
 from turnout.server.settings import SECTIONS, Settings
 
-# after the start-up freeze, one full collection per this many of the middle generation (_serve)
+# after the start-up freeze, one full collection per this many of the middle generation (run_server)
 FULL_COLLECTION_EVERY = 1000
 
 

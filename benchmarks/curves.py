@@ -43,7 +43,7 @@ from benchmarks.common import HERE, PYTHON, append_jsonl, read_jsonl
 from benchmarks.cpu import CpuMeter, pgid_rss_mb
 from benchmarks.peers import Peer, available
 from benchmarks.raw_ort import session
-from benchmarks.server import Turnout, http_json
+from benchmarks.server import Turnout, model_counters
 
 AXES = ("payload", "models", "load", "connections", "profile")
 SIZES = {"1 KB": 1 << 10, "64 KB": 64 << 10, "1 MB": 1 << 20, "16 MB": 16 << 20}
@@ -246,12 +246,12 @@ def _load_sweep(
     for model in ("mlp_small", "mlp_large"):
         for proto in ("grpc", "http"):
             target = grpc if proto == "grpc" else http
-            before = _executions(http, model) if name == "turnout" else None
+            before = model_counters(http, model) if name == "turnout" else None
             top = generate(
                 target, pgid, proto=proto, model=model, concurrency=32, duration=run.duration, warmup=1
             )
             if before is not None:
-                top.update(_execution_figures(before, _executions(http, model), top.get("req_per_s") or 0.0))
+                top.update(_execution_figures(before, model_counters(http, model), top.get("req_per_s") or 0.0))
             top = run.add({**top, "axis": "load", "server": name, "kind": "max", "concurrency": 32})
             peak = top.get("req_per_s") or 0.0
             rates = [(f, f * peak) for f in FRACTIONS] + [(None, r) for r in extra(model, proto)]
@@ -280,7 +280,7 @@ def pa_point(target: str, pgid: int, *, proto: str, model: str, concurrency: int
              rate: float | None = None, stats: str | None = None, headers: tuple[str, ...] = ()) -> Row:  # fmt: skip
     """One perf_analyzer point (its C++ client costs less CPU per request than ours, which matters
     on 2 shared cores), with the server's CPU over it and, for Turnout, its compute time per run."""
-    before = _compute_stats(stats, model)
+    before = model_counters(stats, model) if stats else None
     with CpuMeter(pgid) as meter:
         r = perf_analyzer.run_point(model, proto, target, concurrency, interval_ms=2000, max_trials=6,
                                     stability_pct=40, request_rate=rate, headers=headers, retries=1)  # fmt: skip
@@ -289,22 +289,12 @@ def pa_point(target: str, pgid: int, *, proto: str, model: str, concurrency: int
     r["req_per_s"] = r.get("infer_per_s")
     answered = (r["req_per_s"] or 0) * cpu["wall_s"]
     r["server_us_per_req"] = round(cpu["server_cpu_s"] / answered * 1e6, 1) if answered else None
-    after = _compute_stats(stats, model)
-    if before and after and after[0] > before[0]:
-        r["compute_us"] = round((after[1] - before[1]) / (after[0] - before[0]) / 1e3, 1)
+    after = model_counters(stats, model) if stats else None
+    if before and after and after["compute_count"] > before["compute_count"]:
+        charged = after["compute_count"] - before["compute_count"]
+        r["compute_us"] = round((after["compute_ns"] - before["compute_ns"]) / charged / 1e3, 1)
     r["rss_mb"] = round(pgid_rss_mb(pgid), 1)
     return r
-
-
-def _executions(http: str, model: str) -> dict[str, int]:
-    s = http_json(f"http://{http}/v2/models/{model}/stats")["model_stats"]
-    return {
-        "executions": sum(int(v["execution_count"]) for v in s),
-        "rows": sum(int(v["inference_count"]) for v in s),
-        # per formed batch size: executions and their compute time (Triton's batch_stats)
-        "charged": sum(int(b["compute_infer"]["count"]) for v in s for b in v.get("batch_stats", [])),
-        "ns": sum(int(b["compute_infer"]["ns"]) for v in s for b in v.get("batch_stats", [])),
-    }
 
 
 def _execution_figures(before: dict[str, int], after: dict[str, int], req_per_s: float) -> Row:
@@ -312,21 +302,13 @@ def _execution_figures(before: dict[str, int], after: dict[str, int], req_per_s:
     per execution, and the time between executions that is not compute (waits for the GIL, for a
     batch to form, for the loop; negative when two threads run executions at once)."""
     d = {k: after[k] - before[k] for k in before}
-    if d["executions"] <= 0 or d["charged"] <= 0 or req_per_s <= 0:
+    if d["execution_count"] <= 0 or d["batch_count"] <= 0 or req_per_s <= 0:
         return {}
-    per_exec_us = 1e6 * (d["rows"] / d["executions"]) / req_per_s
-    compute_us = d["ns"] / d["charged"] / 1e3
-    return {"avg_batch": round(d["rows"] / d["executions"], 2), "exec_per_s": round(1e6 / per_exec_us, 1),
+    batch = d["inference_count"] / d["execution_count"]
+    per_exec_us = 1e6 * batch / req_per_s
+    compute_us = d["batch_ns"] / d["batch_count"] / 1e3
+    return {"avg_batch": round(batch, 2), "exec_per_s": round(1e6 / per_exec_us, 1),
             "compute_us": round(compute_us, 1), "gap_us": round(per_exec_us - compute_us, 1)}  # fmt: skip
-
-
-def _compute_stats(http: str | None, model: str) -> tuple[int, int] | None:
-    """Turnout's executions and their compute_infer nanoseconds (statistics extension)."""
-    if not http:
-        return None
-    s = http_json(f"http://{http}/v2/models/{model}/stats")["model_stats"]
-    return (sum(int(v["inference_stats"]["compute_infer"]["count"]) for v in s),
-            sum(int(v["inference_stats"]["compute_infer"]["ns"]) for v in s))  # fmt: skip
 
 
 def _load_sweep_pa(

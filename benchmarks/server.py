@@ -140,9 +140,24 @@ class Turnout:
             stop_group(self.proc)
 
     def stats(self, model: str) -> dict[str, int]:
-        """inference_count (rows) and execution_count (batches) summed over the model's versions."""
-        s = http_json(f"http://{self.http}/v2/models/{model}/stats")["model_stats"]
-        return {k: sum(int(v[k]) for v in s) for k in ("inference_count", "execution_count")}
+        return model_counters(self.http, model)
+
+
+def model_counters(http: str, model: str) -> dict[str, int]:
+    """A model's statistics (Triton's extension) summed over its versions: ``inference_count``
+    (rows), ``execution_count`` (batches), ``compute_count`` / ``compute_ns`` (compute_infer,
+    charged once per request), and ``batch_count`` / ``batch_ns`` (compute_infer per formed
+    batch: once per execution)."""
+    s = http_json(f"http://{http}/v2/models/{model}/stats")["model_stats"]
+    batches = [b["compute_infer"] for v in s for b in v.get("batch_stats", [])]
+    return {
+        "inference_count": sum(int(v["inference_count"]) for v in s),
+        "execution_count": sum(int(v["execution_count"]) for v in s),
+        "compute_count": sum(int(v["inference_stats"]["compute_infer"]["count"]) for v in s),
+        "compute_ns": sum(int(v["inference_stats"]["compute_infer"]["ns"]) for v in s),
+        "batch_count": sum(int(b["count"]) for b in batches),
+        "batch_ns": sum(int(b["ns"]) for b in batches),
+    }
 
 
 def avg_batch(before: dict[str, int], after: dict[str, int]) -> float | None:

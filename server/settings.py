@@ -309,6 +309,12 @@ class Settings(BaseSettings):
         description="records waiting for the log writer; past it records are dropped and counted"
         " (turnout_request_log_dropped_total), never the request",
     )
+    request_log_queue_bytes: int = Field(
+        64 << 20,
+        ge=1,
+        description="bytes of encoded records waiting for the log writer; past it records are"
+        " dropped and counted like --request-log-queue",
+    )
     feedback_models: Annotated[tuple[str, ...], NoDecode] = Field(
         (),
         description="models whose predictions are kept to join ground-truth feedback with ('*' for"

@@ -155,6 +155,7 @@ def operators_loop(
             metrics,
             rotation,
             queue_size=s.request_log_queue,
+            queue_bytes=s.request_log_queue_bytes,
             exclude=s.request_log_exclude,
         )
     if s.feedback_models:

@@ -1,14 +1,18 @@
 """The request log: sampled requests and accepted feedback, written off the request path.
 
 The request path encodes a record as one JSON line (orjson, about a microsecond for a small
-model's request, while its arrays are still in cache) and appends it to a bounded queue (a deque:
-no lock, and no wake-up of the writer per record); a full queue drops the record and counts it
-(``turnout_request_log_dropped_total``), so logging never blocks or fails a request. One writer
-thread wakes every ``FLUSH_INTERVAL_S`` (or when the queue is half full), takes everything queued
-and appends it to per-version files under ``<dir>/<model>/<version>/``: ``requests-*.jsonl`` and
-``feedback-*.jsonl``. The writer does almost no Python work per record: it joins lines and
-writes them (the GIL is released during the write), so it never holds the GIL for long while
-the event loop waits for it. A file is closed and a new one started past ``max_file_bytes`` or
+model's request, while its arrays are still in cache) and appends it, under a lock held for the
+append only, to the pending bytes of its kind and version (one ``bytearray`` each). The line
+object is freed at once by the thread that made it; the writer receives one buffer per version
+and turn rather than thousands of small objects, which costs the event loop less than a queue
+of lines did (the A/B is in ``benchmarks/results/NOTES.md``). Past ``queue_size`` pending records
+or ``queue_bytes`` pending bytes a record is dropped and counted
+(``turnout_request_log_dropped_total``), so logging never blocks or fails a request and never
+holds more than that much memory. One writer thread wakes every ``FLUSH_INTERVAL_S`` (or when
+half the bound is reached), takes the pending buffers and appends each to its files under
+``<dir>/<model>/<version>/``: ``requests-*.jsonl`` and ``feedback-*.jsonl``. It does no Python
+work per record: it cuts a buffer at line ends where a file must rotate and writes it (the GIL
+is released during the write). A file is closed and a new one started past ``max_file_bytes`` or
 ``max_file_secs``; beyond ``max_files`` per kind and version the oldest files are deleted, and so
 are files started more than ``max_age_secs`` ago (checked whenever a file is started).
 A failure to encode or write is logged (rate-limited) and counted as drops; the writer carries on.
@@ -21,7 +25,6 @@ import logging
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,12 +38,11 @@ from turnout.server.observe.metrics import Metrics
 
 log = logging.getLogger("turnout.request_log")
 
-FLUSH_INTERVAL_S = 0.5
+FLUSH_INTERVAL_S = 0.1
 
 # a record as the request path gives it: (kind, model, version, document)
 Record = tuple[str, str, str, dict[str, Any]]
-# and as it waits for the writer: (kind, model, version, JSON line)
-Line = tuple[str, str, str, bytes]
+Key = tuple[str, str, str]  # kind, model, version
 RECORD_FIELDS = ("ts", "model", "version", "id", "routing_key", "parameters", "inputs", "outputs")
 
 
@@ -88,24 +90,29 @@ class RotatingFiles:
         self._opened = 0.0
         self._seq = 0
 
-    def write(self, lines: list[bytes]) -> None:
-        """Append ``lines``, as many at a time as fit the current file (one write each)."""
-        i, n = 0, len(lines)
+    def write(self, data: bytes | bytearray) -> None:
+        """Append ``data`` (whole JSON lines), cut at line ends so that no file grows past
+        ``max_file_bytes`` (a single longer line gets a file of its own)."""
+        view, i, n = memoryview(data), 0, len(data)
+        limit = self.rotation.max_file_bytes
         while i < n:
             if self._file is not None and (
-                self.clock() - self._opened >= self.rotation.max_file_secs
-                or (self._size and self._size + len(lines[i]) > self.rotation.max_file_bytes)
+                self.clock() - self._opened >= self.rotation.max_file_secs or self._size >= limit
             ):
                 self.close()
             if self._file is None:
                 self._open()
-            room, total, j = self.rotation.max_file_bytes - self._size, len(lines[i]), i + 1
-            while j < n and total + len(lines[j]) <= room:
-                total += len(lines[j])
-                j += 1
-            self._file.write(b"".join(lines[i:j]))
-            self._size += total
-            i = j
+            end = n
+            if self._size + (n - i) > limit:  # cut after the last line that fits
+                end = data.rfind(b"\n", i, i + limit - self._size) + 1
+                if end <= i:  # not even the next line fits
+                    if self._size:
+                        self._size = limit  # rotate, then write it into an empty file
+                        continue
+                    end = data.find(b"\n", i) + 1 or n
+            self._file.write(view[i:end])
+            self._size += end - i
+            i = end
         if self._file is not None:
             self._file.flush()
 
@@ -144,6 +151,7 @@ class RequestLog:
         rotation: Rotation,
         *,
         queue_size: int,
+        queue_bytes: int = 64 << 20,
         exclude: Collection[str] = (),
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -152,12 +160,15 @@ class RequestLog:
         self.rotation = rotation
         self.exclude = frozenset(exclude)
         self.clock = clock
-        self._queue: deque[Line] = deque()
-        self._max = queue_size
-        self._wake_at = max(queue_size // 2, 1)
-        self._wake = threading.Event()  # early: the queue is half full; or: stop
+        self._lock = threading.Lock()  # guards the four fields below
+        self._pending: dict[Key, bytearray] = {}
+        self._records = 0
+        self._bytes = 0
         self._stopping = False
-        self._files: dict[tuple[str, str, str], RotatingFiles] = {}
+        self._max_records, self._max_bytes = queue_size, queue_bytes
+        self._wake_records, self._wake_bytes = max(queue_size // 2, 1), max(queue_bytes // 2, 1)
+        self._wake = threading.Event()  # early: half the bound is reached; or: stop
+        self._files: dict[Key, RotatingFiles] = {}
         self._errors = RateLimitedLog(log)
         self._thread = threading.Thread(target=self._run, name="turnout-request-log", daemon=True)
         self._thread.start()
@@ -165,51 +176,56 @@ class RequestLog:
     # ---- request path -----------------------------------------------------------------
 
     def submit(self, record: Record, dropped: Any) -> None:
-        """Encode and queue ``record``; when the queue is full (or the record cannot be encoded)
-        count one drop on ``dropped`` instead."""
-        q = self._queue
-        n = len(q)
-        if n >= self._max or self._stopping:
+        """Encode ``record`` and add it to the pending bytes of its kind and version; when the
+        bound is reached (or the record cannot be encoded) count one drop on ``dropped`` instead."""
+        kind, model, version, doc = record
+        if self._records >= self._max_records or self._stopping:  # checked again under the lock
             dropped.inc()
             return
-        kind, model, version, doc = record
         try:
             line = encode(self._shape(doc) if self.exclude else doc)
         except Exception as exc:  # an unencodable record is dropped, never the request
             self._errors.warning("request log: record not encoded: %s", exc)
             dropped.inc()
             return
-        q.append((kind, model, version, line))  # atomic: the writer pops from the other end
-        if n + 1 == self._wake_at:
+        size = len(line)
+        with self._lock:
+            if self._stopping or self._records >= self._max_records or self._bytes + size > self._max_bytes:
+                full = True
+            else:
+                full = False
+                key = (kind, model, version)
+                buf = self._pending.get(key)
+                if buf is None:
+                    self._pending[key] = bytearray(line)
+                else:
+                    buf += line
+                self._records += 1
+                self._bytes += size
+                wake = self._records == self._wake_records or (
+                    self._bytes >= self._wake_bytes and self._bytes - size < self._wake_bytes
+                )
+        if full:
+            dropped.inc()
+        elif wake:
             self._wake.set()
 
     # ---- writer thread ----------------------------------------------------------------
 
     def _run(self) -> None:
-        q = self._queue
         while True:
             self._wake.wait(FLUSH_INTERVAL_S)
             self._wake.clear()
-            stop = self._stopping
-            batch = []
-            for _ in range(len(q)):  # what is queued now; later records wait for the next turn
-                batch.append(q.popleft())
-            groups: dict[tuple[str, str, str], list[bytes]] = {}
-            for kind, model, version, line in batch:
-                key = (kind, model, version)
-                lines = groups.get(key)
-                if lines is None:
-                    groups[key] = [line]
-                else:
-                    lines.append(line)
-            for key, lines in groups.items():
-                self._write(key, lines)
-            if stop and not q:  # a record appended as the stop began is written on one more turn
+            with self._lock:  # what is pending now; later records wait for the next turn
+                pending, self._pending = self._pending, {}
+                self._records = self._bytes = 0
+                stop = self._stopping  # set under the lock: nothing is added after this turn
+            for key, data in pending.items():
+                self._write(key, data)
+            if stop:
                 for files in self._files.values():
                     files.close()
                 return
-            if stop:
-                self._wake.set()
 
     def _shape(self, doc: dict[str, Any]) -> dict[str, Any]:
         ex = self.exclude
@@ -219,7 +235,7 @@ class RequestLog:
                 out[part] = tensors_json(out[part], ex)
         return out
 
-    def _write(self, key: tuple[str, str, str], lines: list[bytes]) -> None:
+    def _write(self, key: Key, data: bytearray) -> None:
         kind, model, version = key
         files = self._files.get(key)
         if files is None:
@@ -227,20 +243,21 @@ class RequestLog:
                 self.root / path_component(model) / path_component(version), kind, self.rotation, self.clock
             )
         try:
-            files.write(lines)
+            files.write(data)
         except OSError as exc:
             self._errors.warning("request log: cannot write %s: %s", files.dir, exc)
             files.close()
-            self.metrics.request_log_dropped.labels(model, version).inc(len(lines))
+            self.metrics.request_log_dropped.labels(model, version).inc(data.count(b"\n"))
             return
         if kind == "requests":
-            self.metrics.request_log_written.labels(model, version).inc(len(lines))
+            self.metrics.request_log_written.labels(model, version).inc(data.count(b"\n"))
 
     def close(self, timeout: float = 10.0) -> None:
         """Write what is queued, close the files and end the thread."""
         if not self._thread.is_alive():
             return
-        self._stopping = True
+        with self._lock:
+            self._stopping = True
         self._wake.set()
         self._thread.join(timeout)
         if self._thread.is_alive():

@@ -11,7 +11,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from turnout.server.observe.metrics import Metrics
-from turnout.server.observe.request_log import RequestLog, RotatingFiles, Rotation
+from turnout.server.observe.request_log import RequestLog, RotatingFiles, Rotation, encode
 
 
 def doc(i: int) -> dict[str, Any]:
@@ -43,7 +43,7 @@ def test_rotation_by_size_keeps_files_under_the_limit_and_prunes_old_ones(tmp_pa
     files = RotatingFiles(tmp_path, "requests", Rotation(100, 1e9, 3), lambda: now[0])
     for i in range(20):
         now[0] += 0.01
-        files.write([b'{"i": %d, "pad": "0123456789"}\n' % i])
+        files.write(b'{"i": %d, "pad": "0123456789"}\n' % i)
     files.close()
     kept = sorted(tmp_path.glob("requests-*.jsonl"))
     assert len(kept) == 3
@@ -55,7 +55,7 @@ def test_rotation_by_age(tmp_path: Path) -> None:
     now = [0.0]
     files = RotatingFiles(tmp_path, "requests", Rotation(1 << 20, 10.0, 100), lambda: now[0])
     for _ in range(5):
-        files.write([b"{}\n"])
+        files.write(b"{}\n")
         now[0] += 6.0  # every other line crosses 10 s
     files.close()
     assert len(list(tmp_path.glob("requests-*.jsonl"))) == 3
@@ -97,7 +97,7 @@ def test_a_full_queue_drops_and_counts_without_blocking(tmp_path: Path) -> None:
     gate = threading.Event()
     original = rl._write
 
-    def slow_write(key: tuple[str, str, str], batch: list[bytes]) -> None:
+    def slow_write(key: tuple[str, str, str], batch: bytearray) -> None:
         gate.wait(10)
         original(key, batch)
 
@@ -141,9 +141,54 @@ def test_files_older_than_the_age_limit_are_deleted_when_a_file_starts(tmp_path:
     )
     (tmp_path / "requests-notours.jsonl").write_text("{}\n")  # a name without a start time: kept
     for _ in range(6):
-        files.write([b"{}\n"])
+        files.write(b"{}\n")
         now[0] += 10.0  # a new file every write (age rotation)
     files.close()
     kept = sorted(p.name for p in tmp_path.glob("requests-*.jsonl"))
     # files started at 1000..1050; the last start (1050) deleted those before 1025
     assert len(kept) == 4 and "requests-notours.jsonl" in kept
+
+
+def test_a_buffer_of_many_lines_is_cut_at_line_ends_where_files_rotate(tmp_path: Path) -> None:
+    files = RotatingFiles(tmp_path, "requests", Rotation(100, 1e9, 100), lambda: 0.0)
+    lines_ = [b'{"i": %d, "pad": "0123456789"}\n' % i for i in range(20)]
+    files.write(lines_[0])  # a part-filled file first
+    files.write(b"".join(lines_[1:]))
+    files.close()
+    kept = sorted(tmp_path.glob("requests-*.jsonl"))
+    assert all(0 < f.stat().st_size <= 100 for f in kept)
+    assert all(f.read_bytes().endswith(b"\n") for f in kept)
+    got = [json.loads(x)["i"] for f in kept for x in f.read_text().splitlines()]
+    assert got == list(range(20))
+
+
+def test_a_line_longer_than_the_file_limit_gets_a_file_of_its_own(tmp_path: Path) -> None:
+    files = RotatingFiles(tmp_path, "requests", Rotation(20, 1e9, 100), lambda: 0.0)
+    files.write(b'{"a":1}\n' + b'{"long":"' + b"x" * 40 + b'"}\n' + b'{"b":2}\n')
+    files.close()
+    sizes = [f.stat().st_size for f in sorted(tmp_path.glob("requests-*.jsonl"))]
+    assert sizes == [8, 52, 8]
+
+
+def test_the_byte_bound_drops_and_counts(tmp_path: Path) -> None:
+    metrics = Metrics(CollectorRegistry())
+    size = len(encode(doc(0)))  # one line
+    rl = RequestLog(tmp_path, metrics, Rotation(1 << 20, 1e9, 10), queue_size=1000, queue_bytes=3 * size)
+    gate = threading.Event()
+    original = rl._write
+
+    def slow_write(key: tuple[str, str, str], batch: bytearray) -> None:
+        gate.wait(10)
+        original(key, batch)
+
+    rl._write = slow_write  # type: ignore[method-assign]
+    dropped = metrics.request_log_dropped.labels("m", "1")
+    for i in range(40):
+        rl.submit(("requests", "m", "1", doc(i)), dropped)
+    gate.set()
+    rl.close()
+    lost = metrics.registry.get_sample_value(
+        "turnout_request_log_dropped_total", {"model": "m", "version": "1"}
+    )
+    assert lost is not None and lost >= 30
+    assert len(lines(tmp_path / "m" / "1")) == 40 - lost

@@ -38,6 +38,23 @@ def lines(directory: Path, prefix: str = "requests") -> list[dict[str, Any]]:
     ]
 
 
+def submit_while_the_writer_waits(rl: RequestLog, metrics: Metrics, n: int) -> None:
+    """Submit ``n`` records while the writer is held at its first write, then let it finish."""
+    gate = threading.Event()
+    original = rl._write
+
+    def slow_write(key: tuple[str, str, str], batch: bytearray) -> None:
+        gate.wait(10)
+        original(key, batch)
+
+    rl._write = slow_write  # type: ignore[method-assign,assignment]
+    dropped = metrics.request_log_dropped.labels("m", "1")
+    for i in range(n):
+        rl.submit(("requests", "m", "1", doc(i)), dropped)
+    gate.set()
+    rl.close()
+
+
 def test_rotation_by_size_keeps_files_under_the_limit_and_prunes_old_ones(tmp_path: Path) -> None:
     now = [0.0]
     files = RotatingFiles(tmp_path, "requests", Rotation(100, 1e9, 3), lambda: now[0])
@@ -94,19 +111,7 @@ def test_bytes_tensors_are_text_or_base64(tmp_path: Path) -> None:
 def test_a_full_queue_drops_and_counts_without_blocking(tmp_path: Path) -> None:
     metrics = Metrics(CollectorRegistry())
     rl = RequestLog(tmp_path, metrics, Rotation(1 << 20, 1e9, 10), queue_size=4)
-    gate = threading.Event()
-    original = rl._write
-
-    def slow_write(key: tuple[str, str, str], batch: bytearray) -> None:
-        gate.wait(10)
-        original(key, batch)
-
-    rl._write = slow_write  # type: ignore[method-assign]
-    dropped = metrics.request_log_dropped.labels("m", "1")
-    for i in range(50):
-        rl.submit(("requests", "m", "1", doc(i)), dropped)
-    gate.set()
-    rl.close()
+    submit_while_the_writer_waits(rl, metrics, 50)
     written = metrics.registry.get_sample_value(
         "turnout_request_log_written_total", {"model": "m", "version": "1"}
     )
@@ -174,19 +179,7 @@ def test_the_byte_bound_drops_and_counts(tmp_path: Path) -> None:
     metrics = Metrics(CollectorRegistry())
     size = len(encode(doc(0)))  # one line
     rl = RequestLog(tmp_path, metrics, Rotation(1 << 20, 1e9, 10), queue_size=1000, queue_bytes=3 * size)
-    gate = threading.Event()
-    original = rl._write
-
-    def slow_write(key: tuple[str, str, str], batch: bytearray) -> None:
-        gate.wait(10)
-        original(key, batch)
-
-    rl._write = slow_write  # type: ignore[method-assign]
-    dropped = metrics.request_log_dropped.labels("m", "1")
-    for i in range(40):
-        rl.submit(("requests", "m", "1", doc(i)), dropped)
-    gate.set()
-    rl.close()
+    submit_while_the_writer_waits(rl, metrics, 40)
     lost = metrics.registry.get_sample_value(
         "turnout_request_log_dropped_total", {"model": "m", "version": "1"}
     )

@@ -1,6 +1,6 @@
 """The request log: sampled requests and accepted feedback, written off the request path.
 
-The request path encodes a record as one JSON line (orjson, about a microsecond for a small
+The request path encodes a record as one JSON line (orjson, a few microseconds for a small
 model's request, while its arrays are still in cache) and appends it, under a lock held for the
 append only, to the pending bytes of its kind and version (one ``bytearray`` each). The line
 object is freed at once by the thread that made it; the writer receives one buffer per version

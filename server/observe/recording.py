@@ -31,11 +31,21 @@ log = logging.getLogger("turnout.recording")
 
 
 class _Plan:
-    __slots__ = ("dropped", "judged", "rate", "store")
+    """What to do with one version's requests, decided at its first request."""
+
+    __slots__ = ("dropped", "judged", "log_key", "model", "rate", "store", "version")
 
     def __init__(
-        self, rate: float, store: ModelPredictions | None, judged: Judged | None, dropped: Any
+        self,
+        sv: ServingVersion,
+        rate: float,
+        store: ModelPredictions | None,
+        judged: Judged | None,
+        dropped: Any,
     ) -> None:
+        self.model = sv.name
+        self.version = sv.version
+        self.log_key = ("requests", self.model, self.version)
         self.rate = rate
         self.store = store
         self.judged = judged
@@ -64,7 +74,7 @@ class Recorder:
             self.rates[(model, version)] = rate
         self.clock = clock
         self._rand = rand or random.Random().random
-        self._plans: dict[tuple[str, str], _Plan] = {}
+        self._plans: dict[ServingVersion, _Plan] = {}  # by identity: no name lookups per request
         self._prefix = os.urandom(6).hex() + "-"
         self._counter = itertools.count(1)
         self._errors = RateLimitedLog(log)
@@ -85,12 +95,13 @@ class Recorder:
             if judged.task is not None:
                 store = fb.store(sv.name)
         plan = _Plan(
+            sv,
             self.rate(sv.name, sv.version),
             store,
             judged,
             self.metrics.request_log_dropped.labels(sv.name, sv.version),
         )
-        self._plans[(sv.name, sv.version)] = plan
+        self._plans[sv] = plan
         return plan
 
     def record(
@@ -103,26 +114,26 @@ class Recorder:
         """Keep what this request leaves; returns the id its answer carries."""
         rid = req.id
         try:
-            plan = self._plans.get((sv.name, sv.version)) or self._plan(sv)
+            plan = self._plans.get(sv) or self._plan(sv)
             if plan.store is not None:
                 if not rid:
                     rid = f"{self._prefix}{next(self._counter)}"
                 assert self.feedback is not None and plan.judged is not None
-                self.feedback.add(plan.store, sv.name, rid, sv.version, outputs, plan.judged)
+                self.feedback.add(plan.store, plan.model, rid, plan.version, outputs, plan.judged)
             rate = plan.rate
             if rate and (rate >= 1.0 or self._rand() < rate):
                 assert self.request_log is not None
                 doc = {
                     "ts": self.clock(),
-                    "model": sv.name,
-                    "version": sv.version,
+                    "model": plan.model,
+                    "version": plan.version,
                     "id": rid,
                     "routing_key": req.routing_key,
                     "parameters": req.parameters,
                     "inputs": feeds,
                     "outputs": outputs,
                 }
-                self.request_log.submit(("requests", sv.name, sv.version, doc), plan.dropped)
+                self.request_log.submit(plan.log_key, doc, plan.dropped)
         except Exception as exc:  # the request has its answer; recording must not take it away
             self._errors.error("recording a request failed: %s", exc, exc_info=exc)
         return rid
@@ -131,10 +142,11 @@ class Recorder:
         """Accepted feedback, written beside the version's requests (for export)."""
         if self.request_log is not None:
             dropped = self.metrics.request_log_dropped.labels(model, version)
-            self.request_log.submit(("feedback", model, version, doc), dropped)
+            self.request_log.submit(("feedback", model, version), doc, dropped)
 
     def forget(self, model: str, version: str) -> None:
-        self._plans.pop((model, version), None)
+        for sv in [sv for sv, plan in self._plans.items() if (plan.model, plan.version) == (model, version)]:
+            del self._plans[sv]
 
 
 def operators_loop(

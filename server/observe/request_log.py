@@ -40,8 +40,6 @@ log = logging.getLogger("turnout.request_log")
 
 FLUSH_INTERVAL_S = 0.1
 
-# a record as the request path gives it: (kind, model, version, document)
-Record = tuple[str, str, str, dict[str, Any]]
 Key = tuple[str, str, str]  # kind, model, version
 RECORD_FIELDS = ("ts", "model", "version", "id", "routing_key", "parameters", "inputs", "outputs")
 
@@ -164,8 +162,8 @@ class RequestLog:
         self._pending: dict[Key, bytearray] = {}
         self._records = 0
         self._bytes = 0
-        self._stopping = False
-        self._max_records, self._max_bytes = queue_size, queue_bytes
+        self._max_records = queue_size  # 0 once stopping: nothing more is taken
+        self._max_bytes = queue_bytes
         self._wake_records, self._wake_bytes = max(queue_size // 2, 1), max(queue_bytes // 2, 1)
         self._wake = threading.Event()  # early: half the bound is reached; or: stop
         self._files: dict[Key, RotatingFiles] = {}
@@ -175,11 +173,10 @@ class RequestLog:
 
     # ---- request path -----------------------------------------------------------------
 
-    def submit(self, record: Record, dropped: Any) -> None:
-        """Encode ``record`` and add it to the pending bytes of its kind and version; when the
-        bound is reached (or the record cannot be encoded) count one drop on ``dropped`` instead."""
-        kind, model, version, doc = record
-        if self._records >= self._max_records or self._stopping:  # checked again under the lock
+    def submit(self, key: Key, doc: dict[str, Any], dropped: Any) -> None:
+        """Encode ``doc`` and add it to the pending bytes of ``key`` (kind, model, version); when
+        the bound is reached (or the record cannot be encoded) count one drop on ``dropped``."""
+        if self._records >= self._max_records:  # checked again under the lock
             dropped.inc()
             return
         try:
@@ -188,26 +185,23 @@ class RequestLog:
             self._errors.warning("request log: record not encoded: %s", exc)
             dropped.inc()
             return
-        size = len(line)
         with self._lock:
-            if self._stopping or self._records >= self._max_records or self._bytes + size > self._max_bytes:
+            records, size = self._records + 1, self._bytes + len(line)
+            if records > self._max_records or size > self._max_bytes:
                 full = True
             else:
                 full = False
-                key = (kind, model, version)
                 buf = self._pending.get(key)
                 if buf is None:
                     self._pending[key] = bytearray(line)
                 else:
                     buf += line
-                self._records += 1
-                self._bytes += size
-                wake = self._records == self._wake_records or (
-                    self._bytes >= self._wake_bytes and self._bytes - size < self._wake_bytes
-                )
+                self._records, self._bytes = records, size
         if full:
             dropped.inc()
-        elif wake:
+        elif records == self._wake_records or (
+            size >= self._wake_bytes and size - len(line) < self._wake_bytes
+        ):
             self._wake.set()
 
     # ---- writer thread ----------------------------------------------------------------
@@ -219,7 +213,7 @@ class RequestLog:
             with self._lock:  # what is pending now; later records wait for the next turn
                 pending, self._pending = self._pending, {}
                 self._records = self._bytes = 0
-                stop = self._stopping  # set under the lock: nothing is added after this turn
+                stop = self._max_records == 0  # set under the lock: nothing is added after this turn
             for key, data in pending.items():
                 self._write(key, data)
             if stop:
@@ -257,7 +251,7 @@ class RequestLog:
         if not self._thread.is_alive():
             return
         with self._lock:
-            self._stopping = True
+            self._max_records = 0
         self._wake.set()
         self._thread.join(timeout)
         if self._thread.is_alive():

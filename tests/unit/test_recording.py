@@ -29,12 +29,19 @@ class FakeLog:
     def __init__(self) -> None:
         self.records: list[Any] = []
 
-    def submit(self, record: Any, dropped: Any) -> None:
-        self.records.append(record)
+    def submit(self, key: tuple[str, str, str], doc: Any, dropped: Any) -> None:
+        self.records.append((*key, doc))
+
+
+class FakeVersion:
+    """What the recorder reads of a serving version (hashed by identity, like the real one)."""
+
+    def __init__(self, name: str, version: str, session: Any = None) -> None:
+        self.name, self.version, self.session = name, version, session
 
 
 def version(name: str, v: str) -> Any:
-    return SimpleNamespace(name=name, version=v, session=SimpleNamespace(signature=SIG))
+    return FakeVersion(name, v, SimpleNamespace(signature=SIG))
 
 
 def outputs() -> dict[str, np.ndarray]:
@@ -97,5 +104,5 @@ def test_a_failing_hook_never_fails_the_request() -> None:
     metrics = Metrics(CollectorRegistry())
     fb = Feedback(metrics, models=("m",), max_predictions=10, window=10, clock=lambda: 1.0)
     rec = Recorder(metrics, request_log=None, feedback=fb, sample=0.0, clock=lambda: 1.0)
-    broken = SimpleNamespace(name="m", version="1")  # no session: building its plan raises
+    broken = FakeVersion("m", "1")  # no session: building its plan raises
     assert rec.record(InferRequest("m", id="x"), broken, {}, {}) == "x"  # type: ignore[arg-type]

@@ -50,7 +50,7 @@ def submit_while_the_writer_waits(rl: RequestLog, metrics: Metrics, n: int) -> N
     rl._write = slow_write  # type: ignore[method-assign,assignment]
     dropped = metrics.request_log_dropped.labels("m", "1")
     for i in range(n):
-        rl.submit(("requests", "m", "1", doc(i)), dropped)
+        rl.submit(("requests", "m", "1"), doc(i), dropped)
     gate.set()
     rl.close()
 
@@ -85,8 +85,8 @@ def test_records_are_json_lines_with_exclusions(tmp_path: Path) -> None:
     )
     dropped = metrics.request_log_dropped.labels("m", "1")
     for i in range(3):
-        rl.submit(("requests", "m", "1", doc(i)), dropped)
-    rl.submit(("feedback", "m", "1", {"id": "r1", "label": 2}), dropped)
+        rl.submit(("requests", "m", "1"), doc(i), dropped)
+    rl.submit(("feedback", "m", "1"), {"id": "r1", "label": 2}, dropped)
     rl.close()
     got = lines(tmp_path / "m" / "1")
     assert [g["id"] for g in got] == ["r0", "r1", "r2"]
@@ -103,7 +103,7 @@ def test_records_are_json_lines_with_exclusions(tmp_path: Path) -> None:
 def test_bytes_tensors_are_text_or_base64(tmp_path: Path) -> None:
     metrics = Metrics(CollectorRegistry())
     rl = RequestLog(tmp_path, metrics, Rotation(1 << 20, 1e9, 10), queue_size=10)
-    rl.submit(("requests", "m", "1", doc(0)), metrics.request_log_dropped.labels("m", "1"))
+    rl.submit(("requests", "m", "1"), doc(0), metrics.request_log_dropped.labels("m", "1"))
     rl.close()
     assert lines(tmp_path / "m" / "1")[0]["inputs"]["s"] == ["a", {"b64": "/w=="}]
 
@@ -129,8 +129,8 @@ def test_an_unwritable_directory_counts_drops_and_the_writer_survives(tmp_path: 
     blocker.write_text("not a directory")
     metrics = Metrics(CollectorRegistry())
     rl = RequestLog(tmp_path, metrics, Rotation(1 << 20, 1e9, 10), queue_size=10)
-    rl.submit(("requests", "m", "1", doc(0)), metrics.request_log_dropped.labels("m", "1"))
-    rl.submit(("requests", "n", "1", doc(1)), metrics.request_log_dropped.labels("n", "1"))
+    rl.submit(("requests", "m", "1"), doc(0), metrics.request_log_dropped.labels("m", "1"))
+    rl.submit(("requests", "n", "1"), doc(1), metrics.request_log_dropped.labels("n", "1"))
     rl.close()
     assert (
         metrics.registry.get_sample_value("turnout_request_log_dropped_total", {"model": "m", "version": "1"})

@@ -115,6 +115,17 @@ def ab(
     return va, vb
 
 
+def paired(a: list[float], b: list[float]) -> str:
+    """The ratio B / A of each pair of adjacent runs (run i of A, then run i of B): its median
+    and quartiles. A pair shares the machine's state of the moment, so the ratios drift less
+    than the two arms' medians do on a shared machine."""
+    ratios = [y / x for x, y in zip(a, b, strict=False) if x]
+    if len(ratios) < 4:
+        return f"{statistics.median(ratios):.3f}" if ratios else "-"
+    q1, q2, q3 = statistics.quantiles(ratios, n=4)
+    return f"{q2:.3f} [{q1:.3f}, {q3:.3f}]"
+
+
 SECTIONS = (
     "drift",
     "batching",
@@ -145,7 +156,9 @@ def main() -> None:
     def line(name: str, unit: str, a: list[float], b: list[float], label_a: str, label_b: str) -> None:
         ma, mb = statistics.median(a), statistics.median(b)
         raw[name] = {label_a: a, label_b: b}
-        rows.append(f"| {name} | {label_a}: {ma:,.3f} {unit} | {label_b}: {mb:,.3f} {unit} | {mb / ma:.3f} |")
+        rows.append(
+            f"| {name} | {label_a}: {ma:,.3f} {unit} | {label_b}: {mb:,.3f} {unit} | {mb / ma:.3f} | {paired(a, b)} |"
+        )
         print(rows[-1], flush=True)
 
     for proto in ("grpc", "http") if "drift" in only else ():
@@ -438,8 +451,8 @@ def main() -> None:
         + (f" --only {ns.only}" if len(only) < len(SECTIONS) else "")
         + "`",
         "",
-        "| what | A | B | B / A |",
-        "|---|---|---|---|",
+        "| what | A | B | B / A (medians) | B / A per pair: median [quartiles] |",
+        "|---|---|---|---|---|",
         *rows,
         "",
         "Isolation: the load generator runs in its own process and records when each request was sent and "

@@ -184,9 +184,9 @@ class Bare:
 # ---- the measurements -----------------------------------------------------------------------
 
 
-def peer_tool(script: str, url: str, concurrency: int, duration: float) -> dict[str, Any]:
+def peer_tool(script: str, url: str, concurrency: int, duration: float, model: str = MODEL) -> dict[str, Any]:
     check_loopback(url)
-    cmd = [PYTHON, str(PEERS_DIR / script), "--url", url, "--model", MODEL]
+    cmd = [PYTHON, str(PEERS_DIR / script), "--url", url, "--model", model]
     cmd += ["--concurrency", str(concurrency), "--duration", f"{duration:g}"]
     p = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=duration + 120)
     out: dict[str, Any] = json.loads(p.stdout.strip().splitlines()[-1])

@@ -18,8 +18,10 @@
   library's under the same interface (``--grpc-h2-engine h2``): p50 at concurrency 1
   (perf_analyzer), throughput at concurrency 32 (loadgen_grpc.py) and the server's CPU per call
   in that run;
-* request logging: every request logged (``--request-log-sample 1``) against none: throughput at
-  concurrency 32 (loadgen_grpc.py, wrk) and the server's CPU per request in those runs.
+* request logging: every request logged (``--request-log-sample 1``) against none, with the
+  tensors as JSON (the default) and as base64 (``--request-log-tensors base64``): throughput of
+  mlp_small and mlp_large at concurrency 32 (loadgen_grpc.py, loadgen_rest.py) and the server's
+  CPU per request in those runs.
 
     python -m benchmarks.features [--duration 5] [--repeats 3] [--out benchmarks/results]
 """
@@ -137,6 +139,7 @@ SECTIONS = (
     "busy-poll",
     "h2-engine",
     "request-log",
+    "request-log-base64",
 )
 
 
@@ -245,18 +248,20 @@ def main() -> None:
 
     def log_points(srv: Turnout) -> Values:
         values: Values = {}
-        for proto, tool in (("grpc", "loadgen_grpc.py"), ("http", "loadgen_rest.py")):
-            t0, cpu0 = time.monotonic(), pgid_cpu(srv.pgid)
-            run = peer_tool(tool, srv.grpc if proto == "grpc" else srv.http, 32, ns.duration)
-            calls = run["infer_per_s"] * (time.monotonic() - t0)
-            values[f"request log, mlp_small {proto} c=32 throughput"] = ("inf/s", run["infer_per_s"])
-            values[f"request log, server CPU per request, {proto} c=32"] = (
-                "µs",
-                (pgid_cpu(srv.pgid) - cpu0) / calls * 1e6,
-            )
+        for model in ("mlp_small", "mlp_large"):
+            for proto, tool in (("grpc", "loadgen_grpc.py"), ("http", "loadgen_rest.py")):
+                t0, cpu0 = time.monotonic(), pgid_cpu(srv.pgid)
+                run = peer_tool(tool, srv.grpc if proto == "grpc" else srv.http, 32, ns.duration, model)
+                calls = run["infer_per_s"] * (time.monotonic() - t0)
+                values[f"request log, {model} {proto} c=32 throughput"] = ("inf/s", run["infer_per_s"])
+                values[f"request log, server CPU per request, {model} {proto} c=32"] = (
+                    "µs",
+                    (pgid_cpu(srv.pgid) - cpu0) / calls * 1e6,
+                )
         return values
 
     request_log = ("--request-log-dir", str(work / "request-log"), "--request-log-sample", "1")
+    request_log_b64 = (*request_log, "--request-log-tensors", "base64")
 
     comparisons: tuple[
         tuple[str, Callable[[Turnout], Values], tuple[tuple[str, ...], ...], tuple[str, str]], ...
@@ -282,6 +287,12 @@ def main() -> None:
             ("h2 library", "Turnout's core (default)"),
         ),
         ("request-log", log_points, ((), request_log), ("off (default)", "every request logged")),
+        (
+            "request-log-base64",
+            log_points,
+            ((), request_log_b64),
+            ("off (default)", "every request logged, base64 tensors"),
+        ),
     )
     for section, measure, arms, labels in comparisons:
         measured: dict[str, tuple[list[float], list[float]]] = {}

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from turnout.server.observe.request_log import path_component
+from turnout.server.observe.request_log import decode_tensor, path_component
 
 
 def parse_since(text: str) -> float:
@@ -77,7 +77,7 @@ def joined_rows(log_dir: Path, model: str, version: str | None, since: float) ->
             }
             for part, prefix in (("inputs", "input."), ("outputs", "output.")):
                 for name, value in (rec.get(part) or {}).items():
-                    row[prefix + name] = value
+                    row[prefix + name] = decode_tensor(value)
             found = labels.get(rec.get("id") or "")
             row["label"] = found.get("label") if found else None
             row["feedback_ts"] = found.get("ts") if found else None

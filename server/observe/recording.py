@@ -169,6 +169,7 @@ def operators_loop(
             queue_size=s.request_log_queue,
             queue_bytes=s.request_log_queue_bytes,
             exclude=s.request_log_exclude,
+            tensors=s.request_log_tensors,
         )
     if s.feedback_models:
         feedback = Feedback(

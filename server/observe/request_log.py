@@ -25,6 +25,7 @@ import logging
 import os
 import threading
 import time
+from binascii import b2a_base64
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from turnout.model_store.datatypes import BY_V2, WIRE_DTYPE, from_numpy
 from turnout.server.observe.logs import RateLimitedLog
 from turnout.server.observe.metrics import Metrics
 
@@ -64,6 +66,46 @@ def encode(doc: dict[str, Any]) -> bytes:
 
 def tensors_json(tensors: dict[str, np.ndarray], exclude: Collection[str]) -> dict[str, Any]:
     return {name: arr for name, arr in tensors.items() if name not in exclude}
+
+
+def tensors_base64(tensors: dict[str, np.ndarray], exclude: Collection[str]) -> dict[str, Any]:
+    """Each numeric tensor as ``{"datatype", "shape", "b64"}``: its raw little-endian bytes in
+    row-major order, base64-encoded (exact, and far cheaper to write than printing every number).
+    BYTES tensors stay JSON."""
+    out: dict[str, Any] = {}
+    for name, arr in tensors.items():
+        if name in exclude:
+            continue
+        v2 = _LITTLE_ENDIAN.get(arr.dtype)
+        if v2 is None:  # BYTES, or a byte order to swap first
+            dt = from_numpy(arr.dtype)
+            if dt is None or dt.itemsize == 0:
+                out[name] = arr
+                continue
+            v2, arr = dt.v2, arr.astype(WIRE_DTYPE[dt.v2])
+        out[name] = {
+            "datatype": v2,
+            "shape": arr.shape,
+            "b64": b2a_base64(arr.tobytes(), newline=False).decode(),
+        }
+    return out
+
+
+# numpy dtypes whose bytes are already the protocol's little-endian layout
+_LITTLE_ENDIAN: dict[np.dtype, str] = {
+    dt.numpy: name for name, dt in BY_V2.items() if name in WIRE_DTYPE and WIRE_DTYPE[name] == dt.numpy
+}
+
+
+def decode_tensor(value: Any) -> Any:
+    """A logged tensor as nested lists, whichever form it was logged in."""
+    if isinstance(value, dict) and "b64" in value and "datatype" in value:
+        flat = np.frombuffer(base64.b64decode(value["b64"]), WIRE_DTYPE[value["datatype"]])
+        return flat.reshape(value["shape"]).tolist()
+    return value
+
+
+TENSOR_FORMATS = {"json": tensors_json, "base64": tensors_base64}
 
 
 @dataclass(frozen=True)
@@ -151,12 +193,15 @@ class RequestLog:
         queue_size: int,
         queue_bytes: int = 64 << 20,
         exclude: Collection[str] = (),
+        tensors: str = "json",
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.root = root
         self.metrics = metrics
         self.rotation = rotation
         self.exclude = frozenset(exclude)
+        self._tensors = TENSOR_FORMATS[tensors]
+        self._reshape = bool(self.exclude) or tensors != "json"
         self.clock = clock
         self._lock = threading.Lock()  # guards the four fields below
         self._pending: dict[Key, bytearray] = {}
@@ -180,7 +225,7 @@ class RequestLog:
             dropped.inc()
             return
         try:
-            line = encode(self._shape(doc) if self.exclude else doc)
+            line = encode(self._shape(doc) if self._reshape else doc)
         except Exception as exc:  # an unencodable record is dropped, never the request
             self._errors.warning("request log: record not encoded: %s", exc)
             dropped.inc()
@@ -226,7 +271,7 @@ class RequestLog:
         out = {k: v for k, v in doc.items() if k not in ex}
         for part in ("inputs", "outputs"):
             if part in out:
-                out[part] = tensors_json(out[part], ex)
+                out[part] = self._tensors(out[part], ex)
         return out
 
     def _write(self, key: Key, data: bytearray) -> None:

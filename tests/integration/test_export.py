@@ -11,13 +11,17 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
 from tests.server_proc import ROOT, running_server
 
 
-def test_export_joins_logged_requests_with_their_feedback(tmp_path: Path) -> None:
+@pytest.mark.parametrize("tensors", ["json", "base64"])
+def test_export_joins_logged_requests_with_their_feedback(tmp_path: Path, tensors: str) -> None:
     log_dir = tmp_path / "log"
     args = [
+        "--request-log-tensors",
+        tensors,
         "--request-log-dir",
         str(log_dir),
         "--request-log-sample",
@@ -56,6 +60,8 @@ def test_export_joins_logged_requests_with_their_feedback(tmp_path: Path) -> Non
         assert got["accepted"] == len(labels)
         client.post("/v2/models/iris/feedback", json={"feedback": [{"id": before[0], "label": 1}]})
     # the server has stopped: its writer wrote what was queued
+    logged = b"".join(p.read_bytes() for p in (log_dir / "iris" / "1").glob("requests-*.jsonl"))
+    assert (b'"b64":' in logged) == (tensors == "base64")
     out = tmp_path / "slice.parquet"
     cmd = [
         sys.executable,
@@ -80,7 +86,7 @@ def test_export_joins_logged_requests_with_their_feedback(tmp_path: Path) -> Non
     assert [r["id"] for r in table] == after  # the slice, in order; nothing from before --since
     for r in table:
         assert r["model"] == "iris" and r["version"] == "1"
-        assert np.allclose(r["input.input"][0], sent[r["id"]])
+        assert np.array_equal(np.float32(r["input.input"][0]), np.float32(sent[r["id"]]))  # exact
         assert r["output.label"] == answers[r["id"]]
         assert len(r["output.probabilities"][0]) == 3
         assert r["label"] == labels.get(r["id"])

@@ -10,8 +10,16 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry
 
+from turnout.model_store.datatypes import WIRE_DTYPE
 from turnout.server.observe.metrics import Metrics
-from turnout.server.observe.request_log import RequestLog, RotatingFiles, Rotation, encode
+from turnout.server.observe.request_log import (
+    RequestLog,
+    RotatingFiles,
+    Rotation,
+    decode_tensor,
+    encode,
+    tensors_base64,
+)
 
 
 def doc(i: int) -> dict[str, Any]:
@@ -185,3 +193,41 @@ def test_the_byte_bound_drops_and_counts(tmp_path: Path) -> None:
     )
     assert lost is not None and lost >= 30
     assert len(lines(tmp_path / "m" / "1")) == 40 - lost
+
+
+def test_base64_tensors_round_trip_exactly_in_every_datatype() -> None:
+    rng = np.random.default_rng(3)
+    tensors: dict[str, np.ndarray] = {
+        name: (rng.random((2, 3)) * 100).astype(dtype) for name, dtype in WIRE_DTYPE.items()
+    }
+    tensors["strided"] = np.arange(12, dtype=np.int32).reshape(3, 4)[:, ::2]  # not contiguous
+    tensors["swapped"] = np.array([1.5, -2.25], dtype=">f8")  # big-endian: swapped to the wire order
+    tensors["text"] = np.array([b"ok", b"\xff"], dtype=object)  # BYTES stay JSON
+    tensors["secret"] = np.zeros(2, np.float32)
+    logged = json.loads(encode(tensors_base64(tensors, {"secret"})))
+    assert "secret" not in logged
+    assert logged["FP32"]["datatype"] == "FP32" and logged["FP32"]["shape"] == [2, 3]
+    assert logged["swapped"]["datatype"] == "FP64"
+    assert logged["text"] == ["ok", {"b64": "/w=="}]
+    for name, arr in tensors.items():
+        if name in ("secret", "text"):
+            continue
+        back = np.array(decode_tensor(logged[name]), dtype=arr.dtype)
+        assert back.shape == arr.shape and np.array_equal(back, arr), name
+    assert decode_tensor([[1.0, 2.0]]) == [[1.0, 2.0]]  # the json form passes through
+    assert decode_tensor({"b64": "/w=="}) == {"b64": "/w=="}  # a non-UTF-8 BYTES element is no tensor
+
+
+def test_the_log_writes_base64_tensors_when_asked(tmp_path: Path) -> None:
+    metrics = Metrics(CollectorRegistry())
+    rl = RequestLog(tmp_path, metrics, Rotation(1 << 20, 3600, 10), queue_size=10, tensors="base64")
+    x = np.arange(4, dtype=np.float32).reshape(1, 4)
+    rl.submit(
+        ("requests", "m", "1"),
+        {"id": "a", "inputs": {"x": x}, "outputs": {}},
+        metrics.request_log_dropped.labels("m", "1"),
+    )
+    rl.close()
+    (line,) = lines(tmp_path / "m" / "1")
+    assert line["inputs"]["x"]["datatype"] == "FP32"
+    assert decode_tensor(line["inputs"]["x"]) == x.tolist()

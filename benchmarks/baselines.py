@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import models, perf_analyzer
-from benchmarks.common import PEERS_DIR, PYTHON, check_loopback
+from benchmarks.common import MODELS, PEERS_DIR, PYTHON, check_loopback
 from benchmarks.server import Turnout, http_status
 from turnout.server.cli import apply_grpc_experiments
 from turnout.server.settings import Settings
@@ -186,7 +186,7 @@ class Bare:
 
 def peer_tool(script: str, url: str, concurrency: int, duration: float, model: str = MODEL) -> dict[str, Any]:
     check_loopback(url)
-    cmd = [PYTHON, str(PEERS_DIR / script), "--url", url, "--model", model]
+    cmd = [PYTHON, str(PEERS_DIR / script), "--url", url, "--model", model, "--width", str(MODELS[model][0])]
     cmd += ["--concurrency", str(concurrency), "--duration", f"{duration:g}"]
     p = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=duration + 120)
     out: dict[str, Any] = json.loads(p.stdout.strip().splitlines()[-1])

@@ -18,10 +18,10 @@
   library's under the same interface (``--grpc-h2-engine h2``): p50 at concurrency 1
   (perf_analyzer), throughput at concurrency 32 (loadgen_grpc.py) and the server's CPU per call
   in that run;
-* request logging: every request logged (``--request-log-sample 1``) against none, with the
-  tensors as JSON (the default) and as base64 (``--request-log-tensors base64``): throughput of
-  mlp_small and mlp_large at concurrency 32 (loadgen_grpc.py, loadgen_rest.py) and the server's
-  CPU per request in those runs.
+* request logging: every request logged (``--request-log-sample 1``) against none; and logged
+  with the tensors as base64 (``--request-log-tensors base64``) against JSON (the default):
+  throughput of mlp_small and mlp_large at concurrency 32 (loadgen_grpc.py, loadgen_rest.py) and
+  the server's CPU per request in those runs.
 
     python -m benchmarks.features [--duration 5] [--repeats 3] [--out benchmarks/results]
 """
@@ -139,7 +139,7 @@ SECTIONS = (
     "busy-poll",
     "h2-engine",
     "request-log",
-    "request-log-base64",
+    "request-log-tensors",
 )
 
 
@@ -288,10 +288,10 @@ def main() -> None:
         ),
         ("request-log", log_points, ((), request_log), ("off (default)", "every request logged")),
         (
-            "request-log-base64",
+            "request-log-tensors",
             log_points,
-            ((), request_log_b64),
-            ("off (default)", "every request logged, base64 tensors"),
+            (request_log, request_log_b64),
+            ("every request logged, JSON tensors (default)", "base64 tensors"),
         ),
     )
     for section, measure, arms, labels in comparisons:

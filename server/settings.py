@@ -291,7 +291,7 @@ class Settings(BaseSettings):
     request_log_tensors: Literal["json", "base64"] = Field(
         "json",
         description="how logged tensors are written: json (nested lists of numbers) or base64 (raw"
-        " little-endian bytes with datatype and shape: exact, smaller, several times cheaper)",
+        " little-endian bytes with datatype and shape: exact, half the size, cheaper for large tensors)",
     )
     request_log_max_file_bytes: int = Field(
         64 * 1024 * 1024, gt=0, description="start a new request log file past this size"

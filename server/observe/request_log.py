@@ -70,8 +70,8 @@ def tensors_json(tensors: dict[str, np.ndarray], exclude: Collection[str]) -> di
 
 def tensors_base64(tensors: dict[str, np.ndarray], exclude: Collection[str]) -> dict[str, Any]:
     """Each numeric tensor as ``{"datatype", "shape", "b64"}``: its raw little-endian bytes in
-    row-major order, base64-encoded (exact, and far cheaper to write than printing every number).
-    BYTES tensors stay JSON."""
+    row-major order, base64-encoded: exact, and cheaper to write than printing every number once a
+    tensor holds more than a few dozen values. BYTES tensors stay JSON."""
     out: dict[str, Any] = {}
     for name, arr in tensors.items():
         if name in exclude:

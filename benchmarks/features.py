@@ -246,19 +246,20 @@ def main() -> None:
             "HTTP/2 core, server CPU per call at c=32": ("µs", (pgid_cpu(srv.pgid) - cpu0) / calls * 1e6),
         }
 
-    def log_points(srv: Turnout) -> Values:
-        values: Values = {}
-        for model in ("mlp_small", "mlp_large"):
-            for proto, tool in (("grpc", "loadgen_grpc.py"), ("http", "loadgen_rest.py")):
-                t0, cpu0 = time.monotonic(), pgid_cpu(srv.pgid)
-                run = peer_tool(tool, srv.grpc if proto == "grpc" else srv.http, 32, ns.duration, model)
-                calls = run["infer_per_s"] * (time.monotonic() - t0)
-                values[f"request log, {model} {proto} c=32 throughput"] = ("inf/s", run["infer_per_s"])
-                values[f"request log, server CPU per request, {model} {proto} c=32"] = (
-                    "µs",
-                    (pgid_cpu(srv.pgid) - cpu0) / calls * 1e6,
-                )
-        return values
+    def log_points(title: str) -> Callable[[Turnout], Values]:
+        def measure(srv: Turnout) -> Values:
+            values: Values = {}
+            for model in ("mlp_small", "mlp_large"):
+                for proto, tool in (("grpc", "loadgen_grpc.py"), ("http", "loadgen_rest.py")):
+                    t0, cpu0 = time.monotonic(), pgid_cpu(srv.pgid)
+                    run = peer_tool(tool, srv.grpc if proto == "grpc" else srv.http, 32, ns.duration, model)
+                    calls = run["infer_per_s"] * (time.monotonic() - t0)
+                    values[f"{title}, {model} {proto} c=32 throughput"] = ("inf/s", run["infer_per_s"])
+                    cpu_us = (pgid_cpu(srv.pgid) - cpu0) / calls * 1e6
+                    values[f"{title}, server CPU per request, {model} {proto} c=32"] = ("µs", cpu_us)
+            return values
+
+        return measure
 
     request_log = ("--request-log-dir", str(work / "request-log"), "--request-log-sample", "1")
     request_log_b64 = (*request_log, "--request-log-tensors", "base64")
@@ -286,10 +287,15 @@ def main() -> None:
             (("--grpc-h2-engine", "h2"), ()),
             ("h2 library", "Turnout's core (default)"),
         ),
-        ("request-log", log_points, ((), request_log), ("off (default)", "every request logged")),
+        (
+            "request-log",
+            log_points("request log"),
+            ((), request_log),
+            ("off (default)", "every request logged"),
+        ),
         (
             "request-log-tensors",
-            log_points,
+            log_points("request log tensors"),
             (request_log, request_log_b64),
             ("every request logged, JSON tensors (default)", "base64 tensors"),
         ),

@@ -459,7 +459,9 @@ def main() -> None:
         "# Feature costs (medians of alternating runs, fresh server per run)",
         "",
         f"Measured {time.strftime('%Y-%m-%d %H:%M')} on the 2-core VM, loopback, our load generator "
-        f"(`benchmarks/loadgen.py`), {ns.duration:.0f} s per run after 1 s warm-up (8 s for the drift rows, "
+        "(`benchmarks/loadgen.py`) or, where a row names it and in the request-log rows, the peer "
+        "harness's `loadgen_grpc.py` (gRPC) and `loadgen_rest.py` (HTTP, wrk), "
+        f"{ns.duration:.0f} s per run after 1 s warm-up (8 s for the drift rows, "
         f"so that the 10,000-row reference capture is over), {ns.repeats} runs per side "
         "(at least 5 for the latency-at-concurrency-1 rows).",
         "",

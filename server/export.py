@@ -5,7 +5,9 @@ the version's ``feedback-*.jsonl``, joins them on the request id (the first acce
 an id wins) and writes one row per logged request: ``ts``, ``model``, ``version``, ``id``,
 ``routing_key``, ``input.<name>`` and ``output.<name>`` per tensor (as logged), ``label``
 (numbers, text, or JSON text when labels mix kinds or are lists; null when none came) and
-``feedback_ts``. Needs pyarrow (the ``log`` extra).
+``feedback_ts``. Needs pyarrow (the ``log`` extra). Lines that are not a whole record (cut short
+by a crash, or edited by hand into something that does not decode) are skipped and reported with
+their file and line number.
 """
 
 from __future__ import annotations
@@ -36,15 +38,21 @@ def parse_since(text: str) -> float:
     return when.timestamp()
 
 
-def _records(files: Iterable[Path]) -> Iterator[dict[str, Any]]:
+def _records(files: Iterable[Path], skipped: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each JSON object line with its place (``file:line``); other lines' places go to ``skipped``."""
     for path in files:
         with path.open("rb") as f:
-            for line in f:
-                if line.strip():
-                    try:
-                        yield json.loads(line)
-                    except ValueError:  # a line cut short by a crash: skipped
-                        continue
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    rec = None
+                if isinstance(rec, dict):
+                    yield f"{path.name}:{n}", rec
+                else:
+                    skipped.append(f"{path.name}:{n}")
 
 
 def version_dirs(log_dir: Path, model: str, version: str | None) -> list[Path]:
@@ -54,36 +62,54 @@ def version_dirs(log_dir: Path, model: str, version: str | None) -> list[Path]:
     return sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
 
 
-def joined_rows(log_dir: Path, model: str, version: str | None, since: float) -> list[dict[str, Any]]:
+def joined_rows(
+    log_dir: Path, model: str, version: str | None, since: float, skipped: list[str] | None = None
+) -> list[dict[str, Any]]:
     """The logged requests of ``model`` (one version, or all) at or after ``since``, each with
-    its label; ordered by time."""
+    its label; ordered by time. The places of lines that are not whole records go to ``skipped``."""
+    bad: list[str] = [] if skipped is None else skipped
     rows: list[dict[str, Any]] = []
     for vdir in version_dirs(log_dir, model, version):
         labels: dict[str, dict[str, Any]] = {}
-        for fb in _records(sorted(vdir.glob("feedback-*.jsonl"))):
+        for _, fb in _records(sorted(vdir.glob("feedback-*.jsonl")), bad):
             rid = fb.get("id")
             if isinstance(rid, str):
                 labels.setdefault(rid, fb)
         newer = [p for p in sorted(vdir.glob("requests-*.jsonl")) if p.stat().st_mtime >= since]
-        for rec in _records(newer):
-            if float(rec.get("ts", 0.0)) < since:
+        for place, rec in _records(newer, bad):
+            try:
+                row = _row(rec, model, vdir.name, since)
+            except (ValueError, TypeError, KeyError, AttributeError):  # a record edited out of shape
+                bad.append(place)
                 continue
-            row: dict[str, Any] = {
-                "ts": rec.get("ts"),
-                "model": rec.get("model", model),
-                "version": rec.get("version", vdir.name),
-                "id": rec.get("id"),
-                "routing_key": rec.get("routing_key"),
-            }
-            for part, prefix in (("inputs", "input."), ("outputs", "output.")):
-                for name, value in (rec.get(part) or {}).items():
-                    row[prefix + name] = decode_tensor(value)
+            if row is None:
+                continue
             found = labels.get(rec.get("id") or "")
             row["label"] = found.get("label") if found else None
             row["feedback_ts"] = found.get("ts") if found else None
             rows.append(row)
     rows.sort(key=lambda r: r["ts"] or 0.0)
     return rows
+
+
+def _row(rec: dict[str, Any], model: str, version: str, since: float) -> dict[str, Any] | None:
+    """One logged request as a row (without its label); None when it is older than ``since``."""
+    ts = rec.get("ts")
+    if ts is not None:
+        ts = float(ts)
+    if (ts or 0.0) < since:
+        return None
+    row: dict[str, Any] = {
+        "ts": ts,
+        "model": rec.get("model", model),
+        "version": rec.get("version", version),
+        "id": rec.get("id"),
+        "routing_key": rec.get("routing_key"),
+    }
+    for part, prefix in (("inputs", "input."), ("outputs", "output.")):
+        for name, value in (rec.get(part) or {}).items():
+            row[prefix + name] = decode_tensor(value)
+    return row
 
 
 def _label_column(values: list[Any]) -> list[Any]:
@@ -151,10 +177,24 @@ def run_export(ns: argparse.Namespace) -> int:
     except ImportError:
         print("turnout export: needs pyarrow (pip install 'turnout[log]')", file=sys.stderr)
         return 2
-    rows = joined_rows(log_dir, ns.model, ns.version, since)
+    skipped: list[str] = []
+    rows = joined_rows(log_dir, ns.model, ns.version, since, skipped)
+    if skipped:
+        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        print(
+            f"turnout export: skipped {len(skipped)} lines that are not whole records:"
+            f" {', '.join(skipped[:5])}{more}",
+            file=sys.stderr,
+        )
     if ns.labelled_only:
         rows = [r for r in rows if r["label"] is not None]
-    n = write_parquet(rows, ns.out)
+    import pyarrow as pa
+
+    try:
+        n = write_parquet(rows, ns.out)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:  # a column whose values do not agree in kind
+        print(f"turnout export: cannot make a table of these records: {exc}", file=sys.stderr)
+        return 1
     labelled = sum(r["label"] is not None for r in rows)
     print(f"{n} rows ({labelled} labelled) -> {ns.out}")
     return 0

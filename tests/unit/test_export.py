@@ -34,3 +34,74 @@ def test_join_first_label_wins_and_cut_lines_are_skipped(tmp_path: Path) -> None
     rows = joined_rows(tmp_path, "m", None, 2.0)
     assert [(r["id"], r["label"], r["input.x"]) for r in rows] == [("r2", 1, [2]), ("r3", None, [3])]
     assert joined_rows(tmp_path, "other", None, 0.0) == []
+
+
+def test_lines_that_are_not_whole_records_are_skipped_with_their_place(tmp_path: Path) -> None:
+    v = tmp_path / "m" / "1"
+    v.mkdir(parents=True)
+    good = {"ts": 1, "id": "ok", "inputs": {"x": {"datatype": "FP32", "shape": [1], "b64": "AACAPw=="}}}
+    lines = [
+        json.dumps(good),
+        json.dumps({"ts": 2, "inputs": {"x": {"datatype": "FP99", "shape": [1], "b64": "AACAPw=="}}}),
+        json.dumps({"ts": 3, "inputs": {"x": {"datatype": "FP32", "shape": [2], "b64": "AACAPw=="}}}),
+        json.dumps({"ts": 4, "inputs": {"x": {"datatype": "FP32", "shape": [1], "b64": "not base64!"}}}),
+        json.dumps({"ts": "soon", "id": "bad-ts"}),
+        json.dumps([1, 2, 3]),
+        '{"ts": 5, "id"',
+    ]
+    (v / "requests-1.jsonl").write_text("\n".join(lines) + "\n")
+    (v / "feedback-1.jsonl").write_text('{"id": "ok", "label": 1, "ts": 9}\n"just a string"\n')
+    skipped: list[str] = []
+    rows = joined_rows(tmp_path, "m", None, 0.0, skipped)
+    assert [(r["id"], r["label"], r["input.x"]) for r in rows] == [("ok", 1, [1.0])]
+    assert sorted(skipped) == sorted(["feedback-1.jsonl:2", *(f"requests-1.jsonl:{n}" for n in range(2, 8))])
+
+
+def test_export_reports_skipped_lines_and_writes_the_rest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("pyarrow")
+    import argparse
+
+    import pyarrow.parquet as pq
+
+    from turnout.server.export import run_export
+
+    v = tmp_path / "log" / "m" / "1"
+    v.mkdir(parents=True)
+    (v / "requests-1.jsonl").write_text(
+        json.dumps({"ts": 1, "id": "a", "inputs": {"x": [[1.0, 2.0]]}}) + "\n" + "{not json\n"
+    )
+    out = tmp_path / "out.parquet"
+    ns = argparse.Namespace(
+        log_dir=tmp_path / "log", model="m", version=None, since="0", labelled_only=False, out=out
+    )
+    assert run_export(ns) == 0
+    err = capsys.readouterr().err
+    assert "skipped 1 lines that are not whole records: requests-1.jsonl:2" in err
+    assert pq.read_table(out).column("id").to_pylist() == ["a"]
+
+
+def test_export_refuses_columns_whose_values_disagree_in_kind(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("pyarrow")
+    import argparse
+
+    from turnout.server.export import run_export
+
+    v = tmp_path / "log" / "m" / "1"
+    v.mkdir(parents=True)
+    recs = [{"ts": 1, "id": "a", "inputs": {"x": [[1.0]]}}, {"ts": 2, "id": "b", "inputs": {"x": "text"}}]
+    (v / "requests-1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    ns = argparse.Namespace(
+        log_dir=tmp_path / "log",
+        model="m",
+        version=None,
+        since="0",
+        labelled_only=False,
+        out=tmp_path / "out.parquet",
+    )
+    assert run_export(ns) == 1
+    assert "cannot make a table of these records" in capsys.readouterr().err
+    assert not (tmp_path / "out.parquet").exists()

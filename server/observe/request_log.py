@@ -15,7 +15,8 @@ work per record: it cuts a buffer at line ends where a file must rotate and writ
 is released during the write). A file is closed and a new one started past ``max_file_bytes`` or
 ``max_file_secs``; beyond ``max_files`` per kind and version the oldest files are deleted, and so
 are files started more than ``max_age_secs`` ago (checked whenever a file is started).
-A failure to encode or write is logged (rate-limited) and counted as drops; the writer carries on.
+A failure to encode or write is logged (rate-limited) and counted as drops (for a write, the lines
+after the last cut that reached a file); the writer carries on.
 """
 
 from __future__ import annotations
@@ -116,6 +117,15 @@ class Rotation:
     max_age_secs: float | None = None  # files started longer ago are deleted
 
 
+class WriteFailed(Exception):
+    """Writing a buffer failed after its first ``written`` bytes (whole lines) were written."""
+
+    def __init__(self, written: int, cause: OSError) -> None:
+        super().__init__(str(cause))
+        self.written = written
+        self.cause = cause
+
+
 class RotatingFiles:
     """One kind of record of one version: appends lines, rotates by size and age, keeps the
     newest ``max_files`` files. Writer thread only."""
@@ -129,12 +139,21 @@ class RotatingFiles:
         self._size = 0
         self._opened = 0.0
         self._seq = 0
+        self._done = 0  # bytes of the buffer being written that are in a file
 
     def write(self, data: bytes | bytearray) -> None:
         """Append ``data`` (whole JSON lines), cut at line ends so that no file grows past
-        ``max_file_bytes`` (a single longer line gets a file of its own)."""
+        ``max_file_bytes`` (a single longer line gets a file of its own). An ``OSError`` is raised
+        as :class:`WriteFailed`, which tells how much was written before it."""
+        try:
+            self._write(data)
+        except OSError as exc:
+            raise WriteFailed(self._done, exc) from exc
+
+    def _write(self, data: bytes | bytearray) -> None:
         view, i, n = memoryview(data), 0, len(data)
         limit = self.rotation.max_file_bytes
+        self._done = 0
         while i < n:
             if self._file is not None and (
                 self.clock() - self._opened >= self.rotation.max_file_secs or self._size >= limit
@@ -151,10 +170,9 @@ class RotatingFiles:
                         continue
                     end = data.find(b"\n", i) + 1 or n
             self._file.write(view[i:end])
-            self._size += end - i
-            i = end
-        if self._file is not None:
             self._file.flush()
+            self._size += end - i
+            i = self._done = end
 
     def _open(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -177,7 +195,10 @@ class RotatingFiles:
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
+            try:
+                self._file.close()  # the descriptor is released even when the last flush fails
+            except OSError:
+                pass
             self._file = None
 
 
@@ -281,15 +302,17 @@ class RequestLog:
             files = self._files[key] = RotatingFiles(
                 self.root / path_component(model) / path_component(version), kind, self.rotation, self.clock
             )
+        lines = data.count(b"\n")
         try:
             files.write(data)
-        except OSError as exc:
-            self._errors.warning("request log: cannot write %s: %s", files.dir, exc)
+            written = lines
+        except WriteFailed as exc:  # the lines before the failing cut are in a file; the rest is lost
+            self._errors.warning("request log: cannot write %s: %s", files.dir, exc.cause)
             files.close()
-            self.metrics.request_log_dropped.labels(model, version).inc(data.count(b"\n"))
-            return
-        if kind == "requests":
-            self.metrics.request_log_written.labels(model, version).inc(data.count(b"\n"))
+            written = data.count(b"\n", 0, exc.written)
+            self.metrics.request_log_dropped.labels(model, version).inc(lines - written)
+        if kind == "requests" and written:
+            self.metrics.request_log_written.labels(model, version).inc(written)
 
     def close(self, timeout: float = 10.0) -> None:
         """Write what is queued, close the files and end the thread."""

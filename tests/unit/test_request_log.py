@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from prometheus_client import CollectorRegistry
 
 from turnout.model_store.datatypes import WIRE_DTYPE
@@ -16,6 +17,7 @@ from turnout.server.observe.request_log import (
     RequestLog,
     RotatingFiles,
     Rotation,
+    WriteFailed,
     decode_tensor,
     encode,
     tensors_base64,
@@ -231,3 +233,43 @@ def test_the_log_writes_base64_tensors_when_asked(tmp_path: Path) -> None:
     (line,) = lines(tmp_path / "m" / "1")
     assert line["inputs"]["x"]["datatype"] == "FP32"
     assert decode_tensor(line["inputs"]["x"]) == x.tolist()
+
+
+class SecondFileFails(RotatingFiles):
+    """A disk that refuses the second file (ENOSPC) and accepts every other."""
+
+    def _open(self) -> None:
+        self.opened = getattr(self, "opened", 0) + 1
+        if self.opened == 2:
+            raise OSError(28, "No space left on device")
+        super()._open()
+
+
+def test_a_failed_write_tells_how_much_reached_a_file_and_the_files_recover(tmp_path: Path) -> None:
+    files = SecondFileFails(tmp_path, "requests", Rotation(100, 1e9, 100), lambda: 0.0)
+    data = b"".join(b'{"i": %d, "pad": "0123456789"}\n' % i for i in range(10))  # 30 bytes a line
+    with pytest.raises(WriteFailed) as failed:
+        files.write(data)
+    assert failed.value.written == 90  # three lines fit the first file; the second could not start
+    assert isinstance(failed.value.cause, OSError)
+    files.write(b'{"i": 10}\n')  # the next buffer goes to a third file
+    files.close()
+    got = lines(tmp_path)
+    assert [g["i"] for g in got] == [0, 1, 2, 10]
+
+
+def test_lines_written_before_a_failure_count_as_written_the_rest_as_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import turnout.server.observe.request_log as request_log
+
+    monkeypatch.setattr(request_log, "RotatingFiles", SecondFileFails)
+    metrics = Metrics(CollectorRegistry())
+    size = len(encode(doc(0)))
+    rl = RequestLog(tmp_path, metrics, Rotation(3 * size, 1e9, 100), queue_size=100)
+    submit_while_the_writer_waits(rl, metrics, 10)  # one buffer of ten lines, three to a file
+    labels = {"model": "m", "version": "1"}
+    written = metrics.registry.get_sample_value("turnout_request_log_written_total", labels)
+    dropped = metrics.registry.get_sample_value("turnout_request_log_dropped_total", labels)
+    assert (written, dropped) == (3, 7)
+    assert [g["id"] for g in lines(tmp_path / "m" / "1")] == ["r0", "r1", "r2"]

@@ -173,7 +173,7 @@ def run_export(ns: argparse.Namespace) -> int:
         print(f"turnout export: {exc}", file=sys.stderr)
         return 2
     try:
-        import pyarrow  # noqa: F401
+        import pyarrow as pa
     except ImportError:
         print("turnout export: needs pyarrow (pip install 'turnout[log]')", file=sys.stderr)
         return 2
@@ -188,8 +188,6 @@ def run_export(ns: argparse.Namespace) -> int:
         )
     if ns.labelled_only:
         rows = [r for r in rows if r["label"] is not None]
-    import pyarrow as pa
-
     try:
         n = write_parquet(rows, ns.out)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:  # a column whose values do not agree in kind

@@ -139,40 +139,35 @@ class RotatingFiles:
         self._size = 0
         self._opened = 0.0
         self._seq = 0
-        self._done = 0  # bytes of the buffer being written that are in a file
 
     def write(self, data: bytes | bytearray) -> None:
         """Append ``data`` (whole JSON lines), cut at line ends so that no file grows past
         ``max_file_bytes`` (a single longer line gets a file of its own). An ``OSError`` is raised
         as :class:`WriteFailed`, which tells how much was written before it."""
-        try:
-            self._write(data)
-        except OSError as exc:
-            raise WriteFailed(self._done, exc) from exc
-
-    def _write(self, data: bytes | bytearray) -> None:
         view, i, n = memoryview(data), 0, len(data)
         limit = self.rotation.max_file_bytes
-        self._done = 0
-        while i < n:
-            if self._file is not None and (
-                self.clock() - self._opened >= self.rotation.max_file_secs or self._size >= limit
-            ):
-                self.close()
-            if self._file is None:
-                self._open()
-            end = n
-            if self._size + (n - i) > limit:  # cut after the last line that fits
-                end = data.rfind(b"\n", i, i + limit - self._size) + 1
-                if end <= i:  # not even the next line fits
-                    if self._size:
-                        self._size = limit  # rotate, then write it into an empty file
-                        continue
-                    end = data.find(b"\n", i) + 1 or n
-            self._file.write(view[i:end])
-            self._file.flush()
-            self._size += end - i
-            i = self._done = end
+        try:
+            while i < n:
+                if self._file is not None and (
+                    self.clock() - self._opened >= self.rotation.max_file_secs or self._size >= limit
+                ):
+                    self.close()
+                if self._file is None:
+                    self._open()
+                end = n
+                if self._size + (n - i) > limit:  # cut after the last line that fits
+                    end = data.rfind(b"\n", i, i + limit - self._size) + 1
+                    if end <= i:  # not even the next line fits
+                        if self._size:
+                            self._size = limit  # rotate, then write it into an empty file
+                            continue
+                        end = data.find(b"\n", i) + 1 or n
+                self._file.write(view[i:end])
+                self._file.flush()
+                self._size += end - i
+                i = end
+        except OSError as exc:
+            raise WriteFailed(i, exc) from exc
 
     def _open(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)

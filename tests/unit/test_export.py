@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 import pytest
 
-from turnout.server.export import _label_column, joined_rows, parse_since
+from turnout.server.export import _label_column, joined_rows, parse_since, run_export
 
 
 def test_parse_since() -> None:
@@ -57,44 +58,12 @@ def test_lines_that_are_not_whole_records_are_skipped_with_their_place(tmp_path:
     assert sorted(skipped) == sorted(["feedback-1.jsonl:2", *(f"requests-1.jsonl:{n}" for n in range(2, 8))])
 
 
-def test_export_reports_skipped_lines_and_writes_the_rest(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    pytest.importorskip("pyarrow")
-    import argparse
-
-    import pyarrow.parquet as pq
-
-    from turnout.server.export import run_export
-
+def export_args(tmp_path: Path, requests_text: str) -> argparse.Namespace:
+    """``turnout export``'s arguments for a log of one version whose requests file holds the text."""
     v = tmp_path / "log" / "m" / "1"
     v.mkdir(parents=True)
-    (v / "requests-1.jsonl").write_text(
-        json.dumps({"ts": 1, "id": "a", "inputs": {"x": [[1.0, 2.0]]}}) + "\n" + "{not json\n"
-    )
-    out = tmp_path / "out.parquet"
-    ns = argparse.Namespace(
-        log_dir=tmp_path / "log", model="m", version=None, since="0", labelled_only=False, out=out
-    )
-    assert run_export(ns) == 0
-    err = capsys.readouterr().err
-    assert "skipped 1 lines that are not whole records: requests-1.jsonl:2" in err
-    assert pq.read_table(out).column("id").to_pylist() == ["a"]
-
-
-def test_export_refuses_columns_whose_values_disagree_in_kind(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    pytest.importorskip("pyarrow")
-    import argparse
-
-    from turnout.server.export import run_export
-
-    v = tmp_path / "log" / "m" / "1"
-    v.mkdir(parents=True)
-    recs = [{"ts": 1, "id": "a", "inputs": {"x": [[1.0]]}}, {"ts": 2, "id": "b", "inputs": {"x": "text"}}]
-    (v / "requests-1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
-    ns = argparse.Namespace(
+    (v / "requests-1.jsonl").write_text(requests_text)
+    return argparse.Namespace(
         log_dir=tmp_path / "log",
         model="m",
         version=None,
@@ -102,6 +71,27 @@ def test_export_refuses_columns_whose_values_disagree_in_kind(
         labelled_only=False,
         out=tmp_path / "out.parquet",
     )
+
+
+def test_export_reports_skipped_lines_and_writes_the_rest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pq = pytest.importorskip("pyarrow.parquet")
+    ns = export_args(
+        tmp_path, json.dumps({"ts": 1, "id": "a", "inputs": {"x": [[1.0, 2.0]]}}) + "\n{not json\n"
+    )
+    assert run_export(ns) == 0
+    err = capsys.readouterr().err
+    assert "skipped 1 lines that are not whole records: requests-1.jsonl:2" in err
+    assert pq.read_table(ns.out).column("id").to_pylist() == ["a"]
+
+
+def test_export_refuses_columns_whose_values_disagree_in_kind(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("pyarrow")
+    recs = [{"ts": 1, "id": "a", "inputs": {"x": [[1.0]]}}, {"ts": 2, "id": "b", "inputs": {"x": "text"}}]
+    ns = export_args(tmp_path, "".join(json.dumps(r) + "\n" for r in recs))
     assert run_export(ns) == 1
     assert "cannot make a table of these records" in capsys.readouterr().err
-    assert not (tmp_path / "out.parquet").exists()
+    assert not ns.out.exists()

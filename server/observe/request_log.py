@@ -118,12 +118,12 @@ class Rotation:
 
 
 class WriteFailed(Exception):
-    """Writing a buffer failed after its first ``written`` bytes (whole lines) were written."""
+    """Writing a buffer failed (the ``OSError`` is its ``__cause__``) after its first ``written``
+    bytes (whole lines) were written."""
 
     def __init__(self, written: int, cause: OSError) -> None:
         super().__init__(str(cause))
         self.written = written
-        self.cause = cause
 
 
 class RotatingFiles:
@@ -302,7 +302,7 @@ class RequestLog:
             files.write(data)
             written = lines
         except WriteFailed as exc:  # the lines before the failing cut are in a file; the rest is lost
-            self._errors.warning("request log: cannot write %s: %s", files.dir, exc.cause)
+            self._errors.warning("request log: cannot write %s: %s", files.dir, exc)
             files.close()
             written = data.count(b"\n", 0, exc.written)
             self.metrics.request_log_dropped.labels(model, version).inc(lines - written)

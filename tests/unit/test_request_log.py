@@ -251,7 +251,7 @@ def test_a_failed_write_tells_how_much_reached_a_file_and_the_files_recover(tmp_
     with pytest.raises(WriteFailed) as failed:
         files.write(data)
     assert failed.value.written == 90  # three lines fit the first file; the second could not start
-    assert isinstance(failed.value.cause, OSError)
+    assert isinstance(failed.value.__cause__, OSError)
     files.write(b'{"i": 10}\n')  # the next buffer goes to a third file
     files.close()
     got = lines(tmp_path)
